@@ -1,0 +1,165 @@
+"""Datasets as uint8 image tensors (N, C, H, W), split into train / val / test.
+
+Every loader here is a ``_target_`` of the ``dataset`` config group and returns ``ImageData``.
+Training holds the tensors on the training device and slices batches from them
+(``batches``); the uint8 -> float conversion happens per batch, on the device.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from aecli.errors import ConfigError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+@dataclass
+class ImageData:
+    """Raw image tensors; pixel value ``max_value`` maps to 1.0 (so floats lie in [0, 1])."""
+
+    train: Tensor
+    val: Tensor
+    test: Tensor
+    max_value: float = 255.0
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of one image."""
+        c, h, w = self.train.shape[1:]
+        return int(c), int(h), int(w)
+
+    def to(self, device: torch.device) -> "ImageData":
+        return replace(self, train=self.train.to(device), val=self.val.to(device), test=self.test.to(device))
+
+    def as_float(self, raw: Tensor) -> Tensor:
+        """A raw batch as float32 in [0, 1]."""
+        return raw.to(torch.float32).mul_(1.0 / self.max_value)
+
+
+def batches(raw: Tensor, batch_size: int, perm: Tensor, start: int = 0):
+    """Yield ``(index, batch)`` for the batches of ``raw`` in the order ``perm``, from batch
+    ``start`` on (``start`` > 0 resumes an interrupted epoch). The last batch may be smaller."""
+    n_batches = math.ceil(len(perm) / batch_size)
+    for i in range(start, n_batches):
+        yield i, raw.index_select(0, perm[i * batch_size : (i + 1) * batch_size])
+
+
+def split(images: Tensor, fractions: tuple[float, ...], seed: int) -> list[Tensor]:
+    """Split along dim 0 by a permutation fixed by ``seed`` (not the run's seed, so every run
+    sees the same validation and test images). The first part takes the remainder."""
+    n = len(images)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    sizes = [max(1, int(round(f * n))) for f in fractions]  # never an empty val/test set
+    parts, start = [], 0
+    for size in [n - sum(sizes), *sizes]:
+        parts.append(images[perm[start : start + size]])
+        start += size
+    return parts
+
+
+def _check_fraction(key: str, value: float) -> None:
+    if not 0.0 < value < 1.0:
+        raise ConfigError(key, f"{value} is not between 0 and 1", f"use e.g. {key}=0.1")
+
+
+def load_digits(val_fraction: float = 0.1, test_fraction: float = 0.2, split_seed: int = 0) -> ImageData:
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 images, 17 grey levels), offline.
+
+    Reads the CSV that ships inside scikit-learn directly: importing sklearn costs about a
+    second at startup and would only do the same.
+    """
+    _check_fraction("dataset.val_fraction", val_fraction)
+    _check_fraction("dataset.test_fraction", test_fraction)
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or spec.origin is None:
+        raise ConfigError("dataset", "scikit-learn is not installed (it ships the digits)", "pip install scikit-learn")
+    csv = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz"
+    if csv.exists():
+        flat = np.loadtxt(csv, delimiter=",", dtype=np.uint8)[:, :-1]  # last column: label
+    else:  # a future scikit-learn may move the file: take the public API
+        from sklearn.datasets import load_digits as sk_load_digits
+
+        flat = sk_load_digits().data.astype(np.uint8)
+    images = torch.from_numpy(flat.reshape(-1, 1, 8, 8))
+    train, val, test = split(images, (val_fraction, test_fraction), split_seed)
+    return ImageData(train, val, test, max_value=16.0)
+
+
+TORCHVISION_CLASSES = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "kmnist": "KMNIST", "cifar10": "CIFAR10"}
+
+
+def load_torchvision(
+    name: str, root: str = "data", download: bool = True, val_fraction: float = 0.1, split_seed: int = 0
+) -> ImageData:
+    """A torchvision dataset (``mnist``, ``fashion_mnist``, ``kmnist``, ``cifar10``) under ``root``;
+    its official test split is the test set, ``val_fraction`` of its train split the val set."""
+    _check_fraction("dataset.val_fraction", val_fraction)
+    if name not in TORCHVISION_CLASSES:
+        raise ConfigError("dataset.name", f"unknown torchvision dataset {name!r}",
+                          f"use one of {', '.join(TORCHVISION_CLASSES)}")
+    import torchvision.datasets as tvd  # slow import: only for the datasets that need it
+
+    cls = getattr(tvd, TORCHVISION_CLASSES[name])
+    root_path = Path(root).expanduser()
+    try:
+        parts = [cls(str(root_path), train=t, download=download) for t in (True, False)]
+    except Exception as e:  # torchvision raises RuntimeError / URLError / OSError here
+        if not download:
+            raise ConfigError("dataset.root", f"{name} is not under {root_path.resolve()} ({e})",
+                              f"pass dataset.download=true (needs internet) or dataset.root=DIR "
+                              f"where {name} was downloaded before") from None
+        raise ConfigError("dataset.download", f"could not download {name} to {root_path.resolve()} "
+                          f"({type(e).__name__}: {e}); is this machine offline?",
+                          f"download it once on a machine with internet and copy it to "
+                          f"{root_path.resolve()}, or use the bundled dataset=digits") from None
+    raw = []
+    for ds in parts:
+        data = torch.as_tensor(np.asarray(ds.data))
+        raw.append(data.unsqueeze(1) if data.ndim == 3 else data.permute(0, 3, 1, 2).contiguous())
+    train, val = split(raw[0], (val_fraction,), split_seed)
+    return ImageData(train, val, raw[1])
+
+
+def load_folder(
+    root: str,
+    image_size: int = 64,
+    channels: int = 3,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    split_seed: int = 0,
+) -> ImageData:
+    """The user's own images: every image file under ``root`` (flat or in class sub-folders),
+    resized to ``image_size`` x ``image_size`` with ``channels`` 1 (grey) or 3 (RGB)."""
+    from PIL import Image
+
+    _check_fraction("dataset.val_fraction", val_fraction)
+    _check_fraction("dataset.test_fraction", test_fraction)
+    if channels not in (1, 3):
+        raise ConfigError("dataset.channels", f"{channels} is not 1 or 3", "use dataset.channels=1 (grey) or 3 (RGB)")
+    if image_size < 1:
+        raise ConfigError("dataset.image_size", f"{image_size} < 1", "use e.g. dataset.image_size=64")
+    folder = Path(root).expanduser()
+    if not folder.is_dir():
+        raise ConfigError("dataset.root", f"no folder at {folder.resolve()}",
+                          "pass dataset.root=/path/to/your/images")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if len(files) < 3:
+        raise ConfigError("dataset.root", f"{folder.resolve()} holds {len(files)} images "
+                          f"({', '.join(IMAGE_EXTENSIONS)}), too few to split",
+                          "point dataset.root at a folder with your images (sub-folders are fine)")
+    mode = "L" if channels == 1 else "RGB"
+    arrays = []
+    for path in files:
+        with Image.open(path) as img:
+            img = img.convert(mode).resize((image_size, image_size), Image.BILINEAR)
+            arrays.append(np.asarray(img, dtype=np.uint8).reshape(image_size, image_size, channels))
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    train, val, test = split(images, (val_fraction, test_fraction), split_seed)
+    return ImageData(train, val, test)

@@ -1,0 +1,8 @@
+"""The classic autoencoders. Each is built by ``hydra.utils.instantiate(cfg.model, input_shape=...)``."""
+from aecli.models.base import Autoencoder
+from aecli.models.conv import ConvAutoencoder
+from aecli.models.mlp import MLPAutoencoder
+from aecli.models.stacked import StackedAutoencoder
+from aecli.models.vae import VAE
+
+__all__ = ["Autoencoder", "ConvAutoencoder", "MLPAutoencoder", "StackedAutoencoder", "VAE"]

@@ -1,0 +1,71 @@
+"""Variational autoencoder (``model=vae``), Kingma & Welling 2014, MLP encoder and decoder."""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from aecli.losses import ReconstructionLoss
+from aecli.models.base import Autoencoder, mlp
+
+
+def kl_to_standard_normal(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)) per row, in nats (closed form)."""
+    return -0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)
+
+
+class VAE(Autoencoder):
+    """Gaussian encoder q(z|x) = N(mu, diag(exp(logvar))), decoder logits p(x|z), N(0, I) prior.
+
+    Loss per image: reconstruction summed over pixels + ``beta`` x KL (both in nats with
+    ``loss=bce``); both terms are returned so they can be logged separately.
+    """
+
+    loss_unit = "per_image"
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        hidden_dims: Sequence[int] = (400,),
+        latent_dim: int = 20,
+        beta: float = 1.0,
+    ) -> None:
+        super().__init__(input_shape)
+        self.latent_dim = int(latent_dim)
+        self.beta = float(beta)
+        n_in = math.prod(self.input_shape)
+        self.encoder = mlp([n_in, *hidden_dims], last_activation=True)
+        self.to_stats = nn.Linear(hidden_dims[-1] if hidden_dims else n_in, 2 * self.latent_dim)
+        self.decoder = mlp([self.latent_dim, *reversed(hidden_dims), n_in])
+
+    def encode_stats(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and log-variance of q(z|x)."""
+        mu, logvar = self.to_stats(self.encoder(x.flatten(1))).chunk(2, dim=1)
+        return mu, logvar
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.encode_stats(x)[0]
+
+    def decode(self, z: Tensor) -> Tensor:
+        return self.decoder(z).view(-1, *self.input_shape)
+
+    @staticmethod
+    def reparameterize(mu: Tensor, logvar: Tensor) -> Tensor:
+        return mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+
+    def forward(self, x: Tensor) -> Tensor:
+        mu, logvar = self.encode_stats(x)
+        return self.decode(self.reparameterize(mu, logvar))
+
+    def loss(self, x_in: Tensor, target: Tensor, recon: ReconstructionLoss) -> dict[str, Tensor]:
+        mu, logvar = self.encode_stats(x_in)
+        logits = self.decode(self.reparameterize(mu, logvar))
+        rec = recon.elementwise(logits, target).flatten(1).sum(1).mean()
+        kl = kl_to_standard_normal(mu, logvar).mean()
+        return {"loss": rec + self.beta * kl, "recon": rec, "kl": kl}
+
+    def sample_logits(self, z: Tensor) -> Tensor:
+        """Decoder logits for latent codes drawn by the caller (e.g. from the prior)."""
+        return self.decode(z)

@@ -1,0 +1,81 @@
+"""Input corruption for denoising training: none, binomial masking, additive Gaussian.
+
+Each noise is a small callable chosen by the ``noise`` config group through ``_target_``.
+Noise is applied to batches already on the training device, during training only.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class NoNoise:
+    """Identity corruption (plain autoencoder)."""
+
+    level: float = 0.0
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return x
+
+    def at_level(self, level: float, clip: bool = True) -> "NoNoise":
+        return self
+
+    def __repr__(self) -> str:
+        return "NoNoise()"
+
+
+class MaskingNoise:
+    """Binomial masking noise: each input value is set to 0 with probability ``p``."""
+
+    def __init__(self, p: float = 0.25) -> None:
+        self.p = float(p)
+
+    @property
+    def level(self) -> float:
+        return self.p
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if self.p == 0.0:
+            return x
+        keep = torch.empty_like(x).bernoulli_(1.0 - self.p)
+        return x * keep
+
+    def at_level(self, level: float, clip: bool = True) -> "MaskingNoise":
+        """The same noise with masking probability ``level`` (stacked DAE per-layer levels);
+        ``clip`` has no effect: masking never leaves the data range."""
+        return MaskingNoise(level)
+
+    def __repr__(self) -> str:
+        return f"MaskingNoise(p={self.p})"
+
+
+class GaussianNoise:
+    """Additive isotropic Gaussian noise ``x + sigma * N(0, 1)``.
+
+    With ``clip=True`` the result is clamped to the data range [0, 1] (images only: a stacked
+    AE's hidden codes are not clipped).
+    """
+
+    def __init__(self, sigma: float = 0.3, clip: bool = True) -> None:
+        self.sigma = float(sigma)
+        self.clip = bool(clip)
+
+    @property
+    def level(self) -> float:
+        return self.sigma
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if self.sigma == 0.0:
+            return x
+        noisy = x + self.sigma * torch.randn_like(x)
+        return noisy.clamp_(0.0, 1.0) if self.clip else noisy
+
+    def at_level(self, level: float, clip: bool = True) -> "GaussianNoise":
+        """The same noise with ``sigma=level``; clipping only if this noise clips and ``clip``."""
+        return GaussianNoise(level, self.clip and clip)
+
+    def __repr__(self) -> str:
+        return f"GaussianNoise(sigma={self.sigma}, clip={self.clip})"
+
+
+Noise = NoNoise | MaskingNoise | GaussianNoise
