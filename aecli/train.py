@@ -9,9 +9,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from aecli.validate import check_config
+
+
+def run_dir_of(resume: str | None, default: str) -> str:
+    """The dir a run writes into: for ``resume=PATH`` the resumed run's own dir (so it goes on
+    where it stopped), else ``default``. The resolver ``aecli_run_dir`` in ``hydra.run.dir``."""
+    if resume is None or resume == "auto":
+        return default
+    p = Path(resume).expanduser()
+    if p.suffix == ".pt":
+        p = p.parent.parent if p.parent.name == "checkpoints" else p.parent
+    return str(p)
+
+
+OmegaConf.register_new_resolver("aecli_run_dir", run_dir_of, replace=True)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://aecli.conf", config_name="train")

@@ -1,23 +1,31 @@
 """The training run behind ``python -m aecli.train``, top to bottom.
 
-setup (device, seed, data, model) -> [stacked: greedy layer-wise pre-training] -> epochs of
-training + validation, TensorBoard scalars and image grids, checkpoints -> test metrics,
-``metrics.json`` and HParams. Batches are sliced from dataset tensors that live on the training
-device; losses are summed on the device and read back only when logged.
+setup (device, seed, data, model; resume state) -> phases: [stacked: greedy layer-wise
+pre-training, one phase per layer] + the end-to-end training phase, each a number of epochs of
+training (+ validation, TensorBoard scalars and image grids, checkpoints) -> test metrics,
+``metrics.json`` and HParams.
+
+Batches are sliced from dataset tensors that live on the training device; losses are summed on
+the device and read back only when logged. Checkpoints record the exact position (phase, epoch,
+batch, the epoch's permutation and partial sums, every RNG), so an interrupted run resumes to
+the same result; SIGTERM/SIGINT finish the current step, write one and exit.
 """
 from __future__ import annotations
 
 import json
 import logging
 import math
-import random
+import os
+import shutil
+import signal
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import numpy as np
+import numpy as np  # noqa: F401  (seeded below; imported here so seeding never fails late)
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
@@ -25,7 +33,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
-from aecli.checkpoint import check_fresh_run_dir, save_checkpoint
+from aecli import faults
+from aecli.checkpoint import plain_config, resolve_resume, rng_state, save_checkpoint, set_rng_state
 from aecli.data import ImageData, batches
 from aecli.device import resolve_device
 from aecli.errors import ConfigError
@@ -52,6 +61,8 @@ def build(cfg: DictConfig, group: str, **kwargs: Any) -> Any:
 
 
 def seed_everything(seed: int) -> None:
+    import random
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
@@ -67,6 +78,43 @@ class Phase:
     tag: str  # TensorBoard prefix
     unit: str  # the loss's reduction, named in every loss tag
     prepare: Callable[[Tensor], Tensor] | None = None  # clean batch -> what the module sees
+    epochs: int = 1
+    main: bool = True  # the end-to-end phase: validated, imaged, best-checkpointed
+
+
+@dataclass
+class EpochState:
+    """Where an epoch stands: enough to checkpoint it mid-way and continue it exactly."""
+
+    perm: Tensor  # this epoch's batch order
+    batch: int = 0  # batches done
+    seen: int = 0  # images done
+    sums: dict[str, Tensor] = field(default_factory=dict)  # loss terms x images, on the device
+    skipped: int = 0  # non-finite batches skipped (trainer.on_nan=skip_batch)
+    first_bad: Tensor | None = None  # first step with a non-finite loss, -1: none (device scalar)
+
+    def check_finite(self) -> None:
+        """Raise ``NonFiniteLoss`` if a step of this epoch had a non-finite loss (one sync)."""
+        if self.first_bad is not None and self.first_bad.item() >= 0:
+            raise NonFiniteLoss(int(self.first_bad.item()))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"perm": self.perm, "batch": self.batch, "seen": self.seen, "sums": self.sums,
+                "skipped": self.skipped}
+
+
+@dataclass
+class EpochResult:
+    means: dict[str, float]  # mean loss terms over the epoch's images
+    step: int  # global step after the epoch
+    images_per_sec: float
+    stopped: bool = False  # ended early by ``after_step`` (a stop signal)
+
+
+class NonFiniteLoss(RuntimeError):
+    def __init__(self, step: int) -> None:
+        super().__init__(f"non-finite loss at step {step}")
+        self.step = step
 
 
 def make_optimizer(params, cfg: DictConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -84,49 +132,75 @@ def train_epoch(
     log_every: int,
     progress: bool,
     desc: str,
-) -> tuple[dict[str, float], int, float]:
-    """Train ``phase`` for one pass over the training set.
+    state: EpochState | None = None,
+    after_step: Callable[[int, EpochState], bool] | None = None,
+    on_nan: str = "stop",
+) -> EpochResult:
+    """Train ``phase`` for one pass over the training set (or the rest of the pass ``state``
+    describes). ``after_step(step, state)`` runs after every optimizer step; True stops early.
 
-    Returns the epoch's mean loss terms, the global step after it, and images per second.
+    A non-finite loss raises ``NonFiniteLoss`` (``on_nan="stop"``: noticed on the device and
+    reported at the next log step or epoch end, so no sync per step) or skips the batch
+    (``"skip_batch"``: needs the loss on the host every step).
     """
     from tqdm.auto import tqdm
 
     module = phase.module
     module.train()
-    perm = torch.randperm(len(data.train), device=data.train.device)
-    n_batches = math.ceil(len(perm) / batch_size)
-    sums: dict[str, Tensor] = {}
+    if state is None:
+        state = EpochState(perm=torch.randperm(len(data.train), device=data.train.device))
+    n_batches = math.ceil(len(state.perm) / batch_size)
+    first_bad = state.first_bad = torch.full((), -1, dtype=torch.long, device=data.train.device)
     window: dict[str, Tensor] = {}
-    seen, window_steps = 0, 0
-    bar = tqdm(total=n_batches, desc=desc, leave=False, disable=not progress, file=sys.stderr)
+    window_steps, seen_at_start, stopped = 0, state.seen, False
+    bar = tqdm(total=n_batches, initial=state.batch, desc=desc, leave=False, disable=not progress, file=sys.stderr)
     t0 = time.perf_counter()
-    for _, raw in batches(data.train, batch_size, perm):
+    for _, raw in batches(data.train, batch_size, state.perm, start=state.batch):
         x = data.as_float(raw)
         if phase.prepare is not None:
             x = phase.prepare(x)
         terms = module.loss(phase.noise(x), x, recon)
-        phase.optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        phase.optimizer.step()
-        n = x.shape[0]
-        for k, v in terms.items():
-            v = v.detach()
-            sums[k] = sums[k] + v * n if k in sums else v * n
-            window[k] = window[k] + v if k in window else v
-        seen += n
+        loss = terms["loss"]
         step += 1
-        window_steps += 1
-        if step % log_every == 0:  # the only host-device sync inside an epoch
-            values = {k: v.item() / window_steps for k, v in window.items()}
-            for k, v in values.items():
-                writer.add_scalar(f"{phase.tag}_step/{k}_{phase.unit}", v, step)
-            bar.set_postfix(loss=f"{values['loss']:.4g}", img_s=f"{seen / (time.perf_counter() - t0):,.0f}")
-            window, window_steps = {}, 0
+        state.batch += 1
+        if on_nan == "skip_batch" and not torch.isfinite(loss).item():
+            state.skipped += 1
+            log.warning("step %d: non-finite loss, batch skipped (trainer.on_nan=skip_batch)", step)
+        else:
+            phase.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            phase.optimizer.step()
+            n = x.shape[0]
+            for k, v in terms.items():
+                v = v.detach()
+                state.sums[k] = state.sums[k] + v * n if k in state.sums else v * n
+                window[k] = window[k] + v if k in window else v
+            state.seen += n
+            window_steps += 1
+            if on_nan == "stop":  # remember the first bad step on the device, without a sync
+                first_bad.copy_(torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()),
+                                            torch.full_like(first_bad, step), first_bad))
+        if step % log_every == 0 or state.batch == n_batches:  # the only host syncs in an epoch
+            try:
+                state.check_finite()
+            except NonFiniteLoss:
+                bar.close()
+                raise
+            if window_steps and step % log_every == 0:
+                values = {k: v.item() / window_steps for k, v in window.items()}
+                for k, v in values.items():
+                    writer.add_scalar(f"{phase.tag}_step/{k}_{phase.unit}", v, step)
+                bar.set_postfix(loss=f"{values['loss']:.4g}",
+                                img_s=f"{(state.seen - seen_at_start) / (time.perf_counter() - t0):,.0f}")
+                window, window_steps = {}, 0
         bar.update(1)
-    means = {k: v.item() / seen for k, v in sums.items()}  # syncs, so the timing below is honest
+        if after_step is not None and after_step(step, state):
+            stopped = state.batch < n_batches
+            break
+    means = {k: v.item() / max(state.seen, 1) for k, v in state.sums.items()}  # syncs: honest timing
     elapsed = time.perf_counter() - t0
     bar.close()
-    return means, step, seen / elapsed
+    return EpochResult(means, step, (state.seen - seen_at_start) / max(elapsed, 1e-9), stopped)
 
 
 @torch.no_grad()
@@ -174,10 +248,40 @@ def hparams_of(cfg: DictConfig, choices: dict[str, str]) -> dict[str, Any]:
     return flat
 
 
+class StopSignals:
+    """SIGTERM / SIGINT ask the run to stop after the current step (``requested`` holds the
+    signal); a second SIGINT exits at once. Previous handlers come back on exit."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.requested: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested is not None and signum == signal.SIGINT:
+            os._exit(128 + signum)  # the impatient second Ctrl-C
+        self.requested = signum
+        log.warning("%s received: stopping after this step (Ctrl-C again to exit at once)",
+                    signal.Signals(signum).name)
+
+    def __enter__(self) -> "StopSignals":
+        try:
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        except ValueError:  # not the main thread (e.g. a thread-based launcher): no handlers
+            pass
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
 def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None) -> float:
     """Train as ``cfg`` says, writing everything into ``run_dir``; return the final val loss."""
     run_dir = Path(run_dir)
-    check_fresh_run_dir(run_dir, cfg.get("resume"))
+    resume = resolve_resume(cfg.get("resume"), run_dir, plain_config(cfg))
     device = resolve_device(cfg.device.name, cfg.device.get("index"))
     if cfg.trainer.get("num_threads"):
         torch.set_num_threads(int(cfg.trainer.num_threads))
@@ -192,10 +296,17 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None) -
     data = data.to(device)
     model: Autoencoder = build(cfg, "model", input_shape=data.shape).to(device)
     noise: Noise = build(cfg, "noise")
+    if resume is not None:
+        try:
+            model.load_state_dict(resume["model"])
+        except RuntimeError as e:  # shapes that the config check could not see (a custom model)
+            raise ConfigError("resume", f"the checkpoint does not fit this model: {str(e)[:300]}",
+                              "resume with the config of the run that wrote the checkpoint") from None
+    tc = cfg.trainer
     ckpt_dir = run_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    writer = SummaryWriter(log_dir=str(run_dir))
-    tc = cfg.trainer
+    for stale in ckpt_dir.glob(".*.tmp"):  # half-written by a process that was killed mid-write
+        stale.unlink()
     progress = tc.progress == "bar" or (tc.progress == "auto" and sys.stderr.isatty())
     n_params = sum(p.numel() for p in model.parameters())
     log.info("%s (%s parameters) on %s; data %s: %d train / %d val / %d test; noise %r; loss %s",
@@ -208,72 +319,152 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None) -
     prior_z = torch.randn(16, model.latent_dim, generator=torch.Generator().manual_seed(cfg.seed)).to(device) \
         if isinstance(model, VAE) else None
 
-    step = 0
+    # The phases: greedy pre-training of each layer of a stack, then end-to-end training.
+    phases: list[Phase] = []
     if isinstance(model, StackedAutoencoder):
         for stage, stage_noise in model.stages(noise):
-            phase = Phase(stage, make_optimizer(stage.parameters(), cfg, device), stage_noise,
-                          tag=f"pretrain/layer{stage.k}", unit=stage.loss_unit, prepare=stage.inputs)
-            for e in range(model.pretrain_epochs):
-                means, step, ips = train_epoch(phase, data, recon, tc.batch_size, writer, step,
-                                               tc.log_every_n_steps, progress, f"layer {stage.k} ep {e + 1}")
-                writer.add_scalar(f"pretrain/layer{stage.k}/loss_{stage.loss_unit}", means["loss"], step)
-                log.info("pretrain layer %d/%d epoch %d/%d: loss_%s %.5g (%r), %s img/s", stage.k + 1,
-                         len(model.enc), e + 1, model.pretrain_epochs, stage.loss_unit, means["loss"],
-                         stage_noise, f"{ips:,.0f}")
-
+            phases.append(Phase(stage, make_optimizer(stage.parameters(), cfg, device), stage_noise,
+                                tag=f"pretrain/layer{stage.k}", unit=stage.loss_unit, prepare=stage.inputs,
+                                epochs=model.pretrain_epochs, main=False))
     unit = model.loss_unit
-    phase = Phase(model, make_optimizer(model.parameters(), cfg, device), noise, tag="train", unit=unit)
-    best_val = math.inf
-    val: dict[str, float] = {}
-    for epoch in range(1, tc.epochs + 1):
-        t0 = time.perf_counter()
-        means, step, ips = train_epoch(phase, data, recon, tc.batch_size, writer, step,
-                                       tc.log_every_n_steps, progress, f"epoch {epoch}/{tc.epochs}")
-        val = evaluate(model, data, data.val, recon, tc.eval_batch_size)
-        for k, v in means.items():
-            writer.add_scalar(f"train/{k}_{unit}", v, epoch)
-        for k, v in val.items():
-            writer.add_scalar(f"val/{k}", v, epoch)
-        writer.add_scalar("perf/images_per_sec", ips, epoch)
-        write_images(writer, model, recon, grid_clean, grid_noisy, noise, prior_z, epoch)
+    phases.append(Phase(model, make_optimizer(model.parameters(), cfg, device), noise, tag="train",
+                        unit=unit, epochs=tc.epochs))
 
-        state = {"model": model.state_dict(), "optimizer": phase.optimizer.state_dict(), "epoch": epoch,
-                 "step": step, "val": val, "best_val": min(best_val, val[f"loss_{unit}"]),
-                 "input_shape": list(data.shape), "config": OmegaConf.to_container(cfg, resolve=True)}
-        save_checkpoint(state, ckpt_dir / "last.pt")
-        if val[f"loss_{unit}"] < best_val:
-            best_val = val[f"loss_{unit}"]
-            save_checkpoint(state, ckpt_dir / "best.pt")
-        log.info("epoch %d/%d step %d: train loss_%s %.5g | val loss_%s %.5g, psnr %.2f dB | %s img/s, %.1fs",
-                 epoch, tc.epochs, step, unit, means["loss"], unit, val[f"loss_{unit}"], val["psnr_db"],
-                 f"{ips:,.0f}", time.perf_counter() - t0)
+    # Where to start: the beginning, or exactly where the checkpoint left off.
+    pos = {"phase": 0, "epoch": 0, "step": 0}
+    best_val, val, epoch_state = math.inf, {}, None
+    if resume is not None:
+        pos = {k: resume[k] for k in pos}
+        best_val, val = resume["best_val"], resume["val"]
+        phases[pos["phase"]].optimizer.load_state_dict(resume["optimizer"])
+        if resume["epoch_state"] is not None:
+            es = resume["epoch_state"]
+            epoch_state = EpochState(es["perm"].to(device), es["batch"], es["seen"],
+                                     {k: v.to(device) for k, v in es["sums"].items()}, es["skipped"])
+        set_rng_state(resume["rng"])
+        log.info("resuming from step %d (phase %d, epoch %d%s)", pos["step"], pos["phase"], pos["epoch"],
+                 f", batch {epoch_state.batch}" if epoch_state else "")
+    # purge_step: TensorBoard drops whatever an interrupted run logged after its checkpoint
+    writer = SummaryWriter(log_dir=str(run_dir), purge_step=pos["step"] + 1 if resume is not None else None)
+
+    def checkpoint(phase_index: int, epochs_done: int, step: int, state: EpochState | None,
+                   names: tuple[str, ...] = ("last.pt",)) -> None:
+        if state is not None:
+            state.check_finite()  # never replace a good checkpoint with a diverged model
+        snapshot = {"model": model.state_dict(), "optimizer": phases[phase_index].optimizer.state_dict(),
+                    "phase": phase_index, "epoch": epochs_done, "step": step,
+                    "epoch_state": None if state is None else state.to_dict(),
+                    "val": val, "best_val": best_val, "rng": rng_state(),
+                    "input_shape": list(data.shape), "config": OmegaConf.to_container(cfg, resolve=True)}
+        for name in names:
+            try:
+                save_checkpoint(snapshot, ckpt_dir / name)
+            except (OSError, RuntimeError) as e:  # torch's zip writer reports a full disk as RuntimeError
+                free_mb = shutil.disk_usage(ckpt_dir).free / 2**20
+                raise ConfigError("hydra.run.dir", f"could not write {ckpt_dir / name} ({str(e)[:200]}; "
+                                  f"{free_mb:.1f} MB free on that disk); the previous checkpoint there is intact",
+                                  f"free disk space or fix the dir's permissions, then continue with "
+                                  f"resume={run_dir}") from None
+        writer.flush()
+
+    ips = 0.0
+    pause_step = faults.pause_step()
+    with StopSignals() as signals:
+        for i, phase in enumerate(phases):
+            if i < pos["phase"]:
+                continue
+            first_epoch = pos["epoch"] + 1 if i == pos["phase"] else 1
+            for epoch in range(first_epoch, phase.epochs + 1):
+
+                def after_step(step: int, state: EpochState, i: int = i, epoch: int = epoch) -> bool:
+                    if step == pause_step:
+                        faults.pause(f"after step {step}", until=lambda: signals.requested is not None)
+                    if signals.requested is not None:
+                        return True
+                    if tc.checkpoint_every_n_steps and step % tc.checkpoint_every_n_steps == 0:
+                        checkpoint(i, epoch - 1, step, state)
+                    return False
+
+                t0 = time.perf_counter()
+                desc = f"epoch {epoch}/{phase.epochs}" if phase.main else f"{phase.tag} epoch {epoch}"
+                state = epoch_state or EpochState(perm=torch.randperm(len(data.train), device=device))
+                try:
+                    result = train_epoch(phase, data, recon, tc.batch_size, writer, pos["step"],
+                                         tc.log_every_n_steps, progress, desc, state, after_step, tc.on_nan)
+                except NonFiniteLoss as e:
+                    last = ckpt_dir / "last.pt"
+                    good = f"the last good checkpoint is {last} (untouched)" if last.exists() else "no checkpoint yet"
+                    raise ConfigError("trainer.on_nan", f"non-finite loss at step {e.step} ({desc}); {good}",
+                                      "lower optim.lr, or trainer.on_nan=skip_batch to skip such batches"
+                                      + (f"; continue with resume={run_dir}" if last.exists() else "")) from None
+                pos["step"], epoch_state, ips = result.step, None, result.images_per_sec
+                if result.stopped:
+                    checkpoint(i, epoch - 1, result.step, state)
+                    stop(signals.requested, result.step, run_dir, writer)
+                if not phase.main:
+                    writer.add_scalar(f"{phase.tag}/loss_{phase.unit}", result.means["loss"], result.step)
+                    log.info("%s epoch %d/%d: loss_%s %.5g (%r), %s img/s", phase.tag, epoch, phase.epochs,
+                             phase.unit, result.means["loss"], phase.noise, f"{ips:,.0f}")
+                    checkpoint(i, epoch, result.step, None)
+                    if signals.requested is not None:
+                        stop(signals.requested, result.step, run_dir, writer)
+                    continue
+                val = evaluate(model, data, data.val, recon, tc.eval_batch_size)
+                for k, v in result.means.items():
+                    writer.add_scalar(f"train/{k}_{unit}", v, result.step)
+                for k, v in val.items():
+                    writer.add_scalar(f"val/{k}", v, result.step)
+                writer.add_scalar("epoch", epoch, result.step)
+                writer.add_scalar("perf/images_per_sec", ips, result.step)
+                write_images(writer, model, recon, grid_clean, grid_noisy, noise, prior_z, result.step)
+                improved = val[f"loss_{unit}"] < best_val
+                best_val = min(best_val, val[f"loss_{unit}"])
+                checkpoint(i, epoch, result.step, None, ("last.pt", "best.pt") if improved else ("last.pt",))
+                log.info("epoch %d/%d step %d: train loss_%s %.5g | val loss_%s %.5g, psnr %.2f dB | %s img/s, %.1fs",
+                         epoch, phase.epochs, result.step, unit, result.means["loss"], unit, val[f"loss_{unit}"],
+                         val["psnr_db"], f"{ips:,.0f}", time.perf_counter() - t0)
+                if signals.requested is not None:  # arrived during the epoch's last step
+                    stop(signals.requested, result.step, run_dir, writer)
 
     train_final = evaluate(model, data, data.train, recon, tc.eval_batch_size)
     test = evaluate(model, data, data.test, recon, tc.eval_batch_size)
     metrics = {f"{split}/{k}": v for split, d in (("train", train_final), ("val", val), ("test", test))
                for k, v in d.items()}
-    metrics.update({"epochs": tc.epochs, "steps": step, "images_per_sec": ips, "best_val_loss": best_val})
+    metrics.update({"epochs": tc.epochs, "steps": pos["step"], "images_per_sec": ips, "best_val_loss": best_val})
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     writer.add_hparams(hparams_of(cfg, choices or {}),
                        {f"hparam/{k.replace('/', '_')}": v for k, v in metrics.items() if "/" in k},
-                       run_name=".", global_step=tc.epochs)
+                       run_name=".", global_step=pos["step"])
     writer.close()
     log.info("test: %s", ", ".join(f"{k} {v:.5g}" for k, v in test.items()))
     log.info("run dir: %s", run_dir)
     return val[f"loss_{unit}"]
 
 
+def stop(signum: int, step: int, run_dir: Path, writer: SummaryWriter) -> None:
+    """After a stop signal's checkpoint: say how to continue, exit with 128 + the signal number
+    (143 for SIGTERM, 130 for SIGINT: what shells and requeue tooling read as 'terminated')."""
+    writer.close()
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    overrides = [str(o) for o in OmegaConf.load(overrides_file) if not str(o).startswith("resume=")] \
+        if overrides_file.is_file() else []
+    log.warning("%s: stopped after step %d; checkpoint written to %s. Continue with:\n  python -m aecli.train %s",
+                signal.Signals(signum).name, step, run_dir / "checkpoints" / "last.pt",
+                " ".join([*overrides, f"resume={run_dir}"]))
+    raise SystemExit(128 + signum)
+
+
 @torch.no_grad()
 def write_images(writer: SummaryWriter, model: Autoencoder, recon: ReconstructionLoss, clean: Tensor,
-                 noisy: Tensor, noise: Noise, prior_z: Tensor | None, epoch: int) -> None:
+                 noisy: Tensor, noise: Noise, prior_z: Tensor | None, step: int) -> None:
     """clean | corrupted (when there is noise) | reconstruction of what the model was fed;
     for a VAE also decoded samples from the prior (the same latent codes every epoch)."""
     model.eval()
     shown = noisy if not isinstance(noise, NoNoise) else clean
     rows = [clean] + ([noisy] if shown is noisy else []) + [recon.output(model.decode(model.encode(shown)))]
     writer.add_image("reconstruction/" + ("clean_corrupted_reconstructed" if shown is noisy
-                                          else "clean_reconstructed"), image_grid(rows), epoch)
+                                          else "clean_reconstructed"), image_grid(rows), step)
     if prior_z is not None:
         samples = recon.output(model.decode(prior_z))
-        writer.add_image("samples/prior", image_grid([samples[:8], samples[8:]]), epoch)
+        writer.add_image("samples/prior", image_grid([samples[:8], samples[8:]]), step)
     model.train()

@@ -24,9 +24,15 @@ RULES: list[tuple[str, Callable[[Any], bool], str, str]] = [
     ("trainer.eval_batch_size", lambda v: v >= 1, ">= 1", "trainer.eval_batch_size=1024"),
     ("trainer.log_every_n_steps", lambda v: v >= 1, ">= 1", "trainer.log_every_n_steps=50"),
     ("trainer.grid_images", lambda v: v >= 1, ">= 1", "trainer.grid_images=8"),
+    ("trainer.checkpoint_every_n_steps", lambda v: v >= 1, ">= 1 (or null)", "trainer.checkpoint_every_n_steps=500"),
     ("optim.lr", lambda v: v > 0.0, "> 0", "optim.lr=1e-3"),
     ("optim.weight_decay", lambda v: v >= 0.0, ">= 0", "optim.weight_decay=0"),
 ]
+
+CHOICES: dict[str, tuple] = {
+    "trainer.on_nan": ("stop", "skip_batch"),
+    "trainer.progress": ("auto", "bar", "log"),
+}
 
 NUMBER_LISTS = ("model.hidden_dims", "model.channels")
 
@@ -45,5 +51,10 @@ def check_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None and not all(isinstance(v, int) and v >= 1 for v in value):
             raise ConfigError(key, f"{list(value)} must be a list of whole numbers >= 1", f"use e.g. {key}=[256,128]")
+    for key, allowed in CHOICES.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and value not in allowed:
+            raise ConfigError(key, f"{value!r} is not one of {', '.join(map(str, allowed))}",
+                              f"use e.g. {key}={allowed[0]}")
     if cfg.get("seed") is not None and not isinstance(cfg.seed, int):
         raise ConfigError("seed", f"{cfg.seed!r} is not a whole number", "use e.g. seed=0")

@@ -25,10 +25,12 @@ def test_cli_run_writes_events_images_checkpoints_and_metrics(tmp_path):
     for tag in ["train/loss_per_image", "train/recon_per_image", "train/kl_per_image", "val/loss_per_image",
                 "val/psnr_db", "perf/images_per_sec", "train_step/loss_per_image"]:
         assert tag in scalars, tag
-    assert [e.step for e in events.Scalars("val/loss_per_image")] == [1, 2]
+    # every scalar and image is logged against the global step (10 steps per epoch here)
+    assert [e.step for e in events.Scalars("val/loss_per_image")] == [10, 20]
+    assert [e.value for e in events.Scalars("epoch")] == [1, 2]
     images = events.Tags()["images"]
     grid = events.Images("reconstruction/clean_corrupted_reconstructed")
-    assert [g.step for g in grid] == [1, 2]
+    assert [g.step for g in grid] == [10, 20]
     png = Image.open(io.BytesIO(grid[-1].encoded_image_string))
     # 3 rows (clean | corrupted | reconstructed) x 8 images of 8x8 digits upscaled 7x, 1px borders
     assert png.size == (8 * 58, 3 * 58)
