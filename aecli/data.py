@@ -2,7 +2,9 @@
 
 Every loader here is a ``_target_`` of the ``dataset`` config group and returns ``ImageData``.
 Training holds the tensors on the training device and slices batches from them
-(``batches``); the uint8 -> float conversion happens per batch, on the device.
+(``batches``); the uint8 -> float conversion happens per batch, on the device. A ``folder``
+too large for ``dataset.max_memory_mb`` is streamed instead: its splits are ``ImageFiles``,
+decoded by DataLoader workers into pinned memory, batch by batch.
 """
 from __future__ import annotations
 
@@ -20,13 +22,43 @@ from aecli.errors import ConfigError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 
+class ImageFiles(torch.utils.data.Dataset):
+    """Image files decoded on demand to uint8 (C, H, W) tensors: a split too large to hold.
+
+    Looks like a uint8 tensor where training needs it to (``len``, ``shape``, slicing).
+    """
+
+    def __init__(self, files: list[Path], image_size: int, channels: int, num_workers: int = 2) -> None:
+        self.files, self.image_size, self.channels = files, image_size, channels
+        self.num_workers = num_workers
+        self.dtype = torch.uint8
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self.files), self.channels, self.image_size, self.image_size))
+
+    def __getitem__(self, index: int | slice) -> Tensor:
+        if isinstance(index, slice):
+            return torch.stack([self[i] for i in range(*index.indices(len(self)))])
+        from PIL import Image
+
+        with Image.open(self.files[index]) as img:
+            img = img.convert("L" if self.channels == 1 else "RGB")
+            img = img.resize((self.image_size, self.image_size), Image.BILINEAR)
+            array = np.asarray(img, dtype=np.uint8).reshape(self.image_size, self.image_size, self.channels)
+        return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
 @dataclass
 class ImageData:
-    """Raw image tensors; pixel value ``max_value`` maps to 1.0 (so floats lie in [0, 1])."""
+    """Raw image tensors (or streamed ``ImageFiles``); pixel value ``max_value`` maps to 1.0."""
 
-    train: Tensor
-    val: Tensor
-    test: Tensor
+    train: Tensor | ImageFiles
+    val: Tensor | ImageFiles
+    test: Tensor | ImageFiles
     max_value: float = 255.0
 
     @property
@@ -35,20 +67,39 @@ class ImageData:
         c, h, w = self.train.shape[1:]
         return int(c), int(h), int(w)
 
+    @property
+    def streamed(self) -> bool:
+        return isinstance(self.train, ImageFiles)
+
     def to(self, device: torch.device) -> "ImageData":
-        return replace(self, train=self.train.to(device), val=self.val.to(device), test=self.test.to(device))
+        """Tensors move to ``device``; streamed splits stay on disk (batches move instead)."""
+        move = lambda t: t.to(device) if isinstance(t, Tensor) else t  # noqa: E731
+        return replace(self, train=move(self.train), val=move(self.val), test=move(self.test))
 
     def as_float(self, raw: Tensor) -> Tensor:
         """A raw batch as float32 in [0, 1]."""
         return raw.to(torch.float32).mul_(1.0 / self.max_value)
 
 
-def batches(raw: Tensor, batch_size: int, perm: Tensor, start: int = 0):
+def batches(raw: Tensor | ImageFiles, batch_size: int, perm: Tensor, start: int = 0):
     """Yield ``(index, batch)`` for the batches of ``raw`` in the order ``perm``, from batch
-    ``start`` on (``start`` > 0 resumes an interrupted epoch). The last batch may be smaller."""
+    ``start`` on (``start`` > 0 resumes an interrupted epoch). The last batch may be smaller.
+
+    Tensors are sliced on their own device; ``ImageFiles`` are decoded by DataLoader workers
+    into pinned memory and copied to ``perm``'s device without blocking.
+    """
     n_batches = math.ceil(len(perm) / batch_size)
-    for i in range(start, n_batches):
-        yield i, raw.index_select(0, perm[i * batch_size : (i + 1) * batch_size])
+    if isinstance(raw, Tensor):
+        for i in range(start, n_batches):
+            yield i, raw.index_select(0, perm[i * batch_size : (i + 1) * batch_size])
+        return
+    device = perm.device
+    order = perm[start * batch_size :].tolist()
+    # its own generator: the workers' seeds must not be drawn from (and shift) the global RNG
+    loader = torch.utils.data.DataLoader(raw, batch_size=batch_size, sampler=order, num_workers=raw.num_workers,
+                                         pin_memory=device.type == "cuda", generator=torch.Generator())
+    for i, batch in enumerate(loader, start):
+        yield i, batch.to(device, non_blocking=True)
 
 
 def split(images: Tensor, fractions: tuple[float, ...], seed: int) -> list[Tensor]:
@@ -134,11 +185,15 @@ def load_folder(
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
     split_seed: int = 0,
+    max_memory_mb: float = 2048,
+    num_workers: int = 2,
 ) -> ImageData:
     """The user's own images: every image file under ``root`` (flat or in class sub-folders),
-    resized to ``image_size`` x ``image_size`` with ``channels`` 1 (grey) or 3 (RGB)."""
-    from PIL import Image
+    resized to ``image_size`` x ``image_size`` with ``channels`` 1 (grey) or 3 (RGB).
 
+    Held in memory (and on the training device) when the decoded images fit ``max_memory_mb``;
+    streamed from disk by ``num_workers`` DataLoader workers otherwise.
+    """
     _check_fraction("dataset.val_fraction", val_fraction)
     _check_fraction("dataset.test_fraction", test_fraction)
     if channels not in (1, 3):
@@ -154,12 +209,11 @@ def load_folder(
         raise ConfigError("dataset.root", f"{folder.resolve()} holds {len(files)} images "
                           f"({', '.join(IMAGE_EXTENSIONS)}), too few to split",
                           "point dataset.root at a folder with your images (sub-folders are fine)")
-    mode = "L" if channels == 1 else "RGB"
-    arrays = []
-    for path in files:
-        with Image.open(path) as img:
-            img = img.convert(mode).resize((image_size, image_size), Image.BILINEAR)
-            arrays.append(np.asarray(img, dtype=np.uint8).reshape(image_size, image_size, channels))
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    train, val, test = split(images, (val_fraction, test_fraction), split_seed)
-    return ImageData(train, val, test)
+    if num_workers < 0:
+        raise ConfigError("dataset.num_workers", f"{num_workers} < 0", "use e.g. dataset.num_workers=2")
+    indices = torch.arange(len(files))
+    parts = split(indices, (val_fraction, test_fraction), split_seed)
+    splits = [ImageFiles([files[i] for i in part], image_size, channels, num_workers) for part in parts]
+    if len(files) * channels * image_size**2 <= max_memory_mb * 2**20:
+        splits = [s[:] for s in splits]  # decode once, keep as uint8 tensors
+    return ImageData(*splits)

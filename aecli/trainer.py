@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import random
 import shutil
 import signal
 import sys
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np  # noqa: F401  (seeded below; imported here so seeding never fails late)
+import numpy as np
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
@@ -40,7 +41,7 @@ from aecli.device import resolve_device
 from aecli.errors import ConfigError
 from aecli.images import image_grid
 from aecli.losses import BCELoss, ReconstructionLoss
-from aecli.models import VAE, Autoencoder, StackedAutoencoder
+from aecli.models import VAE, Autoencoder, ConvAutoencoder, StackedAutoencoder
 from aecli.noise import NoNoise, Noise
 
 log = logging.getLogger("aecli")
@@ -61,8 +62,6 @@ def build(cfg: DictConfig, group: str, **kwargs: Any) -> Any:
 
 
 def seed_everything(seed: int) -> None:
-    import random
-
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
@@ -80,6 +79,35 @@ class Phase:
     prepare: Callable[[Tensor], Tensor] | None = None  # clean batch -> what the module sees
     epochs: int = 1
     main: bool = True  # the end-to-end phase: validated, imaged, best-checkpointed
+    compute: Callable[..., dict[str, Tensor]] | None = None  # module.loss, or a compiled version
+
+    def __post_init__(self) -> None:
+        if self.compute is None:
+            self.compute = self.module.loss
+
+
+@dataclass
+class Precision:
+    """``trainer.precision``: fp32, or autocast to bf16 / fp16 (fp16 with a GradScaler)."""
+
+    device_type: str = "cpu"
+    dtype: torch.dtype | None = None  # None: fp32, no autocast
+    scaler: torch.amp.GradScaler = field(default_factory=lambda: torch.amp.GradScaler("cpu", enabled=False))
+
+    @classmethod
+    def from_config(cls, value: Any, device: torch.device) -> "Precision":
+        name = str(value)
+        if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ConfigError("trainer.precision", f"this GPU ({torch.cuda.get_device_name(device)}) has no bf16",
+                              "use trainer.precision=16 or 32")
+        if name == "bf16" and device.type == "cpu":
+            log.warning("trainer.precision=bf16 on the CPU: correct, but far slower than fp32 on CPUs "
+                        "without native bf16 matrix units")
+        dtype = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}[name]
+        return cls(device.type, dtype, torch.amp.GradScaler(device.type, enabled=name == "16"))
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None)
 
 
 @dataclass
@@ -118,8 +146,20 @@ class NonFiniteLoss(RuntimeError):
 
 
 def make_optimizer(params, cfg: DictConfig, device: torch.device) -> torch.optim.Optimizer:
-    # foreach=True: one multi-tensor kernel per step instead of a Python loop over parameters.
-    return torch.optim.Adam(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, foreach=True)
+    """Adam; ``optim.fused`` (auto: where the device has the kernel) runs the whole update as one
+    fused kernel, else ``foreach`` multi-tensor kernels: both beat a Python loop over parameters
+    (fused was ~15% faster than foreach for the MLP VAE on the 2-core CPU, see README)."""
+    params = list(params)
+    kwargs = {"lr": cfg.optim.lr, "weight_decay": cfg.optim.weight_decay}
+    fused = cfg.optim.get("fused", "auto")
+    if fused in (True, "auto"):
+        try:
+            return torch.optim.Adam(params, fused=True, **kwargs)
+        except RuntimeError:  # no fused kernel for this device
+            if fused is True:
+                raise ConfigError("optim.fused", f"no fused Adam kernel on {device.type}",
+                                  "use optim.fused=auto or false") from None
+    return torch.optim.Adam(params, foreach=True, **kwargs)
 
 
 def train_epoch(
@@ -135,6 +175,7 @@ def train_epoch(
     state: EpochState | None = None,
     after_step: Callable[[int, EpochState], bool] | None = None,
     on_nan: str = "stop",
+    precision: "Precision | None" = None,
 ) -> EpochResult:
     """Train ``phase`` for one pass over the training set (or the rest of the pass ``state``
     describes). ``after_step(step, state)`` runs after every optimizer step; True stops early.
@@ -145,12 +186,14 @@ def train_epoch(
     """
     from tqdm.auto import tqdm
 
+    precision = precision or Precision()
     module = phase.module
     module.train()
+    device = next(module.parameters()).device
     if state is None:
-        state = EpochState(perm=torch.randperm(len(data.train), device=data.train.device))
+        state = EpochState(perm=torch.randperm(len(data.train), device=device))
     n_batches = math.ceil(len(state.perm) / batch_size)
-    first_bad = state.first_bad = torch.full((), -1, dtype=torch.long, device=data.train.device)
+    first_bad = state.first_bad = torch.full((), -1, dtype=torch.long, device=device)
     window: dict[str, Tensor] = {}
     window_steps, seen_at_start, stopped = 0, state.seen, False
     bar = tqdm(total=n_batches, initial=state.batch, desc=desc, leave=False, disable=not progress, file=sys.stderr)
@@ -159,7 +202,8 @@ def train_epoch(
         x = data.as_float(raw)
         if phase.prepare is not None:
             x = phase.prepare(x)
-        terms = module.loss(phase.noise(x), x, recon)
+        with precision.autocast():
+            terms = phase.compute(phase.noise(x), x, recon)
         loss = terms["loss"]
         step += 1
         state.batch += 1
@@ -168,8 +212,9 @@ def train_epoch(
             log.warning("step %d: non-finite loss, batch skipped (trainer.on_nan=skip_batch)", step)
         else:
             phase.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            phase.optimizer.step()
+            precision.scaler.scale(loss).backward()
+            precision.scaler.step(phase.optimizer)
+            precision.scaler.update()
             n = x.shape[0]
             for k, v in terms.items():
                 v = v.detach()
@@ -209,10 +254,11 @@ def evaluate(model: Autoencoder, data: ImageData, raw: Tensor, recon: Reconstruc
     """Mean loss terms (training units), per-pixel MSE of the reconstruction, PSNR (dB, data
     range 1), and for a VAE trained with BCE the negative ELBO in nats per image."""
     model.eval()
+    device = next(model.parameters()).device
     sums: dict[str, Tensor] = {}
-    squared_error = torch.zeros((), device=raw.device)
-    for start in range(0, len(raw), batch_size):
-        x = data.as_float(raw[start : start + batch_size])
+    squared_error = torch.zeros((), device=device)
+    for _, b in batches(raw, batch_size, torch.arange(len(raw), device=device)):
+        x = data.as_float(b)
         for k, v in model.loss(x, x, recon).items():
             sums[k] = sums[k] + v * x.shape[0] if k in sums else v * x.shape[0]
         # the reconstruction a user means: decode the code (a VAE's mean code, no sampling)
@@ -221,7 +267,7 @@ def evaluate(model: Autoencoder, data: ImageData, raw: Tensor, recon: Reconstruc
     n = len(raw)
     unit = model.loss_unit
     out = {f"{k}_{unit}": v.item() / n for k, v in sums.items()}
-    mse = squared_error.item() / raw[0].numel() / n
+    mse = squared_error.item() / math.prod(raw.shape[1:]) / n
     out["mse_per_pixel"] = mse
     out["psnr_db"] = 10.0 * math.log10(1.0 / max(mse, 1e-12))
     if isinstance(model, VAE) and isinstance(recon, BCELoss):
@@ -289,7 +335,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None) -
 
     data: ImageData = build(cfg, "dataset")
     recon: ReconstructionLoss = build(cfg, "loss")
-    top = float(data.train.max()) / data.max_value
+    top = float(data.train.max()) / data.max_value if not data.streamed else 1.0  # files: uint8/255
     if isinstance(recon, BCELoss) and top > 1.0:
         raise ConfigError("loss", f"loss=bce needs data in [0, 1], but this dataset reaches {top:.3g}",
                           "use loss=mse, or a dataset whose pixels lie in [0, 1]")
@@ -303,6 +349,14 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None) -
             raise ConfigError("resume", f"the checkpoint does not fit this model: {str(e)[:300]}",
                               "resume with the config of the run that wrote the checkpoint") from None
     tc = cfg.trainer
+    precision = Precision.from_config(tc.precision, device)
+    if device.type == "cuda":
+        # let cuDNN pick the fastest conv algorithms for these fixed shapes (auto: on CUDA)
+        torch.backends.cudnn.benchmark = tc.cudnn_benchmark in (True, "auto")
+    channels_last = tc.channels_last is True or (
+        tc.channels_last == "auto" and device.type == "cuda" and isinstance(model, ConvAutoencoder))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     ckpt_dir = run_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     for stale in ckpt_dir.glob(".*.tmp"):  # half-written by a process that was killed mid-write
@@ -314,7 +368,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None) -
              len(data.train), len(data.val), len(data.test), noise, recon.name)
 
     # A fixed validation batch (and its corruption, drawn once) for the image grids.
-    grid_clean = data.as_float(data.val[: tc.grid_images])
+    grid_clean = data.as_float(data.val[: tc.grid_images].to(device))
     grid_noisy = noise(grid_clean.clone())
     prior_z = torch.randn(16, model.latent_dim, generator=torch.Generator().manual_seed(cfg.seed)).to(device) \
         if isinstance(model, VAE) else None
@@ -328,7 +382,11 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None) -
                                 epochs=model.pretrain_epochs, main=False))
     unit = model.loss_unit
     phases.append(Phase(model, make_optimizer(model.parameters(), cfg, device), noise, tag="train",
-                        unit=unit, epochs=tc.epochs))
+                        unit=unit, epochs=tc.epochs,
+                        prepare=(lambda x: x.contiguous(memory_format=torch.channels_last)) if channels_last else None))
+    if tc.compile:  # compile what a step runs: the loss (forward included) of each phase
+        for phase in phases:
+            phase.compute = torch.compile(phase.module.loss, mode=tc.compile_mode)
 
     # Where to start: the beginning, or exactly where the checkpoint left off.
     pos = {"phase": 0, "epoch": 0, "step": 0}
@@ -337,6 +395,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None) -
         pos = {k: resume[k] for k in pos}
         best_val, val = resume["best_val"], resume["val"]
         phases[pos["phase"]].optimizer.load_state_dict(resume["optimizer"])
+        precision.scaler.load_state_dict(resume["scaler"])
         if resume["epoch_state"] is not None:
             es = resume["epoch_state"]
             epoch_state = EpochState(es["perm"].to(device), es["batch"], es["seen"],
@@ -354,7 +413,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None) -
         snapshot = {"model": model.state_dict(), "optimizer": phases[phase_index].optimizer.state_dict(),
                     "phase": phase_index, "epoch": epochs_done, "step": step,
                     "epoch_state": None if state is None else state.to_dict(),
-                    "val": val, "best_val": best_val, "rng": rng_state(),
+                    "scaler": precision.scaler.state_dict(), "val": val, "best_val": best_val, "rng": rng_state(),
                     "input_shape": list(data.shape), "config": OmegaConf.to_container(cfg, resolve=True)}
         for name in names:
             try:
@@ -390,7 +449,8 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None) -
                 state = epoch_state or EpochState(perm=torch.randperm(len(data.train), device=device))
                 try:
                     result = train_epoch(phase, data, recon, tc.batch_size, writer, pos["step"],
-                                         tc.log_every_n_steps, progress, desc, state, after_step, tc.on_nan)
+                                         tc.log_every_n_steps, progress, desc, state, after_step, tc.on_nan,
+                                         precision)
                 except NonFiniteLoss as e:
                     last = ckpt_dir / "last.pt"
                     good = f"the last good checkpoint is {last} (untouched)" if last.exists() else "no checkpoint yet"

@@ -32,6 +32,11 @@ RULES: list[tuple[str, Callable[[Any], bool], str, str]] = [
 CHOICES: dict[str, tuple] = {
     "trainer.on_nan": ("stop", "skip_batch"),
     "trainer.progress": ("auto", "bar", "log"),
+    "trainer.precision": ("32", "bf16", "16"),
+    "trainer.compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+    "trainer.channels_last": ("auto", True, False),
+    "trainer.cudnn_benchmark": ("auto", True, False),
+    "optim.fused": ("auto", True, False),
 }
 
 NUMBER_LISTS = ("model.hidden_dims", "model.channels")
@@ -53,6 +58,8 @@ def check_config(cfg: DictConfig) -> None:
             raise ConfigError(key, f"{list(value)} must be a list of whole numbers >= 1", f"use e.g. {key}=[256,128]")
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key, default=None)
+        if key == "trainer.precision" and value is not None:
+            value = str(value)  # 32 and 16 arrive as numbers from YAML and the command line
         if value is not None and value not in allowed:
             raise ConfigError(key, f"{value!r} is not one of {', '.join(map(str, allowed))}",
                               f"use e.g. {key}={allowed[0]}")
