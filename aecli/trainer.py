@@ -167,7 +167,7 @@ def train_epoch(
     data: ImageData,
     recon: ReconstructionLoss,
     batch_size: int,
-    writer: SummaryWriter,
+    writer: SummaryWriter | None,
     step: int,
     log_every: int,
     progress: bool,
@@ -179,6 +179,7 @@ def train_epoch(
 ) -> EpochResult:
     """Train ``phase`` for one pass over the training set (or the rest of the pass ``state``
     describes). ``after_step(step, state)`` runs after every optimizer step; True stops early.
+    Per-step scalars go to ``writer`` every ``log_every`` steps (``None``: nothing is logged).
 
     A non-finite loss raises ``NonFiniteLoss`` (``on_nan="stop"``: noticed on the device and
     reported at the next log step or epoch end, so no sync per step) or skips the batch
@@ -231,7 +232,7 @@ def train_epoch(
             except NonFiniteLoss:
                 bar.close()
                 raise
-            if window_steps and step % log_every == 0:
+            if writer is not None and window_steps and step % log_every == 0:
                 values = {k: v.item() / window_steps for k, v in window.items()}
                 for k, v in values.items():
                     writer.add_scalar(f"{phase.tag}_step/{k}_{phase.unit}", v, step)

@@ -1,0 +1,107 @@
+"""The benchmark compares like with like: the classic loop and aecli's path train the same
+model the same way (correctness here; speed is what ``python -m aecli.bench`` prints)."""
+import copy
+import re
+
+import pytest
+import torch
+
+from aecli import bench
+from aecli.data import ImageData
+from aecli.losses import BCELoss, MSELoss
+from aecli.models import VAE, ConvAutoencoder
+from aecli.noise import NoNoise
+from aecli.trainer import EpochState, Phase, make_optimizer, train_epoch
+
+from .conftest import make_cfg
+
+
+@pytest.fixture(scope="module")
+def digits28():
+    data, _ = bench.load_data("digits", "data", repeat=1)
+    return data
+
+
+def test_digits_are_upsampled_to_mnist_shape(digits28):
+    assert digits28.shape == (1, 28, 28)
+    assert digits28.train.dtype == torch.uint8
+    assert digits28.train.max() == 255 and digits28.train.min() == 0
+    x = digits28.as_float(digits28.train)
+    assert 0.1 < x.mean() < 0.5  # digit strokes on a dark background, like MNIST
+
+
+def test_classic_vae_is_the_same_network_as_aecli_vae():
+    torch.manual_seed(0)
+    vae = VAE((1, 28, 28), hidden_dims=[400], latent_dim=20)
+    classic = bench.ClassicVAE.from_aecli(vae)
+    x = torch.rand(16, 1, 28, 28)
+    torch.manual_seed(1)
+    ours = vae.loss(x, x, BCELoss())["loss"]
+    torch.manual_seed(1)
+    theirs = classic.loss(x) / len(x)  # the example sums over the batch
+    assert theirs.item() == pytest.approx(ours.item(), rel=1e-5)
+    back = classic.to_aecli(VAE((1, 28, 28), hidden_dims=[400], latent_dim=20))
+    for a, b in zip(vae.state_dict().values(), back.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kind", ["vae", "conv"])
+def test_fast_path_follows_the_classic_loop_step_by_step(kind, digits28):
+    """Same seed, same initial weights, same batch order: the per-step losses of the DataLoader
+    baseline and of aecli's ``train_epoch`` agree (the loop changes speed, not the training)."""
+    data = ImageData(digits28.train[:512], digits28.val, digits28.test)
+    torch.manual_seed(0)
+    if kind == "vae":
+        model, recon = VAE((1, 28, 28), hidden_dims=[400], latent_dim=20), BCELoss()
+        classic = bench.ClassicVAE.from_aecli(model)
+    else:
+        model, recon = ConvAutoencoder((1, 28, 28), channels=[8, 16], latent_dim=8), MSELoss()
+        classic = bench.ClassicAE(copy.deepcopy(model))
+    batch = 64
+    perm = torch.randperm(len(data.train))
+    cfg = make_cfg()
+
+    baseline: list[float] = []
+    torch.manual_seed(123)
+    bench.classic_epoch(classic, torch.optim.Adam(classic.parameters(), lr=1e-3),
+                        bench.classic_loader(data.train, batch, torch.device("cpu"), sampler=perm.tolist()),
+                        torch.device("cpu"), on_step=baseline.append)
+    if kind == "vae":
+        baseline = [v / batch for v in baseline]  # summed over the batch there, a mean here
+
+    sums: list[float] = []
+    torch.manual_seed(123)
+    phase = Phase(model, make_optimizer(model.parameters(), cfg, torch.device("cpu")), NoNoise(), "train",
+                  model.loss_unit)
+    train_epoch(phase, data, recon, batch, None, 0, 10**9, False, "test", state=EpochState(perm=perm.clone()),
+                after_step=lambda step, state: sums.append(state.sums["loss"].item()) and False)
+    ours = [(b - a) / batch for a, b in zip([0.0, *sums[:-1]], sums)]
+
+    assert len(ours) == len(baseline) == 512 // batch
+    assert ours[-1] < ours[0]  # it trains
+    assert ours == pytest.approx(baseline, rel=1e-4)
+
+
+def test_flop_count_of_the_mnist_vae_step():
+    """784-400-20: forward 2 x 651,200 MACs; backward the weight gradients of all layers and the
+    input gradients of all but the first: 3.28 MFLOP per image per step."""
+    model = VAE((1, 28, 28), hidden_dims=[400], latent_dim=20)
+    phase = Phase(model, torch.optim.Adam(model.parameters()), NoNoise(), "train", "per_image")
+    assert bench.step_flops_per_image(phase, torch.rand(32, 1, 28, 28), BCELoss()) == 3_280_000
+
+
+def test_bench_command_prints_a_table_of_both_paths(capsys):
+    bench.main(["--cases", "mlp-vae-128", "--epochs", "1", "--repeat", "1", "--startup-runs", "0"])
+    out = capsys.readouterr().out
+    header = re.search(r"fp32 matmul ([\d.]+) GFLOP/s", out)
+    assert header and float(header.group(1)) > 0
+    rows = {m["path"]: m for m in re.finditer(
+        r"\| mlp-vae-128 \| (?P<path>\w+) \| (?P<ips>[\d,]+) \| (?P<loss>[\d.]+) nats/image \| "
+        r"(?P<ratio>[\d.]+)x \| (?P<roof>\d+)% \|", out)}
+    assert set(rows) == {"baseline", "aecli"}
+    assert float(rows["baseline"]["ratio"]) == 1.0
+    for r in rows.values():
+        assert int(r["ips"].replace(",", "")) > 0
+        assert 0 < int(r["roof"]) <= 100
+    # equal epochs, same data and initial weights: models of the same quality
+    assert float(rows["aecli"]["loss"]) == pytest.approx(float(rows["baseline"]["loss"]), rel=0.05)
