@@ -40,7 +40,8 @@ from aecli.device import resolve_device
 from aecli.losses import ReconstructionLoss
 from aecli.models import VAE, Autoencoder
 from aecli.noise import NoNoise
-from aecli.trainer import EpochState, Phase, Precision, build, evaluate, make_optimizer, seed_everything, train_epoch
+from aecli.trainer import (Phase, Precision, build, evaluate, make_optimizer, seed_everything, step_function,
+                           train_epoch)
 
 # name -> (overrides composed into aecli's config, batch size)
 CASES = {
@@ -210,13 +211,15 @@ class PathResult:
     test_loss: float
 
 
-def bench_case(name: str, data: ImageData, device: torch.device, epochs: int) -> tuple[PathResult, PathResult, float, str]:
-    """Baseline and aecli for one case: their results, FLOPs per image, the test loss's unit."""
+def bench_case(name: str, data: ImageData, device: torch.device, epochs: int,
+               extra: list[str] = ()) -> tuple[PathResult, PathResult, float, str]:
+    """Baseline and aecli for one case: their results, FLOPs per image, the test loss's unit.
+    ``extra``: more overrides for aecli's side (a speed knob to measure, e.g. trainer.compile=true)."""
     from hydra import compose, initialize_config_module
 
     overrides, batch_size = CASES[name]
     with initialize_config_module(config_module="aecli.conf", version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
+        cfg = compose(config_name="train", overrides=[*overrides, *extra])
     seed_everything(cfg.seed)
     recon: ReconstructionLoss = build(cfg, "loss")
     model: Autoencoder = build(cfg, "model", input_shape=data.shape).to(device)
@@ -224,7 +227,7 @@ def bench_case(name: str, data: ImageData, device: torch.device, epochs: int) ->
     classic_opt = torch.optim.Adam(classic.parameters(), lr=cfg.optim.lr)  # the example's optimizer
     loader = classic_loader(data.train, batch_size, device)
     phase = Phase(model, make_optimizer(model.parameters(), cfg, device), NoNoise(), tag="train",
-                  unit=model.loss_unit)
+                  unit=model.loss_unit, compute=step_function(model, cfg.trainer))
     precision = Precision.from_config(cfg.trainer.precision, device)
     flops = step_flops_per_image(phase, data.as_float(data.train[:batch_size]), recon)
 
@@ -306,6 +309,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per path, after one warm-up epoch")
     parser.add_argument("--repeat", type=int, default=8, help="digits only: tile the training split this often")
+    parser.add_argument("--aecli", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides for aecli's side, e.g. trainer.compile=true optim.fused=false")
     parser.add_argument("--startup-runs", type=int, default=3, help="0: skip the startup measurement")
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.repeat < 1:
@@ -318,11 +323,12 @@ def main(argv: list[str] | None = None) -> None:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     print(f"aecli bench: {described}; {device} ({where}); torch {torch.__version__}; "
-          f"fp32 matmul {gflops:.1f} GFLOP/s; {args.epochs} timed epochs after 1 warm-up, median")
+          f"fp32 matmul {gflops:.1f} GFLOP/s; {args.epochs} timed epochs after 1 warm-up, median"
+          + (f"; aecli with {' '.join(args.aecli)}" if args.aecli else ""))
     print(f"| case | path | images/s | test loss after {args.epochs + 1} epochs | speed-up | roofline |")
     print("|---|---|---:|---:|---:|---:|")
     for name in args.cases:
-        base, fast, flops, unit = bench_case(name, data, device, args.epochs)
+        base, fast, flops, unit = bench_case(name, data, device, args.epochs, args.aecli)
         for path, r in (("baseline", base), ("aecli", fast)):
             print(f"| {name} | {path} | {r.images_per_sec:,.0f} | {r.test_loss:.4g} {unit} | "
                   f"{r.images_per_sec / base.images_per_sec:.2f}x | "

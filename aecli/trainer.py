@@ -162,6 +162,14 @@ def make_optimizer(params, cfg: DictConfig, device: torch.device) -> torch.optim
     return torch.optim.Adam(params, foreach=True, **kwargs)
 
 
+def step_function(module: torch.nn.Module, trainer_cfg: DictConfig) -> Callable[..., dict[str, Tensor]]:
+    """What a training step runs (the loss, forward included): ``module.loss``, compiled with
+    ``torch.compile`` when ``trainer.compile`` says so."""
+    if trainer_cfg.compile:
+        return torch.compile(module.loss, mode=trainer_cfg.compile_mode)
+    return module.loss
+
+
 def train_epoch(
     phase: Phase,
     data: ImageData,
@@ -385,9 +393,8 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None) -
     phases.append(Phase(model, make_optimizer(model.parameters(), cfg, device), noise, tag="train",
                         unit=unit, epochs=tc.epochs,
                         prepare=(lambda x: x.contiguous(memory_format=torch.channels_last)) if channels_last else None))
-    if tc.compile:  # compile what a step runs: the loss (forward included) of each phase
-        for phase in phases:
-            phase.compute = torch.compile(phase.module.loss, mode=tc.compile_mode)
+    for phase in phases:
+        phase.compute = step_function(phase.module, tc)
 
     # Where to start: the beginning, or exactly where the checkpoint left off.
     pos = {"phase": 0, "epoch": 0, "step": 0}
