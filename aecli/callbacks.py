@@ -59,7 +59,8 @@ class JobStatus(Callback):
                       "return_value": float(value) if isinstance(value, (int, float)) else None}
         else:
             error = job_return._return_value  # the exception; .return_value would raise it
-            status = {"status": "FAILED", "error": f"{type(error).__name__}: {error}", "return_value": None}
+            message = str(error).removeprefix("aecli: error: ")  # the type name says as much
+            status = {"status": "FAILED", "error": f"{type(error).__name__}: {message}", "return_value": None}
             try:  # parallel launchers pickle the job's return back to the sweep's process
                 pickle.loads(pickle.dumps(error))
             except Exception:  # an error that cannot make that trip would take the whole sweep down

@@ -31,7 +31,7 @@ FILES = ("report.md", "report.csv", "report.png")
 FIGSIZE, DPI = (10.0, 6.0), 100  # report.png is FIGSIZE x DPI = 1000 x 600 pixels
 METRIC_COLUMNS = {"test/mse_per_pixel": "test/mse_per_pixel", "test/psnr_db": "test/psnr_db",
                   "epochs": "epochs", "images/s": "images_per_sec"}  # column -> metrics.json key
-ERROR_WIDTH = 120  # characters of a failed job's error in the markdown table (the CSV has it all)
+ERROR_WIDTH = 160  # characters of a failed job's error in the markdown table (the CSV has it all)
 
 
 @dataclass
@@ -220,17 +220,22 @@ def _panels(fig: Any, done: Sequence[Job], keys: Sequence[str], metric: str, lab
     rows = math.ceil(len(keys) / cols)
     for n, key in enumerate(keys, 1):
         ax = fig.add_subplot(rows, cols, n)
-        pairs = [(j.overrides.get(key, ""), _value(j, metric)) for j in done]
+        values = [j.overrides.get(key, "") for j in done]
+        ys = [_value(j, metric) for j in done]
         try:
-            xs = [float(x) for x, _ in pairs]
+            xs = [float(x) for x in values]
         except ValueError:  # categories: one column of points each
-            names = list(dict.fromkeys(x for x, _ in pairs))
-            ax.scatter([names.index(x) for x, _ in pairs], [y for _, y in pairs])
+            names = list(dict.fromkeys(values))
+            xs = [names.index(x) for x in values]
             ax.set_xticks(range(len(names)), names, rotation=30 if len(names) > 4 else 0)
         else:
-            ax.scatter(xs, [y for _, y in pairs])
             if min(xs) > 0 and max(xs) / min(xs) > 100:  # e.g. a learning rate
                 ax.set_xscale("log")
+        ax.scatter(xs, ys, label="job")
+        best = min(range(len(ys)), key=lambda i: ys[i])
+        ax.scatter([xs[best]], [ys[best]], marker="*", s=250, color="tab:red", zorder=3, label="best job")
+        if n == 1:
+            ax.legend()
         ax.set_xlabel(key)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
