@@ -266,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("sweep_dir", metavar="SWEEP_DIR", type=Path,
                         help="a multirun dir, e.g. multirun/2026-01-01/12-00-00-123456")
     parser.add_argument("--sort", default="objective",
-                        help="column to sort by (default: objective, grouped by unit); -COLUMN: descending")
+                        help="column to sort by (default: objective, grouped by unit); --sort=-COLUMN: descending")
     args = parser.parse_args(argv)
     try:
         print(report(args.sweep_dir, args.sort))
