@@ -14,3 +14,8 @@ class ConfigError(CompactHydraException):
     def __init__(self, key: str, problem: str, fix: str) -> None:
         self.key, self.problem, self.fix = key, problem, fix
         super().__init__(f"aecli: error: {key}: {problem}\n  fix: {fix}")
+
+    def __reduce__(self) -> tuple:
+        # pickle with the three arguments (the default passes only the message): a sweep job's
+        # error travels back to the launching process (joblib, submitit) as a pickle
+        return type(self), (self.key, self.problem, self.fix)

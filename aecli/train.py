@@ -6,6 +6,7 @@ torch is imported only inside the task, so ``--help`` and tab completion stay fa
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import hydra
@@ -34,11 +35,15 @@ def main(cfg: DictConfig) -> float:
     check_config(cfg)
     from hydra.core.hydra_config import HydraConfig
 
+    from aecli.sweep import job_slot
     from aecli.trainer import run
 
     hc = HydraConfig.get()
     choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra") and v is not None}
-    return run(cfg, Path(hc.runtime.output_dir), choices)
+    val_loss = run(cfg, Path(hc.runtime.output_dir), choices, job_slot())
+    if not math.isfinite(val_loss):  # a NaN objective would stop an Optuna search: fail this job instead
+        raise FloatingPointError(f"the final validation loss is {val_loss}")
+    return val_loss
 
 
 if __name__ == "__main__":

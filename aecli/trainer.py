@@ -43,6 +43,7 @@ from aecli.images import image_grid
 from aecli.losses import BCELoss, ReconstructionLoss
 from aecli.models import VAE, Autoencoder, ConvAutoencoder, StackedAutoencoder
 from aecli.noise import NoNoise, Noise
+from aecli.sweep import JobSlot, cores_available, gpu_for_job, threads_per_job
 
 log = logging.getLogger("aecli")
 
@@ -333,13 +334,24 @@ class StopSignals:
             signal.signal(s, handler)
 
 
-def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None) -> float:
-    """Train as ``cfg`` says, writing everything into ``run_dir``; return the final val loss."""
+def place_job(cfg: DictConfig, slot: JobSlot) -> torch.device:
+    """Thread count and device for this job of a sweep (``aecli.sweep``), both logged."""
+    cores = cores_available()
+    threads = threads_per_job(cfg.trainer.get("num_threads"), cores, slot.jobs_at_once)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    log.info("torch threads: %d (trainer.num_threads=%s; %d cores, %d job(s) at once, %s launcher)",
+             torch.get_num_threads(), cfg.trainer.get("num_threads"), cores, slot.jobs_at_once, slot.launcher)
+    gpus = torch.cuda.device_count() if cfg.device.name in ("auto", "cuda") else 0
+    return resolve_device(cfg.device.name, gpu_for_job(cfg.device.get("index"), slot.num, gpus))
+
+
+def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None, slot: JobSlot = JobSlot()) -> float:
+    """Train as ``cfg`` says, writing everything into ``run_dir``; return the final val loss.
+    ``slot`` places a sweep's job (threads, GPU); the default is a run alone on the machine."""
     run_dir = Path(run_dir)
     resume = resolve_resume(cfg.get("resume"), run_dir, plain_config(cfg))
-    device = resolve_device(cfg.device.name, cfg.device.get("index"))
-    if cfg.trainer.get("num_threads"):
-        torch.set_num_threads(int(cfg.trainer.num_threads))
+    device = place_job(cfg, slot)
     seed_everything(cfg.seed)
 
     data: ImageData = build(cfg, "dataset")
@@ -498,7 +510,8 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None) -
     test = evaluate(model, data, data.test, recon, tc.eval_batch_size)
     metrics = {f"{split}/{k}": v for split, d in (("train", train_final), ("val", val), ("test", test))
                for k, v in d.items()}
-    metrics.update({"epochs": tc.epochs, "steps": pos["step"], "images_per_sec": ips, "best_val_loss": best_val})
+    metrics.update({"epochs": tc.epochs, "steps": pos["step"], "images_per_sec": ips, "best_val_loss": best_val,
+                    "torch_threads": torch.get_num_threads()})
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     writer.add_hparams(hparams_of(cfg, choices or {}),
                        {f"hparam/{k.replace('/', '_')}": v for k, v in metrics.items() if "/" in k},

@@ -63,5 +63,9 @@ def check_config(cfg: DictConfig) -> None:
         if value is not None and value not in allowed:
             raise ConfigError(key, f"{value!r} is not one of {', '.join(map(str, allowed))}",
                               f"use e.g. {key}={allowed[0]}")
+    threads = OmegaConf.select(cfg, "trainer.num_threads", default=None)
+    if threads not in (None, "auto") and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError("trainer.num_threads", f"{threads!r} is neither auto nor a whole number >= 1",
+                          "use trainer.num_threads=auto (cores / jobs running at once) or e.g. trainer.num_threads=4")
     if cfg.get("seed") is not None and not isinstance(cfg.seed, int):
         raise ConfigError("seed", f"{cfg.seed!r} is not a whole number", "use e.g. seed=0")

@@ -1,0 +1,281 @@
+"""A sweep's results in one table and one plot: ``python -m aecli.report SWEEP_DIR``.
+
+Reads each job dir of a multirun (``.hydra/overrides.yaml``, ``metrics.json`` and the
+``job_status.json`` that ``aecli.callbacks.JobStatus`` writes), prints a markdown table sorted
+by the objective, and writes ``report.md``, ``report.csv`` and ``report.png`` into the sweep
+dir. No torch import: it answers in about a second, also while the sweep is still running.
+
+The objective is what each job returned, its final validation loss ``val/loss_<unit>``: nats
+per image for the VAE, per pixel for the others, so objectives compare only within one unit
+(the table groups them by unit). ``test/mse_per_pixel`` and ``test/psnr_db`` compare across
+all models.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from aecli.errors import ConfigError
+
+DONE, FAILED, RUNNING = "done", "failed", "running (or killed)"
+FILES = ("report.md", "report.csv", "report.png")
+FIGSIZE, DPI = (10.0, 6.0), 100  # report.png is FIGSIZE x DPI = 1000 x 600 pixels
+METRIC_COLUMNS = {"test/mse_per_pixel": "test/mse_per_pixel", "test/psnr_db": "test/psnr_db",
+                  "epochs": "epochs", "images/s": "images_per_sec"}  # column -> metrics.json key
+ERROR_WIDTH = 160  # characters of a failed job's error in the markdown table (the CSV has it all)
+
+
+@dataclass
+class Job:
+    """One job dir of a sweep and what it left behind."""
+
+    dir: Path
+    num: int | None
+    overrides: dict[str, str]
+    status: str
+    error: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def unit(self) -> str | None:
+        """The objective's unit (``per_pixel``, ``per_image``), from its ``val/loss_<unit>`` key."""
+        return next((k.removeprefix("val/loss_") for k in self.metrics if k.startswith("val/loss_")), None)
+
+    @property
+    def objective(self) -> float | None:
+        """What the task returned: the final validation loss (None unless the job is done)."""
+        return self.metrics.get(f"val/loss_{self.unit}") if self.status == DONE else None
+
+
+def read_overrides(path: Path) -> dict[str, str]:
+    """``.hydra/overrides.yaml`` as key -> value strings (``+key``/``++key`` as ``key``)."""
+    items = yaml.safe_load(path.read_text()) or []
+    return dict((s.split("=", 1) + [""])[:2] for s in (str(o).lstrip("+~") for o in items))
+
+
+def read_job(job_dir: Path) -> Job:
+    """A job's overrides, status and metrics. Done: metrics.json written and the job not marked
+    FAILED (dirs from before job_status.json existed count as done too); failed: marked so;
+    anything else is running, or was killed before Hydra could record how it ended."""
+    hydra_yaml = job_dir / ".hydra" / "hydra.yaml"
+    num = None
+    if hydra_yaml.is_file():
+        num = ((yaml.safe_load(hydra_yaml.read_text()) or {}).get("hydra", {}).get("job", {}) or {}).get("num")
+    status_file, metrics_file = job_dir / "job_status.json", job_dir / "metrics.json"
+    recorded = json.loads(status_file.read_text()) if status_file.is_file() else {}
+    job = Job(job_dir, num, read_overrides(job_dir / ".hydra" / "overrides.yaml"), RUNNING)
+    if recorded.get("status") == "FAILED":
+        job.status, job.error = FAILED, recorded.get("error") or "failed"
+    elif metrics_file.is_file():
+        job.status, job.metrics = DONE, json.loads(metrics_file.read_text())
+    return job
+
+
+def read_sweep(sweep_dir: Path) -> list[Job]:
+    """Every job dir (a subdir with ``.hydra/overrides.yaml``) of ``sweep_dir``; a clear
+    ``ConfigError`` when there is none."""
+    if not sweep_dir.is_dir():
+        raise ConfigError("SWEEP_DIR", f"{sweep_dir} is not a directory",
+                          "pass the dir of a multirun, e.g. python -m aecli.report multirun/2026-01-01/12-00-00-123456")
+    jobs = [read_job(d) for d in sorted(sweep_dir.iterdir()) if (d / ".hydra" / "overrides.yaml").is_file()]
+    if not jobs:
+        below = sorted(str(p.parent) for p in sweep_dir.glob("**/multirun.yaml"))[:5]
+        hint = f"; sweeps below it: {', '.join(below)}" if below else ""
+        raise ConfigError("SWEEP_DIR", f"{sweep_dir} holds no job dirs (subdirs with .hydra/overrides.yaml){hint}",
+                          "pass the dir of one multirun (python -m aecli.train -m ... prints it: "
+                          "'sweep output dir')")
+    return jobs
+
+
+def swept_keys(jobs: Sequence[Job]) -> list[str]:
+    """The override keys whose value differs between jobs (all override keys if none does),
+    in the order they first appear."""
+    keys = list(dict.fromkeys(k for j in jobs for k in j.overrides))
+    varying = [k for k in keys if len({j.overrides.get(k) for j in jobs}) > 1]
+    return varying or keys
+
+
+def _num(value: Any) -> float:
+    """A sortable number (missing or non-numeric values last)."""
+    try:
+        return float(value) if value not in (None, "") else math.inf
+    except (TypeError, ValueError):
+        return math.inf
+
+
+def row(job: Job, keys: Sequence[str]) -> dict[str, Any]:
+    """A job as one table row: job number, its swept values, status, objective and metrics."""
+    out: dict[str, Any] = {"job": job.num}
+    out.update({k: job.overrides.get(k, "") for k in keys})
+    out.update({"status": job.status, "objective": job.objective, "unit": job.unit if job.status == DONE else None})
+    out.update({col: job.metrics.get(key) for col, key in METRIC_COLUMNS.items()})
+    out.update({"error": job.error, "dir": job.dir.name})
+    return out
+
+
+def sort_rows(rows: Sequence[dict[str, Any]], key: str = "objective") -> list[dict[str, Any]]:
+    """Done jobs first, then failed, then running. ``objective``: by unit, then value (VAE
+    nats/image and per-pixel losses do not compare); any other column ascending, ``-COLUMN``
+    descending."""
+    rank = {DONE: 0, FAILED: 1, RUNNING: 2}
+    column, sign = key.lstrip("-"), -1 if key.startswith("-") else 1
+    if column not in rows[0] or column in ("error", "dir"):
+        raise ConfigError("--sort", f"{key!r} is not a column of the table",
+                          f"use one of: {', '.join(c for c in rows[0] if c not in ('error', 'dir'))}")
+    group = (lambda r: r["unit"] or "") if column == "objective" else (lambda r: "")
+    return sorted(rows, key=lambda r: (rank[r["status"]], group(r), sign * _num(r[column]), r["job"] or 0))
+
+
+def _cell(value: Any, width: int = ERROR_WIDTH) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:,.0f}" if value >= 1000 else f"{value:.5g}"
+    try:  # swept numbers arrive as strings from overrides.yaml: shorten long floats
+        text = f"{float(value):.4g}" if "." in str(value) and len(str(value)) > 8 else str(value)
+    except ValueError:
+        text = str(value)
+    text = " ".join(text.split()).replace("|", "\\|")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """A GitHub-style markdown table (the ``dir`` column is left to the CSV)."""
+    columns = [c for c in rows[0] if c != "dir" and (c != "error" or any(r["error"] for r in rows))]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(r[c]) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot(jobs: Sequence[Job], keys: Sequence[str], path: Path) -> None:
+    """``report.png`` (FIGSIZE at DPI): with ``model`` and ``noise`` both swept, grouped bars of
+    the best test MSE per pixel for each model x noise; else one panel per swept key, the
+    objective (test MSE per pixel when the jobs' units differ) against the key's values.
+    Only done jobs are drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    done = [j for j in jobs if j.status == DONE]
+    n_other = len(jobs) - len(done)
+    fig = plt.figure(figsize=FIGSIZE, dpi=DPI)
+    note = f" ({n_other} failed/running job(s) not shown)" if n_other else ""
+    if not done:
+        fig.text(0.5, 0.5, f"no completed jobs yet{note}", ha="center", va="center", fontsize=14)
+    elif "model" in keys and "noise" in keys:
+        _model_noise_bars(fig, done)
+        fig.suptitle(f"best test MSE per pixel, model x noise{note}")
+    else:
+        units = {j.unit for j in done}
+        metric, label = (("objective", f"val loss ({units.pop()})") if len(units) == 1
+                         else ("test/mse_per_pixel", "test MSE per pixel"))
+        _panels(fig, done, keys, metric, label)
+        fig.suptitle(f"{label} per swept value{note}")
+    fig.savefig(path, dpi=DPI)  # no bbox_inches="tight": the pixel size stays FIGSIZE x DPI
+    plt.close(fig)
+
+
+def _value(job: Job, metric: str) -> float:
+    return job.objective if metric == "objective" else job.metrics.get(metric, math.nan)
+
+
+def _model_noise_bars(fig: Any, done: Sequence[Job]) -> None:
+    models = list(dict.fromkeys(j.overrides["model"] for j in done))
+    noises = list(dict.fromkeys(j.overrides["noise"] for j in done))
+    best: dict[tuple[str, str], float] = {}
+    for j in done:  # other swept keys: the best job of each cell
+        cell = (j.overrides["model"], j.overrides["noise"])
+        best[cell] = min(best.get(cell, math.inf), _value(j, "test/mse_per_pixel"))
+    ax = fig.add_subplot(1, 1, 1)
+    width = 0.8 / len(noises)
+    for i, noise in enumerate(noises):
+        xs = [m + (i - (len(noises) - 1) / 2) * width for m in range(len(models))]
+        ys = [best.get((model, noise), math.nan) for model in models]
+        bars = ax.bar(xs, ys, width, label=f"noise={noise}")
+        ax.bar_label(bars, fmt="%.4f", fontsize=8)
+    ax.set_xticks(range(len(models)), [f"model={m}" for m in models])
+    ax.set_ylabel("test MSE per pixel (lower is better)")
+    ax.legend()
+
+
+def _panels(fig: Any, done: Sequence[Job], keys: Sequence[str], metric: str, label: str) -> None:
+    cols = min(len(keys), 3)
+    rows = math.ceil(len(keys) / cols)
+    for n, key in enumerate(keys, 1):
+        ax = fig.add_subplot(rows, cols, n)
+        values = [j.overrides.get(key, "") for j in done]
+        ys = [_value(j, metric) for j in done]
+        try:
+            xs = [float(x) for x in values]
+        except ValueError:  # categories: one column of points each
+            names = list(dict.fromkeys(values))
+            xs = [names.index(x) for x in values]
+            ax.set_xticks(range(len(names)), names, rotation=30 if len(names) > 4 else 0)
+        else:
+            if min(xs) > 0 and max(xs) / min(xs) > 100:  # e.g. a learning rate
+                ax.set_xscale("log")
+        ax.scatter(xs, ys, label="job")
+        best = min(range(len(ys)), key=lambda i: ys[i])
+        ax.scatter([xs[best]], [ys[best]], marker="*", s=250, color="tab:red", zorder=3, label="best job")
+        if n == 1:
+            ax.legend()
+        ax.set_xlabel(key)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+
+
+def report(sweep_dir: Path, sort: str = "objective") -> str:
+    """Write report.md, report.csv and report.png into ``sweep_dir``; return the markdown table."""
+    jobs = read_sweep(sweep_dir)
+    keys = swept_keys(jobs)
+    rows = sort_rows([row(j, keys) for j in jobs], sort)
+    table = markdown(rows)
+    counts = {s: sum(j.status == s for j in jobs) for s in (DONE, FAILED, RUNNING)}
+    summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    note = ("objective = the final validation loss each job returned (val/loss_<unit>); units differ "
+            "between models (per_image: VAE nats per image; per_pixel: the others), so compare objectives "
+            "within a unit, and test/mse_per_pixel or test/psnr_db across all models.")
+    (sweep_dir / "report.md").write_text(f"# Sweep {sweep_dir}\n\n{len(jobs)} jobs: {summary}\n\n{table}\n{note}\n")
+    write_csv(rows, sweep_dir / "report.csv")
+    plot(jobs, keys, sweep_dir / "report.png")
+    return f"{len(jobs)} jobs in {sweep_dir}: {summary}\n\n{table}\n{note}\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m aecli.report",
+        description="Table (markdown, CSV) and plot of a sweep's jobs, sorted by the objective.")
+    parser.add_argument("sweep_dir", metavar="SWEEP_DIR", type=Path,
+                        help="a multirun dir, e.g. multirun/2026-01-01/12-00-00-123456")
+    parser.add_argument("--sort", default="objective",
+                        help="column to sort by (default: objective, grouped by unit); --sort=-COLUMN: descending")
+    args = parser.parse_args(argv)
+    try:
+        print(report(args.sweep_dir, args.sort))
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 1
+    print("wrote " + ", ".join(str(args.sweep_dir / f) for f in FILES))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
