@@ -6,6 +6,7 @@ decides the reduction: per-pixel mean (ae, dae, conv, stacked) or per-image sum 
 """
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -35,7 +36,33 @@ class BCELoss:
         return logits.sigmoid()
 
     def elementwise(self, logits: Tensor, target: Tensor) -> Tensor:
+        if logits.device.type == "cpu" and logits.dtype == torch.float32:
+            return BCEWithLogitsFloat32CPU.apply(logits, target)
         return F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+
+
+class BCEWithLogitsFloat32CPU(torch.autograd.Function):
+    """``binary_cross_entropy_with_logits(reduction="none")`` for fp32 CPU tensors, as
+    ``max(l, 0) - l t + log(1 + exp(-|l|))`` with the gradient ``sigmoid(l) - t``.
+
+    Why: torch's CPU kernel goes through ``log1p``, which is not vectorised here: for a batch of
+    128 MNIST images it took 0.68 ms forward + backward against 0.34 ms this way, about 7% of a
+    VAE training step (README, "Speed"). ``log(1 + x)`` loses ``log1p``'s relative precision
+    only where the term is below ~1e-7 nats, far under a loss's resolution.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, target: Tensor) -> Tensor:
+        ctx.save_for_backward(logits, target)
+        softplus_neg_abs = logits.abs().neg_().exp_().add_(1.0).log_()
+        return logits.clamp(min=0.0).sub_(logits * target).add_(softplus_neg_abs)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        logits, target = ctx.saved_tensors
+        grad_logits = torch.sigmoid(logits).sub_(target).mul_(grad) if ctx.needs_input_grad[0] else None
+        grad_target = -grad * logits if ctx.needs_input_grad[1] else None
+        return grad_logits, grad_target
 
 
 ReconstructionLoss = MSELoss | BCELoss
