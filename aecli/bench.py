@@ -40,8 +40,8 @@ from aecli.device import resolve_device
 from aecli.losses import ReconstructionLoss
 from aecli.models import VAE, Autoencoder
 from aecli.noise import NoNoise
-from aecli.trainer import (Phase, Precision, build, evaluate, make_optimizer, seed_everything, step_function,
-                           train_epoch)
+from aecli.trainer import (Phase, Precision, build, evaluate, make_optimizer, seed_everything, set_memory_layout,
+                           step_function, train_epoch)
 
 # name -> (overrides composed into aecli's config, batch size)
 CASES = {
@@ -226,8 +226,9 @@ def bench_case(name: str, data: ImageData, device: torch.device, epochs: int,
     classic = ClassicVAE.from_aecli(model) if isinstance(model, VAE) else ClassicAE(copy.deepcopy(model))
     classic_opt = torch.optim.Adam(classic.parameters(), lr=cfg.optim.lr)  # the example's optimizer
     loader = classic_loader(data.train, batch_size, device)
+    to_layout = set_memory_layout(model, cfg.trainer, device)  # as python -m aecli.train sets it up
     phase = Phase(model, make_optimizer(model.parameters(), cfg, device), NoNoise(), tag="train",
-                  unit=model.loss_unit, compute=step_function(model, cfg.trainer))
+                  unit=model.loss_unit, prepare=to_layout, compute=step_function(model, cfg.trainer))
     precision = Precision.from_config(cfg.trainer.precision, device)
     flops = step_flops_per_image(phase, data.as_float(data.train[:batch_size]), recon)
 

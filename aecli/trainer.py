@@ -171,6 +171,22 @@ def step_function(module: torch.nn.Module, trainer_cfg: DictConfig) -> Callable[
     return module.loss
 
 
+def set_memory_layout(model: torch.nn.Module, trainer_cfg: DictConfig,
+                      device: torch.device) -> Callable[[Tensor], Tensor] | None:
+    """The CUDA layout knobs: ``trainer.cudnn_benchmark`` (cuDNN picks the fastest conv
+    algorithms for these fixed shapes) and ``trainer.channels_last`` (auto: conv models on CUDA,
+    whose tensor cores want NHWC). Converts ``model`` in place; returns what turns a batch into
+    that layout (None: leave batches as they are)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = trainer_cfg.cudnn_benchmark in (True, "auto")
+    channels_last = trainer_cfg.channels_last is True or (
+        trainer_cfg.channels_last == "auto" and device.type == "cuda" and isinstance(model, ConvAutoencoder))
+    if not channels_last:
+        return None
+    model.to(memory_format=torch.channels_last)
+    return lambda x: x.contiguous(memory_format=torch.channels_last)
+
+
 def train_epoch(
     phase: Phase,
     data: ImageData,
@@ -371,13 +387,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None, s
                               "resume with the config of the run that wrote the checkpoint") from None
     tc = cfg.trainer
     precision = Precision.from_config(tc.precision, device)
-    if device.type == "cuda":
-        # let cuDNN pick the fastest conv algorithms for these fixed shapes (auto: on CUDA)
-        torch.backends.cudnn.benchmark = tc.cudnn_benchmark in (True, "auto")
-    channels_last = tc.channels_last is True or (
-        tc.channels_last == "auto" and device.type == "cuda" and isinstance(model, ConvAutoencoder))
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    to_layout = set_memory_layout(model, tc, device)
     ckpt_dir = run_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     for stale in ckpt_dir.glob(".*.tmp"):  # half-written by a process that was killed mid-write
@@ -404,7 +414,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None = None, s
     unit = model.loss_unit
     phases.append(Phase(model, make_optimizer(model.parameters(), cfg, device), noise, tag="train",
                         unit=unit, epochs=tc.epochs,
-                        prepare=(lambda x: x.contiguous(memory_format=torch.channels_last)) if channels_last else None))
+                        prepare=to_layout))
     for phase in phases:
         phase.compute = step_function(phase.module, tc)
 

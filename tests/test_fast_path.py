@@ -53,3 +53,23 @@ def test_compiled_step_matches_eager(tmp_path):
     run(quick_cfg("model=ae"), tmp_path / "eager")
     run(quick_cfg("model=ae", "trainer.compile=true"), tmp_path / "compiled")
     assert loss_curve(tmp_path / "compiled") == pytest.approx(loss_curve(tmp_path / "eager"), rel=1e-3)
+
+
+def test_channels_last_conv_trains_like_the_default_layout(tmp_path):
+    run(quick_cfg("model=conv", "trainer.channels_last=true"), tmp_path / "nhwc")
+    run(quick_cfg("model=conv", "trainer.channels_last=false"), tmp_path / "nchw")
+    assert loss_curve(tmp_path / "nhwc") == pytest.approx(loss_curve(tmp_path / "nchw"), rel=1e-4)
+
+
+def test_set_memory_layout_converts_conv_models_only_where_asked():
+    from aecli.models import ConvAutoencoder
+    from aecli.trainer import set_memory_layout
+
+    model = ConvAutoencoder((1, 12, 12), channels=[4, 8], latent_dim=4)
+    cpu = torch.device("cpu")
+    assert set_memory_layout(model, quick_cfg().trainer, cpu) is None  # auto: CUDA only
+    weight = model.down[1].weight  # (8, 4, 3, 3): the layouts differ
+    assert not weight.is_contiguous(memory_format=torch.channels_last)
+    to_layout = set_memory_layout(model, quick_cfg("trainer.channels_last=true").trainer, cpu)
+    assert model.down[1].weight.is_contiguous(memory_format=torch.channels_last)
+    assert to_layout(torch.rand(2, 3, 12, 12)).is_contiguous(memory_format=torch.channels_last)
