@@ -195,11 +195,11 @@ def matmul_gflops(device: torch.device, n: int = 2048, repeats: int = 10) -> flo
     return 2 * n**3 / best / 1e9
 
 
-def step_flops_per_image(phase: Phase, x: Tensor, recon: ReconstructionLoss) -> float:
+def step_flops_per_image(module: Autoencoder, x: Tensor, recon: ReconstructionLoss) -> float:
     """FLOPs (matmuls and convolutions, forward + backward) of one training step, per image."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = copy.deepcopy(phase.module)
+    model = copy.deepcopy(module)  # the backward pass must not leave gradients on the real one
     with FlopCounterMode(display=False) as counter:
         model.loss(x, x, recon)["loss"].backward()
     return counter.get_total_flops() / x.shape[0]
@@ -230,28 +230,20 @@ def bench_case(name: str, data: ImageData, device: torch.device, epochs: int,
     phase = Phase(model, make_optimizer(model.parameters(), cfg, device), NoNoise(), tag="train",
                   unit=model.loss_unit, prepare=to_layout, compute=step_function(model, cfg.trainer))
     precision = Precision.from_config(cfg.trainer.precision, device)
-    flops = step_flops_per_image(phase, data.as_float(data.train[:batch_size]), recon)
+    flops = step_flops_per_image(model, data.as_float(data.train[:batch_size]), recon)
 
-    def run_classic() -> float:
-        sync(device)
-        t0 = time.perf_counter()
-        classic_epoch(classic, classic_opt, loader, device)
-        sync(device)
-        return len(data.train) / (time.perf_counter() - t0)
-
-    def run_aecli() -> float:
-        sync(device)
-        t0 = time.perf_counter()
-        train_epoch(phase, data, recon, batch_size, None, 0, 10**9, False, name, precision=precision)
-        sync(device)  # train_epoch syncs at its end already; this keeps the two paths alike
-        return len(data.train) / (time.perf_counter() - t0)
-
-    speeds: dict[str, list[float]] = {"baseline": [], "aecli": []}
+    paths = {"baseline": lambda: classic_epoch(classic, classic_opt, loader, device),
+             "aecli": lambda: train_epoch(phase, data, recon, batch_size, None, 0, 10**9, False, name,
+                                          precision=precision)}
+    speeds: dict[str, list[float]] = {path: [] for path in paths}
     for epoch in range(epochs + 1):  # epoch 0 warms up; alternate so both see the same load
-        for path, fn in (("baseline", run_classic), ("aecli", run_aecli)):
-            ips = fn()
+        for path, train_one_epoch in paths.items():
+            sync(device)
+            t0 = time.perf_counter()
+            train_one_epoch()
+            sync(device)
             if epoch > 0:
-                speeds[path].append(ips)
+                speeds[path].append(len(data.train) / (time.perf_counter() - t0))
 
     # Both evaluated by the same code on the same images (the VAE's loss samples: same seed).
     def test_loss(m: Autoencoder) -> float:

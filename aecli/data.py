@@ -31,7 +31,6 @@ class ImageFiles(torch.utils.data.Dataset):
     def __init__(self, files: list[Path], image_size: int, channels: int, num_workers: int = 2) -> None:
         self.files, self.image_size, self.channels = files, image_size, channels
         self.num_workers = num_workers
-        self.dtype = torch.uint8
 
     def __len__(self) -> int:
         return len(self.files)

@@ -1,6 +1,5 @@
 """The CLI as a user runs it: a subprocess, its run dir, TensorBoard events read back."""
 import io
-import json
 
 import pytest
 import torch

@@ -1,5 +1,4 @@
 """Every model trains (loss falls) with every noise; shapes; the VAE's KL; stacked pre-training."""
-from pathlib import Path
 
 import pytest
 import torch
