@@ -5,15 +5,17 @@ In one process, on the same images, from the same initial weights, for each case
 - **baseline**: the loop of pytorch/examples (vae/main.py) as people write it: a Dataset that
   makes a PIL image per item and ``transforms.ToTensor()`` it, ``DataLoader(shuffle=True)``,
   ``loss.item()`` every step, ``torch.optim.Adam`` with its defaults;
-- **aecli**: ``aecli.trainer.train_epoch`` with the model, optimizer and data exactly as
-  ``python -m aecli.train`` builds them (one uint8 tensor on the device, sliced per batch).
+- **aecli**: ``aecli.loop.train_epoch`` with the model, optimizer, step and data built by the
+  same code as ``python -m aecli.train`` (``aecli.setup``: one uint8 tensor on the device, sliced
+  per batch; on CUDA the whole step replayed as one CUDA graph).
 
 Each path trains one warm-up epoch, then ``--epochs`` timed epochs, alternating between the
 two paths so both see the same machine load. Printed per path: images/s (median of the timed
 epochs), the test loss after the same number of epochs, the speed ratio, and the fraction of
 the fp32 roofline: FLOPs of a training step (counted by ``torch.utils.flop_counter``) per image
 x images/s / fp32 matmul GFLOP/s measured here. Then the time from starting
-``python -m aecli.train trainer.epochs=1`` to the end of its first training step.
+``python -m aecli.train trainer.max_steps=1`` to the end of its first training step (the
+run's own ``first_step_seconds`` in ``metrics.json``).
 """
 from __future__ import annotations
 
@@ -29,19 +31,23 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aecli import faults
 from aecli.data import ImageData, load_digits, load_torchvision
 from aecli.device import resolve_device
+from aecli.hooks import Hooks, Run
+from aecli.loop import train_epoch
 from aecli.losses import ReconstructionLoss
+from aecli.metrics import reconstruction
 from aecli.models import VAE, Autoencoder
 from aecli.noise import NoNoise
-from aecli.trainer import (Phase, Precision, build, evaluate, make_optimizer, seed_everything, set_memory_layout,
-                           step_function, train_epoch)
+from aecli.setup import build_parts, make_step, new_state
+from aecli.state import EpochState
 
 # name -> (overrides composed into aecli's config, batch size)
 CASES = {
@@ -211,6 +217,25 @@ class PathResult:
     test_loss: float
 
 
+def aecli_epoch(cfg: Any, data: ImageData, device: torch.device) -> tuple[Autoencoder, ReconstructionLoss,
+                                                                         Callable[[], None]]:
+    """aecli's side, built by ``aecli.setup`` exactly as a run builds it (noise off, as in the
+    baseline): the model, its loss, and a function that trains one epoch."""
+    parts = build_parts(cfg, data=data)
+    parts.noise = NoNoise()
+    state = new_state(parts, cfg)
+    phase = state.phases[-1]
+    step = make_step(phase, parts, state, cfg)
+    run = Run(cfg, Path("."), state, parts.data, parts.model, parts.recon, parts.noise, parts.device,
+              cfg.trainer.batch_size, Hooks([]), phase=phase)
+
+    def one_epoch() -> None:
+        state.epoch_state = EpochState(perm=torch.randperm(len(parts.data.train), device=device))
+        train_epoch(run, step, run.hooks, sync_every=10**9)
+
+    return parts.model, parts.recon, one_epoch
+
+
 def bench_case(name: str, data: ImageData, device: torch.device, epochs: int,
                extra: list[str] = ()) -> tuple[PathResult, PathResult, float, str]:
     """Baseline and aecli for one case: their results, FLOPs per image, the test loss's unit.
@@ -219,24 +244,17 @@ def bench_case(name: str, data: ImageData, device: torch.device, epochs: int,
 
     overrides, batch_size = CASES[name]
     with initialize_config_module(config_module="aecli.conf", version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[*overrides, *extra])
-    seed_everything(cfg.seed)
-    recon: ReconstructionLoss = build(cfg, "loss")
-    model: Autoencoder = build(cfg, "model", input_shape=data.shape).to(device)
+        cfg = compose(config_name="train", overrides=[*overrides, f"device={device.type}",
+                                                      f"trainer.batch_size={batch_size}", *extra])
+    model, recon, aecli_one_epoch = aecli_epoch(cfg, data, device)
     classic = ClassicVAE.from_aecli(model) if isinstance(model, VAE) else ClassicAE(copy.deepcopy(model))
     classic_opt = torch.optim.Adam(classic.parameters(), lr=cfg.optim.lr)  # the example's optimizer
     loader = classic_loader(data.train, batch_size, device)
-    to_layout = set_memory_layout(model, cfg.trainer, device)  # as python -m aecli.train sets it up
-    phase = Phase(model, make_optimizer(model.parameters(), cfg, device), NoNoise(), tag="train",
-                  unit=model.loss_unit, prepare=to_layout, compute=step_function(model, cfg.trainer))
-    precision = Precision.from_config(cfg.trainer.precision, device)
     flops = step_flops_per_image(model, data.as_float(data.train[:batch_size]), recon)
 
-    paths = {"baseline": lambda: classic_epoch(classic, classic_opt, loader, device),
-             "aecli": lambda: train_epoch(phase, data, recon, batch_size, None, 0, 10**9, False, name,
-                                          precision=precision)}
+    paths = {"baseline": lambda: classic_epoch(classic, classic_opt, loader, device), "aecli": aecli_one_epoch}
     speeds: dict[str, list[float]] = {path: [] for path in paths}
-    for epoch in range(epochs + 1):  # epoch 0 warms up; alternate so both see the same load
+    for epoch in range(epochs + 1):  # epoch 0 warms up (and captures the CUDA graph); alternate paths
         for path, train_one_epoch in paths.items():
             sync(device)
             t0 = time.perf_counter()
@@ -248,32 +266,29 @@ def bench_case(name: str, data: ImageData, device: torch.device, epochs: int,
     # Both evaluated by the same code on the same images (the VAE's loss samples: same seed).
     def test_loss(m: Autoencoder) -> float:
         torch.manual_seed(0)
-        return evaluate(m, data, data.test, recon, 1024)[f"loss_{m.loss_unit}"]
+        return reconstruction(m, data, data.test, recon, 1024)[f"loss_{m.loss_unit}"]
 
     baseline_model = classic.to_aecli(copy.deepcopy(model)) if isinstance(classic, ClassicVAE) else classic.model
-    unit = "nats/image" if isinstance(model, VAE) else "MSE/pixel"
+    unit = "nats/image" if model.loss_unit == "per_image" else "MSE/pixel"
     return (PathResult(statistics.median(speeds["baseline"]), test_loss(baseline_model)),
             PathResult(statistics.median(speeds["aecli"]), test_loss(model)), flops, unit)
 
 
-def startup_seconds(repeats: int = 3) -> list[float]:
-    """Wall time from launching ``python -m aecli.train trainer.epochs=1`` (default dataset and
-    model) to the end of its first training step, seen through the test pause hook."""
-    import signal
+def startup_seconds(repeats: int = 3, device: str = "cpu") -> list[float]:
+    """``first_step_seconds`` of ``python -m aecli.train trainer.max_steps=1`` (default dataset
+    and model): from the process's start to the end of its first training step."""
+    import json
 
     times = []
     with tempfile.TemporaryDirectory() as cwd:
-        for _ in range(repeats):
-            env = {**os.environ, faults.PAUSE_AT_STEP: "1", "PYTHONUNBUFFERED": "1"}
-            t0 = time.perf_counter()
-            proc = subprocess.Popen([sys.executable, "-m", "aecli.train", "trainer.epochs=1", "trainer.progress=log"],
-                                    cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            for line in proc.stderr:
-                if faults.MARKER in line:
-                    times.append(time.perf_counter() - t0)
-                    proc.send_signal(signal.SIGTERM)
-                    break
-            proc.communicate(timeout=60)
+        for i in range(repeats):
+            run_dir = Path(cwd) / f"run{i}"
+            proc = subprocess.run([sys.executable, "-m", "aecli.train", "trainer.max_steps=1", "trainer.progress=log",
+                                   f"device={device}", f"hydra.run.dir={run_dir}"], cwd=cwd,
+                                  capture_output=True, text=True, timeout=300)
+            if proc.returncode != 0:
+                raise RuntimeError(f"the startup run failed:\n{proc.stderr[-2000:]}")
+            times.append(json.loads((run_dir / "metrics.json").read_text())["first_step_seconds"])
     return times
 
 
@@ -329,8 +344,8 @@ def main(argv: list[str] | None = None) -> None:
         gap = fast.test_loss / base.test_loss - 1
         print(f"  {name}: {flops / 1e6:.2f} MFLOP per image per step; aecli's test loss {gap:+.2%} vs baseline")
     if args.startup_runs:
-        times = startup_seconds(args.startup_runs)
-        print(f"startup: `python -m aecli.train trainer.epochs=1` to the end of its first step: "
+        times = startup_seconds(args.startup_runs, device.type)
+        print(f"startup: `python -m aecli.train trainer.max_steps=1` to the end of its first step: "
               f"{statistics.median(times):.2f} s (median of {len(times)}: {', '.join(f'{t:.2f}' for t in times)})")
 
 

@@ -1,171 +1,284 @@
-"""Checkpoints: written atomically, loaded safely, enough to rebuild a model from a run dir alone.
+"""The checkpoint file: written atomically, read as data only, verified before use.
 
 A checkpoint is a plain dict of tensors and built-in types (the resolved config travels as
-plain data), so it loads with ``torch.load(weights_only=True)``: no pickled code runs.
+plain data) in torch's zip format. Reading it:
+
+- ``torch.load(weights_only=True)``: no pickled code runs;
+- every zip member's CRC-32 is checked first (torch does not check them), so a flipped byte in
+  the tensor data is refused instead of coming back as a weight of -3e35;
+- its keys and types are checked (``validate``) before anything uses them;
+- its config is never instantiated as it is: every ``_target_`` in it must be one of aecli's
+  own (``ALLOWED_TARGETS``) or one this process was given (``check_targets``).
 """
 from __future__ import annotations
 
+import io
+import logging
 import os
-import random
+import pickle
+import shutil
+import warnings
+import zipfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from omegaconf import OmegaConf
 
-from aecli import faults
-from aecli.errors import ConfigError
+from aecli.errors import ConfigError, RunFailed
 
-FORMAT = "aecli-checkpoint-1"
+log = logging.getLogger("aecli")
+
+FORMAT = "aecli-checkpoint-2"
+LAST, BEST = "last.pt", "best.pt"
+
+# What a checkpoint's config may name: aecli's own classes and loaders, by group.
+ALLOWED_TARGETS = {
+    "model": {"aecli.models.MLPAutoencoder", "aecli.models.ConvAutoencoder", "aecli.models.VAE",
+              "aecli.models.StackedAutoencoder", "aecli.models.ConvVAE"},
+    "noise": {"aecli.noise.NoNoise", "aecli.noise.MaskingNoise", "aecli.noise.GaussianNoise"},
+    "loss": {"aecli.losses.SquaredError", "aecli.losses.BinaryCrossEntropy"},
+    "dataset": {"aecli.data.load_digits", "aecli.data.load_torchvision", "aecli.data.load_folder",
+                "aecli.data.load_sample_patches"},
+}
 
 
-def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """Write ``state`` to ``path`` atomically: a temp file in the same dir, flushed and fsynced,
-    then renamed over ``path``. A crash at any moment leaves the previous file intact."""
+# --- writing ---------------------------------------------------------------------------------
+
+def temp_name(path: Path) -> Path:
+    """Where ``save`` writes before the rename: a hidden file in the same dir."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def remove_stale_temps(directory: Path) -> list[Path]:
+    """Delete temp files left by a process killed mid-write (the caller holds the run dir's
+    lock, so no other process is writing them)."""
+    stale = sorted(Path(directory).glob(".*.tmp")) if Path(directory).is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
+    """Write ``path`` through ``write(binary file)`` into a temp file in the same dir, flushed and
+    fsynced, then renamed over ``path``: a crash at any moment leaves the old file whole."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_name(path)
     try:
         with open(tmp, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
+            write(f)
             f.flush()
-            faults.in_checkpoint_write(str(path))
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # make the rename itself durable
-        finally:
-            os.close(dir_fd)
+        fsync_dir(path.parent)
     except BaseException:  # a full disk, a read-only dir, Ctrl-C: drop the partial temp file
         tmp.unlink(missing_ok=True)
         raise
 
 
-# What must be equal for a checkpoint to continue under a config (the rest, e.g. trainer.epochs,
-# the device or the data's location, may change between the interrupted and the resumed run).
-RESUME_KEYS = ("model", "dataset", "loss", "noise", "optim", "seed", "trainer.batch_size")
-MAY_DIFFER = ("dataset.root", "dataset.download")
+def save(state: dict[str, Any], path: Path) -> None:
+    """Write a checkpoint atomically; a failure is a ``RunFailed`` naming the file and the free
+    space, and leaves the previous checkpoint there intact."""
+    path = Path(path)
+    try:
+        atomic_write(path, lambda f: torch.save({"format": FORMAT, **state}, f))
+    except (OSError, RuntimeError) as e:  # torch's zip writer reports a full disk as RuntimeError
+        free_mb = shutil.disk_usage(path.parent).free / 2**20 if path.parent.exists() else 0.0
+        run_dir = path.parent.parent
+        raise RunFailed("hydra.run.dir", f"could not write {path} ({str(e)[:200]}; {free_mb:.1f} MB free on that "
+                        "disk); the previous checkpoint there is intact",
+                        f"free disk space or fix the dir's permissions, then continue with resume={run_dir}") from None
 
 
-def check_fresh_run_dir(run_dir: Path, resume: str | None) -> None:
-    """A new run (no ``resume``) must not start in a run dir that already holds a run."""
-    if resume is None and (Path(run_dir) / "checkpoints" / "last.pt").exists():
-        raise ConfigError("hydra.run.dir", f"{run_dir} already holds a run (checkpoints/last.pt)",
-                          "pass resume=auto to continue that run, or drop hydra.run.dir for a new run dir")
+# --- reading ---------------------------------------------------------------------------------
 
-
-def check_writable(run_dir: Path) -> None:
-    """The run dir (or, before it exists, its nearest existing parent) must be writable."""
-    p = Path(run_dir).absolute()
-    while not p.exists():
-        p = p.parent
-    if not os.access(p, os.W_OK):
-        raise ConfigError("hydra.run.dir", f"{p} is not writable", "choose a writable hydra.run.dir "
-                          "(or fix the permissions / free the disk), then run again")
-
-
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, dict):
-        out: dict[str, Any] = {}
-        for k, v in node.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: node}
-
-
-def config_mismatches(current: dict[str, Any], saved: dict[str, Any]) -> list[str]:
-    """``key: value here, value in the checkpoint`` for every resume-relevant difference."""
-    a, b = _flatten(current), _flatten(saved)
-    relevant = sorted(k for k in set(a) | set(b) if k not in MAY_DIFFER
-                      and any(k == r or k.startswith(r + ".") for r in RESUME_KEYS))
-    return [f"{k}: {a.get(k)!r} here, {b.get(k)!r} in the checkpoint" for k in relevant if a.get(k) != b.get(k)]
-
-
-def plain_config(cfg: Any) -> dict[str, Any]:
-    """The run's config as plain data (resolved, without Hydra's own ``hydra`` node)."""
-    return {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
-            for k, v in cfg.items() if k != "hydra"}
-
-
-def resolve_resume(resume: str | None, run_dir: Path, config: dict[str, Any]) -> dict[str, Any] | None:
-    """The checkpoint state a run continues from (None: a fresh run), after checking that the
-    checkpoint is readable, aecli's, and made under a matching ``config``."""
-    run_dir = Path(run_dir)
-    if resume is None:
-        check_fresh_run_dir(run_dir, resume)
-        return None
-    if resume == "auto":
-        file = run_dir / "checkpoints" / "last.pt"
-        if not file.exists():
-            return None  # first start of a requeue-able job
-    else:
-        file = find_checkpoint(resume)
-    state = load_checkpoint(file)
-    diffs = config_mismatches(config, state.get("config", {}))
-    if diffs:
-        overrides_file = file.parent.parent / ".hydra" / "overrides.yaml"
-        overrides = ""
-        if overrides_file.is_file():
-            kept = [o for o in OmegaConf.load(overrides_file) if not str(o).startswith("resume=")]
-            overrides = f" (that run's overrides: {' '.join(map(str, kept)) or 'none'})"
-        raise ConfigError("resume", f"the config does not match {file}: " + "; ".join(diffs[:6]),
-                          f"resume with the same model, data, loss, noise and optimizer settings as the "
-                          f"original run{overrides}, or start a new run without resume")
-    return state
-
-
-def rng_state() -> dict[str, Any]:
-    """Every RNG a run draws from (python, numpy, torch, CUDA), as checkpoint-safe data."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
-    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state(),
-                             "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def find_checkpoint(path: str | Path, name: str = "last.pt") -> Path:
+def find(path: str | Path, name: str = LAST) -> Path:
     """``path`` itself if it is a file, else ``path/checkpoints/<name>`` of a run dir."""
     p = Path(path).expanduser()
     return p if p.is_file() else p / "checkpoints" / name
 
 
-def load_checkpoint(path: str | Path, key: str = "resume") -> dict[str, Any]:
-    """Load and sanity-check an aecli checkpoint; any problem is a ``ConfigError`` naming ``key``."""
-    file = find_checkpoint(path)
+def read(path: str | Path, key: str = "resume", name: str = LAST) -> dict[str, Any]:
+    """Load a checkpoint file (or a run dir's ``checkpoints/<name>``) and verify it: CRCs,
+    aecli's marker, keys and types. Any problem is one ``ConfigError`` naming ``key`` and the file."""
+    file = find(path, name)
     if not file.is_file():
-        raise ConfigError(key, f"no checkpoint at {file}", "pass a run dir holding checkpoints/last.pt or a .pt file")
+        where = f"no checkpoint at {file}" if Path(path).expanduser().exists() else f"{Path(path).expanduser()} does not exist"
+        raise ConfigError(key, where, "pass a run dir holding checkpoints/last.pt, or a .pt file")
+    data = file.read_bytes()  # one read: what is checked is what is loaded
     try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, random bytes, pickled code: all unreadable to us
-        raise ConfigError(key, f"{file} is not a readable checkpoint ({type(e).__name__}: {str(e)[:200]})",
-                          "point it at another checkpoint (e.g. checkpoints/best.pt) or start a new run") from None
+        bad = zipfile.ZipFile(io.BytesIO(data)).testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        raise ConfigError(key, f"{file} is not a checkpoint (not a whole file in torch's zip format: truncated, "
+                          "or another kind of file)", "use another checkpoint (e.g. checkpoints/best.pt) or "
+                          "start a new run") from None
+    if bad is not None:
+        raise ConfigError(key, f"{file} is damaged (CRC mismatch in {bad}: its bytes changed after it was written)",
+                          "use another checkpoint (e.g. checkpoints/best.pt) or start a new run")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols: not the user's concern
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # refused by the weights-only unpickler: never loaded another way
+        raise ConfigError(key, f"{file} holds objects other than tensors and plain data (loading them could run "
+                          "code), so it is refused", "use a checkpoint written by aecli") from None
+    except Exception as e:  # noqa: BLE001 - a zip that is no torch file
+        raise ConfigError(key, f"{file} is not a readable checkpoint ({type(e).__name__})",
+                          "use another checkpoint (e.g. checkpoints/best.pt) or start a new run") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ConfigError(key, f"{file} is not an aecli checkpoint (no '{FORMAT}' marker)",
-                          "pass a checkpoint written by aecli")
+        found = state.get("format") if isinstance(state, dict) else None
+        older = f" (format {found!r}: an older aecli wrote it)" if isinstance(found, str) else ""
+        raise ConfigError(key, f"{file} is not an aecli checkpoint{older or f' (no {FORMAT!r} marker)'}",
+                          "pass a checkpoint written by this version of aecli")
+    problem = validate(state)
+    if problem:
+        raise ConfigError(key, f"{file} is not a valid checkpoint: {problem}",
+                          "use another checkpoint (e.g. checkpoints/best.pt) or start a new run")
     return state
 
 
-def load_model(path: str | Path, name: str = "best.pt") -> torch.nn.Module:
-    """Rebuild a trained model from a run dir (its ``checkpoints/<name>``) or a checkpoint file.
+# --- what a checkpoint must hold -------------------------------------------------------------
+
+def _tensor(v: Any) -> bool:
+    return isinstance(v, torch.Tensor)
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _dict_of(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, dict) and all(isinstance(k, str) and check(x) for k, x in v.items())
+
+
+def _rng(v: Any) -> bool:
+    if not isinstance(v, dict) or not {"python", "numpy", "torch"} <= set(v):
+        return False
+    py, np_state, torch_state = v["python"], v["numpy"], v["torch"]
+    return (isinstance(py, (tuple, list)) and len(py) == 3 and isinstance(py[1], (tuple, list))
+            and all(_int(i) for i in py[1])
+            and isinstance(np_state, (tuple, list)) and len(np_state) == 5 and _tensor(np_state[1])
+            and _tensor(torch_state) and torch_state.dtype == torch.uint8
+            and (("cuda" not in v) or (isinstance(v["cuda"], (list, tuple)) and all(map(_tensor, v["cuda"])))))
+
+
+def _epoch_state(v: Any) -> bool:
+    return v is None or (isinstance(v, dict) and _tensor(v.get("perm")) and v["perm"].dtype == torch.long
+                         and v["perm"].dim() == 1 and all(_int(v.get(k)) and v[k] >= 0 for k in ("batch", "seen", "skipped"))
+                         and _dict_of(_tensor)(v.get("sums")))
+
+
+SCHEMA: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "model": (_dict_of(_tensor), "a dict of tensors"),
+    "optimizer": (lambda v: isinstance(v, dict) and {"state", "param_groups"} <= set(v), "an optimizer state"),
+    "scaler": (lambda v: isinstance(v, dict), "a dict"),
+    "phase": (lambda v: _int(v) and v >= 0, "a whole number >= 0"),
+    "epoch": (lambda v: _int(v) and v >= 0, "a whole number >= 0"),
+    "step": (lambda v: _int(v) and v >= 0, "a whole number >= 0"),
+    "epoch_state": (_epoch_state, "null or a partial epoch (perm, batch, seen, sums, skipped)"),
+    "val": (_dict_of(_number), "a dict of numbers"),
+    "best_val": (_number, "a number"),
+    "best_step": (lambda v: v is None or _int(v), "null or a step"),
+    "rng": (_rng, "the RNG states (python, numpy, torch)"),
+    "hooks": (lambda v: isinstance(v, dict), "a dict"),
+    "input_shape": (lambda v: isinstance(v, (list, tuple)) and len(v) == 3 and all(_int(s) and s > 0 for s in v),
+                    "[channels, height, width]"),
+    "config": (lambda v: isinstance(v, dict) and isinstance(v.get("model"), dict), "the run's config"),
+}
+
+
+def validate(state: dict[str, Any]) -> str | None:
+    """What is missing or ill-typed in a loaded checkpoint (None: nothing)."""
+    for key, (ok, what) in SCHEMA.items():
+        if key not in state:
+            return f"'{key}' is missing"
+        if not ok(state[key]):
+            return f"'{key}' is not {what}"
+    return None
+
+
+# --- configs from files: data, never code ----------------------------------------------------
+
+def check_targets(config: dict[str, Any], trusted: Iterable[str] = (), source: str = "the checkpoint",
+                  key: str = "resume") -> None:
+    """Refuse a stored config that would make ``instantiate`` run anything but aecli's own
+    classes or the ``trusted`` targets (those this process's own config names): a ``_target_``
+    may sit only at the root of the model, noise, loss and dataset groups, no value may be an
+    interpolation, and no other Hydra instantiate key may appear anywhere."""
+    trusted = set(trusted)
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                full = f"{path}.{k}" if path else str(k)
+                if isinstance(k, str) and k.startswith("_") and not (k == "_target_" and path in ALLOWED_TARGETS):
+                    raise ConfigError(key, f"{source} sets {full}, which would make aecli run code named in a file",
+                                      "use a checkpoint written by aecli from a config you trust")
+                walk(v, full)
+        elif isinstance(node, (list, tuple)):
+            for i, v in enumerate(node):
+                walk(v, f"{path}[{i}]")
+        elif isinstance(node, str) and "${" in node:
+            raise ConfigError(key, f"{source} has an interpolation at {path} ({node[:60]!r})",
+                              "use a checkpoint written by aecli")
+        elif node is not None and not isinstance(node, (str, int, float, bool)):
+            raise ConfigError(key, f"{source} has a {type(node).__name__} at {path}", "use a checkpoint written by aecli")
+
+    walk({k: v for k, v in config.items() if k != "callbacks"}, "")
+    for group, allowed in ALLOWED_TARGETS.items():
+        target = (config.get(group) or {}).get("_target_") if isinstance(config.get(group), dict) else None
+        if target is not None and target not in allowed | trusted:
+            raise ConfigError(key, f"{source} names {group}._target_={target}, which is not one of aecli's own",
+                              f"if you trust it, name it yourself: {group}._target_={target} on the command line "
+                              "(or trusted_targets=... in Python)")
+
+
+def load_model(path: str | Path, name: str = BEST, trusted_targets: Iterable[str] = ()) -> torch.nn.Module:
+    """Rebuild a trained model from a run dir (its ``checkpoints/<name>``) or a checkpoint file,
+    in eval mode. Nothing in the file runs: the model class comes from aecli's registry (or
+    ``trusted_targets``), its arguments must be plain values. If ``best.pt`` is older than the best
+    model that ``last.pt`` records (a crash between the two writes), the best model is taken from
+    ``last.pt`` and a warning says so.
 
     >>> model = load_model("outputs/2026-11-24/10-00-00-123456")   # doctest: +SKIP
     """
-    from hydra.utils import instantiate
+    file = find(path, name)
+    last_file = file.parent / LAST
+    if file.name == BEST and last_file.is_file():
+        last = read(last_file, key="path")
+        # best.pt is written right after last.pt: a crash between the two leaves it stale or absent
+        if last["best_step"] == last["step"] and (not file.is_file() or read(file, key="path")["step"] != last["step"]):
+            log.warning("%s is missing or older than the best model, which %s holds (step %d): using that one",
+                        file, last_file, last["step"])
+            return build_model(last, trusted_targets)
+    state = read(file, key="path")
+    return build_model(state, trusted_targets)
 
-    file = find_checkpoint(path, name)
-    state = load_checkpoint(file, key="path")
-    model = instantiate(state["config"]["model"], input_shape=state["input_shape"])
-    model.load_state_dict(state["model"])
+
+def build_model(state: dict[str, Any], trusted_targets: Iterable[str] = ()) -> torch.nn.Module:
+    """The model of a verified checkpoint ``state``, weights loaded, in eval mode."""
+    from hydra.utils import get_class
+
+    cfg = dict(state["config"]["model"])
+    check_targets({"model": cfg}, trusted_targets, key="path")
+    target = cfg.pop("_target_")
+    try:
+        model = get_class(target)(input_shape=tuple(state["input_shape"]), **cfg)
+        model.load_state_dict(state["model"])
+    except Exception as e:  # arguments or weights that do not fit this version's class
+        raise ConfigError("path", f"the checkpoint's model ({target}) cannot be rebuilt: {str(e)[:300]}",
+                          "use the aecli version that wrote it") from None
     return model.eval()

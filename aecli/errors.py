@@ -1,14 +1,22 @@
-"""The one error type for bad input: a config key, what is wrong with it, and the fix."""
+"""aecli's errors: each names a key (or file), what is wrong, and the fix, in one message.
+
+- ``ConfigError``: bad input (a config value, a path, a file), found before any work starts.
+- ``RunFailed``: a run that started cannot go on (a diverged loss, a full disk); what was
+  written before (the last good checkpoint) is intact.
+
+The CLI prints the message alone (no traceback) and exits with status 1; library callers of
+``aecli.trainer.run`` get the exception.
+"""
 from __future__ import annotations
 
 from hydra.errors import CompactHydraException
 
 
-class ConfigError(CompactHydraException):
-    """Bad user input, raised before any training starts.
+class AecliError(CompactHydraException):
+    """Base class: ``aecli: error: KEY: problem`` and ``fix: how`` on the next line.
 
-    Subclassing Hydra's ``CompactHydraException`` makes Hydra print just this message (no
-    traceback) and exit with status 1, in single runs and multiruns alike.
+    A ``CompactHydraException``, so Hydra itself prints just the message where it reports one
+    (a failed job of a sweep).
     """
 
     def __init__(self, key: str, problem: str, fix: str) -> None:
@@ -19,3 +27,11 @@ class ConfigError(CompactHydraException):
         # pickle with the three arguments (the default passes only the message): a sweep job's
         # error travels back to the launching process (joblib, submitit) as a pickle
         return type(self), (self.key, self.problem, self.fix)
+
+
+class ConfigError(AecliError):
+    """Bad user input, refused before any training starts."""
+
+
+class RunFailed(AecliError):
+    """A started run that cannot continue; the last good checkpoint is kept."""

@@ -2,7 +2,8 @@
 
 Models output logits-like tensors shaped like their input. A loss says how those become images
 (``output``) and how far they are from the target, per element (``elementwise``); the model
-decides the reduction: per-pixel mean (ae, dae, conv, stacked) or per-image sum (vae).
+decides the reduction: per-pixel mean (ae, dae, conv, stacked) or per-image sum (vae). The names
+are not torch's (``nn.MSELoss`` and ``nn.BCELoss`` reduce; these return per-element values).
 """
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-class MSELoss:
-    """Squared error on a linear output."""
+class SquaredError:
+    """Squared error on a linear output (``loss=mse``)."""
 
     name = "mse"
+    log_likelihood = False  # summed over pixels it is no likelihood in nats
+    needs_unit_range = False  # any data range
 
     def output(self, logits: Tensor) -> Tensor:
         return logits
@@ -23,14 +26,16 @@ class MSELoss:
         return F.mse_loss(logits, target, reduction="none")
 
 
-class BCELoss:
-    """Bernoulli cross-entropy on a sigmoid output; targets must lie in [0, 1].
+class BinaryCrossEntropy:
+    """Bernoulli cross-entropy on a sigmoid output (``loss=bce``); targets must lie in [0, 1].
 
     Computed from logits (``binary_cross_entropy_with_logits``) for numerical stability;
     summed over pixels it is a negative log-likelihood in nats.
     """
 
     name = "bce"
+    log_likelihood = True  # summed over pixels: -log p(x | z) in nats
+    needs_unit_range = True
 
     def output(self, logits: Tensor) -> Tensor:
         return logits.sigmoid()
@@ -65,4 +70,4 @@ class BCEWithLogitsFloat32CPU(torch.autograd.Function):
         return grad_logits, grad_target
 
 
-ReconstructionLoss = MSELoss | BCELoss
+ReconstructionLoss = SquaredError | BinaryCrossEntropy

@@ -1,7 +1,10 @@
 """Input corruption for denoising training: none, binomial masking, additive Gaussian.
 
 Each noise is a small callable chosen by the ``noise`` config group through ``_target_``.
-Noise is applied to batches already on the training device, during training only.
+Noise is applied to batches already on the training device, during training only. A noise has
+a ``level`` (p or sigma), ``corrupts`` (whether it changes its input at all) and ``at_level``
+(the same kind at another level: a stack's per-layer levels). Only torch's own random ops are
+used, so a CUDA graph can capture them.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ class NoNoise:
     """Identity corruption (plain autoencoder)."""
 
     level: float = 0.0
+    corrupts = False
 
     def __call__(self, x: Tensor) -> Tensor:
         return x
@@ -33,6 +37,10 @@ class MaskingNoise:
     @property
     def level(self) -> float:
         return self.p
+
+    @property
+    def corrupts(self) -> bool:
+        return self.p > 0.0
 
     def __call__(self, x: Tensor) -> Tensor:
         if self.p == 0.0:
@@ -63,6 +71,10 @@ class GaussianNoise:
     @property
     def level(self) -> float:
         return self.sigma
+
+    @property
+    def corrupts(self) -> bool:
+        return self.sigma > 0.0
 
     def __call__(self, x: Tensor) -> Tensor:
         if self.sigma == 0.0:

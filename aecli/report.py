@@ -26,7 +26,7 @@ import yaml
 
 from aecli.errors import ConfigError
 
-DONE, FAILED, RUNNING = "done", "failed", "running (or killed)"
+DONE, FAILED, STOPPED, BROKEN, RUNNING = "done", "failed", "stopped", "broken", "running (or killed)"
 FILES = ("report.md", "report.csv", "report.png")
 FIGSIZE, DPI = (10.0, 6.0), 100  # report.png is FIGSIZE x DPI = 1000 x 600 pixels
 METRIC_COLUMNS = {"test/mse_per_pixel": "test/mse_per_pixel", "test/psnr_db": "test/psnr_db",
@@ -57,26 +57,44 @@ class Job:
 
 
 def read_overrides(path: Path) -> dict[str, str]:
-    """``.hydra/overrides.yaml`` as key -> value strings (``+key``/``++key`` as ``key``)."""
-    items = yaml.safe_load(path.read_text()) or []
+    """``.hydra/overrides.yaml`` as key -> value strings (``+key``/``++key`` as ``key``); {} if
+    the file is missing or unreadable (the job is then listed as broken)."""
+    try:
+        items = yaml.safe_load(path.read_text()) or []
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return {}
+    if not isinstance(items, list):
+        return {}
     return dict((s.split("=", 1) + [""])[:2] for s in (str(o).lstrip("+~") for o in items))
 
 
 def read_job(job_dir: Path) -> Job:
     """A job's overrides, status and metrics. Done: metrics.json written and the job not marked
-    FAILED (dirs from before job_status.json existed count as done too); failed: marked so;
-    anything else is running, or was killed before Hydra could record how it ended."""
-    hydra_yaml = job_dir / ".hydra" / "hydra.yaml"
+    FAILED or STOPPED (dirs from before job_status.json existed count as done too); failed or
+    stopped (by a signal, with a checkpoint to continue from): marked so; broken: a file that
+    cannot be read (named in the error column); anything else is running, or was killed before
+    it could record how it ended."""
+    from aecli.rundir import read_json
+
     num = None
-    if hydra_yaml.is_file():
-        num = ((yaml.safe_load(hydra_yaml.read_text()) or {}).get("hydra", {}).get("job", {}) or {}).get("num")
-    status_file, metrics_file = job_dir / "job_status.json", job_dir / "metrics.json"
-    recorded = json.loads(status_file.read_text()) if status_file.is_file() else {}
+    try:
+        num = ((yaml.safe_load((job_dir / ".hydra" / "hydra.yaml").read_text()) or {}).get("hydra", {})
+               .get("job", {}) or {}).get("num")
+    except (OSError, yaml.YAMLError, UnicodeDecodeError, AttributeError):
+        pass
     job = Job(job_dir, num, read_overrides(job_dir / ".hydra" / "overrides.yaml"), RUNNING)
-    if recorded.get("status") == "FAILED":
+    recorded, status_problem = read_json(job_dir / "job_status.json")
+    metrics, metrics_problem = read_json(job_dir / "metrics.json")
+    if status_problem not in (None, "missing") or not isinstance(recorded or {}, dict):
+        job.status, job.error = BROKEN, f"job_status.json {status_problem or 'is not a JSON object'}"
+    elif (recorded or {}).get("status") == "FAILED":
         job.status, job.error = FAILED, recorded.get("error") or "failed"
-    elif metrics_file.is_file():
-        job.status, job.metrics = DONE, json.loads(metrics_file.read_text())
+    elif (recorded or {}).get("status") == "STOPPED":
+        job.status, job.error = STOPPED, recorded.get("error") or "stopped by a signal"
+    elif metrics_problem not in (None, "missing") or (metrics is not None and not isinstance(metrics, dict)):
+        job.status, job.error = BROKEN, f"metrics.json {metrics_problem or 'is not a JSON object'}"
+    elif metrics is not None:
+        job.status, job.metrics = DONE, metrics
     return job
 
 
@@ -126,7 +144,7 @@ def sort_rows(rows: Sequence[dict[str, Any]], key: str = "objective") -> list[di
     """Done jobs first, then failed, then running. ``objective``: by unit, then value (VAE
     nats/image and per-pixel losses do not compare); any other column ascending, ``-COLUMN``
     descending."""
-    rank = {DONE: 0, FAILED: 1, RUNNING: 2}
+    rank = {DONE: 0, STOPPED: 1, FAILED: 2, BROKEN: 3, RUNNING: 4}
     column, sign = key.lstrip("-"), -1 if key.startswith("-") else 1
     if column not in rows[0] or column in ("error", "dir"):
         raise ConfigError("--sort", f"{key!r} is not a column of the table",
@@ -176,7 +194,7 @@ def plot(jobs: Sequence[Job], keys: Sequence[str], path: Path) -> None:
     done = [j for j in jobs if j.status == DONE]
     n_other = len(jobs) - len(done)
     fig = plt.figure(figsize=FIGSIZE, dpi=DPI)
-    note = f" ({n_other} failed/running job(s) not shown)" if n_other else ""
+    note = f" ({n_other} job(s) not done, not shown)" if n_other else ""
     if not done:
         fig.text(0.5, 0.5, f"no completed jobs yet{note}", ha="center", va="center", fontsize=14)
     elif "model" in keys and "noise" in keys:
@@ -248,7 +266,7 @@ def report(sweep_dir: Path, sort: str = "objective") -> str:
     keys = swept_keys(jobs)
     rows = sort_rows([row(j, keys) for j in jobs], sort)
     table = markdown(rows)
-    counts = {s: sum(j.status == s for j in jobs) for s in (DONE, FAILED, RUNNING)}
+    counts = {s: sum(j.status == s for j in jobs) for s in (DONE, STOPPED, FAILED, BROKEN, RUNNING)}
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     note = ("objective = the final validation loss each job returned (val/loss_<unit>); units differ "
             "between models (per_image: VAE nats per image; per_pixel: the others), so compare objectives "

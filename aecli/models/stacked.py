@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from aecli.losses import ReconstructionLoss
-from aecli.models.base import Autoencoder
+from aecli.models.base import Autoencoder, Stage
 from aecli.noise import Noise
 
 
@@ -59,14 +59,18 @@ class StackedAutoencoder(Autoencoder):
                 h = torch.relu(h)
         return h.view(-1, *self.input_shape)
 
-    def stages(self, noise: Noise) -> list[tuple["LayerStage", Noise]]:
-        """The greedy pre-training stages, bottom layer first, each with the noise it trains with."""
+    def pretraining_stages(self, noise: Noise) -> list[Stage]:
+        """The greedy pre-training stages, bottom layer first, each with the noise it trains
+        with: ``pretrain_noise_levels[k]`` (else the run's noise level) at layer k; only the
+        image layer's Gaussian noise is clipped to [0, 1]."""
         out = []
         for k in range(len(self.enc)):
             level = None if self.pretrain_noise_levels is None else self.pretrain_noise_levels[k]
             stage_noise = noise if level is None and k == 0 else noise.at_level(
                 noise.level if level is None else level, clip=(k == 0))
-            out.append((LayerStage(self, k), stage_noise))
+            layer = LayerStage(self, k)
+            out.append(Stage(f"pretrain/layer{k}", layer, stage_noise, layer.inputs, self.pretrain_epochs,
+                             layer.loss_unit))
         return out
 
 

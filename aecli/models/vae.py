@@ -66,6 +66,12 @@ class VAE(Autoencoder):
         kl = kl_to_standard_normal(mu, logvar).mean()
         return {"loss": rec + self.beta * kl, "recon": rec, "kl": kl}
 
-    def sample_logits(self, z: Tensor) -> Tensor:
-        """Decoder logits for latent codes drawn by the caller (e.g. from the prior)."""
-        return self.decode(z)
+    def sample_latents(self, n: int, generator: torch.Generator) -> Tensor:
+        """Codes from the prior N(0, I)."""
+        return torch.randn(n, self.latent_dim, generator=generator)
+
+    def extra_metrics(self, means: dict[str, float], recon: ReconstructionLoss) -> dict[str, float]:
+        """With a likelihood loss (bce) recon + KL is the negative ELBO, in nats per image."""
+        if not recon.log_likelihood or "recon" not in means or "kl" not in means:
+            return {}
+        return {"neg_elbo_nats_per_image": means["recon"] + means["kl"]}

@@ -1,0 +1,378 @@
+"""The typed config schema, and every check Hydra's types cannot express, in one place.
+
+The dataclasses below are registered in Hydra's ConfigStore (``register()``; ``aecli.conf``
+calls it on import) and are the base of ``conf/train.yaml`` and of each group option that
+has a fixed set of keys, so a wrong type or an unknown key (``+trainer.epoch=5``, a typo in an
+experiment file) is refused while Hydra composes the config. ``check(cfg)`` then checks
+ranges and cross-field rules. Both report in the ``aecli: error: KEY: what; fix: how`` form
+(``explain`` turns Hydra's and OmegaConf's composition errors into it). No torch import here.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from aecli.errors import ConfigError
+
+
+# --- choice keys ---------------------------------------------------------------------------
+
+class OnNan(Enum):
+    stop = "stop"  # stop the run, keeping the last good checkpoint
+    skip_batch = "skip_batch"  # skip batches whose loss is not finite
+
+
+class Progress(Enum):
+    auto = "auto"  # a bar on a terminal, one log line per epoch otherwise
+    bar = "bar"
+    log = "log"
+
+
+class Precision(Enum):
+    """``trainer.precision``: 32 (fp32), bf16 or 16 (fp16 with a GradScaler)."""
+
+    fp32 = 32
+    bf16 = "bf16"
+    fp16 = 16
+
+
+class DeviceName(Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+def value(choice: Any) -> Any:
+    """A choice key's plain value (an Enum member's value; anything else as it is)."""
+    return choice.value if isinstance(choice, Enum) else choice
+
+
+# --- the schema ----------------------------------------------------------------------------
+
+@dataclass
+class OptimConfig:
+    """Adam."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    fused: Any = "auto"  # auto | true | false
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 10
+    max_steps: Optional[int] = None
+    batch_size: int = 128
+    eval_batch_size: int = 1024
+    log_every_n_steps: int = 50
+    checkpoint_every_n_steps: Optional[int] = None
+    on_nan: OnNan = OnNan.stop
+    progress: Progress = Progress.auto
+    grid_images: int = 8
+    num_threads: Any = "auto"  # auto | N | null
+    precision: Precision = Precision.fp32
+    compile: bool = False
+    compile_mode: Optional[str] = None  # default | max-autotune | max-autotune-no-cudagraphs
+    cuda_graph: Any = "auto"  # auto | true | false
+    channels_last: Any = "auto"  # auto | true | false
+    cudnn_benchmark: Any = "auto"  # auto | true | false
+
+
+@dataclass
+class DeviceConfig:
+    name: DeviceName = DeviceName.auto
+    index: Optional[int] = None
+
+
+@dataclass
+class TrainConfig:
+    """The top level of ``conf/train.yaml``; the groups' own schemas follow."""
+
+    seed: int = 0
+    resume: Optional[str] = None
+    objective: Optional[str] = None  # the metrics.json key a run returns to sweepers (null: val/loss_<unit>)
+    dataset: Any = MISSING
+    noise: Any = MISSING
+    loss: Any = MISSING
+    model: Any = MISSING
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    callbacks: dict[str, Any] = field(default_factory=dict)  # name -> {_target_: a Hook class, ...}
+
+
+@dataclass
+class MLPAutoencoderConfig:
+    _target_: str = "aecli.models.MLPAutoencoder"
+    hidden_dims: list[int] = field(default_factory=lambda: [256])
+    latent_dim: int = 16
+    latent_activation: bool = False
+
+
+@dataclass
+class ConvAutoencoderConfig:
+    _target_: str = "aecli.models.ConvAutoencoder"
+    channels: list[int] = field(default_factory=lambda: [32, 64])
+    latent_dim: int = 16
+
+
+@dataclass
+class VAEConfig:
+    _target_: str = "aecli.models.VAE"
+    hidden_dims: list[int] = field(default_factory=lambda: [400])
+    latent_dim: int = 20
+    beta: float = 1.0
+
+
+@dataclass
+class StackedAutoencoderConfig:
+    _target_: str = "aecli.models.StackedAutoencoder"
+    hidden_dims: list[int] = field(default_factory=lambda: [256, 128])
+    latent_dim: int = 16
+    pretrain_epochs: int = 2
+    pretrain_noise_levels: Optional[list[float]] = None
+
+
+@dataclass
+class NoNoiseConfig:
+    _target_: str = "aecli.noise.NoNoise"
+
+
+@dataclass
+class MaskingNoiseConfig:
+    _target_: str = "aecli.noise.MaskingNoise"
+    p: float = 0.25
+
+
+@dataclass
+class GaussianNoiseConfig:
+    _target_: str = "aecli.noise.GaussianNoise"
+    sigma: float = 0.3
+    clip: bool = True
+
+
+@dataclass
+class LossConfig:
+    _target_: str = MISSING
+
+
+@dataclass
+class DigitsConfig:
+    _target_: str = "aecli.data.load_digits"
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    split_seed: int = 0
+
+
+@dataclass
+class TorchvisionConfig:
+    _target_: str = "aecli.data.load_torchvision"
+    name: str = "mnist"
+    root: str = "data"
+    download: bool = True
+    val_fraction: float = 0.1
+    split_seed: int = 0
+
+
+@dataclass
+class FolderConfig:
+    _target_: str = "aecli.data.load_folder"
+    root: str = MISSING
+    image_size: int = 64
+    channels: int = 3
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    split_seed: int = 0
+    max_memory_mb: float = 2048
+    num_workers: int = 2
+
+
+SCHEMAS: dict[str, dict[str, type]] = {
+    "model": {"ae": MLPAutoencoderConfig, "conv": ConvAutoencoderConfig, "vae": VAEConfig,
+              "stacked": StackedAutoencoderConfig},
+    "noise": {"none": NoNoiseConfig, "binomial": MaskingNoiseConfig, "gaussian": GaussianNoiseConfig},
+    "loss": {"loss": LossConfig},
+    "dataset": {"digits": DigitsConfig, "torchvision": TorchvisionConfig, "folder": FolderConfig},
+}
+
+
+def register() -> None:
+    """Put the schemas into Hydra's ConfigStore: ``train_schema`` (the base of train.yaml) and
+    ``schema/<group>/<name>``, which the group options list first in their defaults."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    for group, schemas in SCHEMAS.items():
+        for name, node in schemas.items():
+            cs.store(group=f"schema/{group}", name=name, node=node, package=group)
+
+
+# --- range and cross-field checks ----------------------------------------------------------
+
+# key, test, what the value must be, an example fix. Keys absent from the config are skipped.
+RANGES: list[tuple[str, Callable[[Any], bool], str, str]] = [
+    ("noise.p", lambda v: 0.0 <= v < 1.0, "in [0, 1)", "noise.p=0.25"),
+    ("noise.sigma", lambda v: v >= 0.0, ">= 0", "noise.sigma=0.3"),
+    ("model.latent_dim", lambda v: v >= 1, ">= 1", "model.latent_dim=16"),
+    ("model.beta", lambda v: v >= 0.0, ">= 0", "model.beta=1.0"),
+    ("model.pretrain_epochs", lambda v: v >= 0, ">= 0", "model.pretrain_epochs=2"),
+    ("trainer.epochs", lambda v: v >= 1, ">= 1", "trainer.epochs=10"),
+    ("trainer.max_steps", lambda v: v >= 1, ">= 1 (or null: no limit)", "trainer.max_steps=1000"),
+    ("trainer.batch_size", lambda v: v >= 1, ">= 1", "trainer.batch_size=128"),
+    ("trainer.eval_batch_size", lambda v: v >= 1, ">= 1", "trainer.eval_batch_size=1024"),
+    ("trainer.log_every_n_steps", lambda v: v >= 1, ">= 1", "trainer.log_every_n_steps=50"),
+    ("trainer.grid_images", lambda v: v >= 1, ">= 1", "trainer.grid_images=8"),
+    ("trainer.checkpoint_every_n_steps", lambda v: v >= 1, ">= 1 (or null)", "trainer.checkpoint_every_n_steps=500"),
+    ("optim.lr", lambda v: v > 0.0, "> 0", "optim.lr=1e-3"),
+    ("optim.weight_decay", lambda v: v >= 0.0, ">= 0", "optim.weight_decay=0"),
+    ("dataset.val_fraction", lambda v: 0.0 < v < 1.0, "between 0 and 1", "dataset.val_fraction=0.1"),
+    ("dataset.test_fraction", lambda v: 0.0 < v < 1.0, "between 0 and 1", "dataset.test_fraction=0.1"),
+    ("dataset.image_size", lambda v: v >= 1, ">= 1", "dataset.image_size=64"),
+    ("dataset.num_workers", lambda v: v >= 0, ">= 0", "dataset.num_workers=2"),
+    ("dataset.max_memory_mb", lambda v: v >= 0, ">= 0", "dataset.max_memory_mb=2048"),
+]
+NUMBER_LISTS = ("model.hidden_dims", "model.channels")
+TRI_STATES = ("optim.fused", "trainer.cuda_graph", "trainer.channels_last", "trainer.cudnn_benchmark")
+
+
+def check(cfg: DictConfig) -> None:
+    """Raise ``ConfigError`` for the first unknown key, value out of range, missing value, or
+    rule that spans keys. Runs on the composed config, before anything is built or written."""
+    _check_unknown_keys(cfg)
+    missing = sorted(m for k in cfg if k != "hydra" and OmegaConf.is_config(cfg[k])
+                     for m in OmegaConf.missing_keys(cfg[k]))
+    if missing:
+        raise ConfigError(missing[0], "has no value and needs one",
+                          f"pass {missing[0]}=..." + (" (the folder holding your images)"
+                                                      if missing[0] == "dataset.root" else ""))
+    for key, ok, must_be, fix in RANGES:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(key, f"{value!r} is not a number", f"use e.g. {fix}")
+        if not ok(value):
+            raise ConfigError(key, f"{value} is out of range: it must be {must_be}", f"use e.g. {fix}")
+    for key in NUMBER_LISTS:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and (not OmegaConf.is_list(value)
+                                  or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)):
+            shown = list(value) if OmegaConf.is_list(value) else value
+            raise ConfigError(key, f"{shown!r} must be a list of whole numbers >= 1", f"use e.g. {key}=[256,128]")
+    for key in TRI_STATES:
+        value = OmegaConf.select(cfg, key, default="auto")
+        if value not in ("auto", True, False):
+            raise ConfigError(key, f"{value!r} is not auto, true or false", f"use e.g. {key}=auto")
+    threads = OmegaConf.select(cfg, "trainer.num_threads", default=None)
+    if threads not in (None, "auto") and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError("trainer.num_threads", f"{threads!r} is neither auto nor a whole number >= 1",
+                          "use trainer.num_threads=auto (cores / jobs running at once) or e.g. trainer.num_threads=4")
+    if OmegaConf.select(cfg, "dataset.channels", default=None) not in (None, 1, 3):
+        raise ConfigError("dataset.channels", f"{cfg.dataset.channels} is not 1 or 3",
+                          "use dataset.channels=1 (grey) or 3 (RGB)")
+    mode = OmegaConf.select(cfg, "trainer.compile_mode", default=None)
+    if mode == "reduce-overhead":
+        raise ConfigError("trainer.compile_mode", "reduce-overhead (torch.compile's CUDA graphs) is retired: it "
+                          "crashed on loss terms kept across steps", "use trainer.cuda_graph=true: the whole "
+                          "training step as one CUDA graph (README, Speed)")
+    if mode not in (None, "default", "max-autotune", "max-autotune-no-cudagraphs"):
+        raise ConfigError("trainer.compile_mode", f"{mode!r} is not default, max-autotune or "
+                          "max-autotune-no-cudagraphs", "use e.g. trainer.compile_mode=max-autotune")
+    _check_pretrain_noise_levels(cfg)
+
+
+def _check_unknown_keys(node: Any, prefix: str = "") -> None:
+    """Hydra adds ``+key=value`` overrides even to typed nodes (it opens them to do so), so a
+    misspelt ``+trainer.epoch=5`` would pass silently: refuse keys that the schema lacks."""
+    import dataclasses
+    import difflib
+
+    if not isinstance(node, DictConfig):
+        return
+    schema = OmegaConf.get_type(node)
+    known = {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
+    for key in node.keys():
+        if prefix == "" and key == "hydra":  # Hydra's own node, checked by Hydra
+            continue
+        full = f"{prefix}{key}"
+        if known is not None and key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            raise ConfigError(full, f"no such key{f' in {prefix[:-1]}' if prefix else ''}"
+                              + (f" (did you mean {prefix}{close[0]}?)" if close else ""),
+                              f"use {prefix}{close[0]}=..." if close else
+                              "check the spelling; python -m aecli.train --cfg job lists every key")
+        if key != "callbacks" and not (known is None and prefix == ""):
+            _check_unknown_keys(node._get_node(key), f"{full}.")
+
+
+def _check_pretrain_noise_levels(cfg: DictConfig) -> None:
+    levels = OmegaConf.select(cfg, "model.pretrain_noise_levels", default=None)
+    if levels is None:
+        return
+    key = "model.pretrain_noise_levels"
+    layers = len(OmegaConf.select(cfg, "model.hidden_dims", default=[]) or []) + 1
+    if len(levels) != layers:
+        raise ConfigError(key, f"{len(levels)} levels for {layers} layers (hidden_dims + latent_dim)",
+                          f"give one level per layer, e.g. {key}=[{','.join(['0.1'] * layers)}]")
+    noise_keys = set(cfg.noise) - {"_target_"}
+    if "p" in noise_keys:
+        bad = [v for v in levels if not 0.0 <= v < 1.0]
+        if bad:
+            raise ConfigError(key, f"{bad[0]} is not a masking probability in [0, 1) (noise is binomial)",
+                              f"use levels in [0, 1), e.g. {key}=[0.1,0.2,0.3]")
+    elif "sigma" in noise_keys:
+        bad = [v for v in levels if v < 0.0]
+        if bad:
+            raise ConfigError(key, f"{bad[0]} is not a noise std >= 0 (noise is gaussian)",
+                              f"use levels >= 0, e.g. {key}=[0.1,0.2,0.3]")
+    else:
+        raise ConfigError(key, "per-layer noise levels need a noise to scale, but noise has no level "
+                          f"({cfg.noise.get('_target_')})",
+                          "add noise=binomial or noise=gaussian, or drop model.pretrain_noise_levels")
+
+
+# --- composition errors, re-worded ---------------------------------------------------------
+
+def explain(error: BaseException) -> ConfigError | None:
+    """A ``ConfigError`` for a config mistake that Hydra or OmegaConf found while composing
+    (None: not a config mistake). Hydra's own hints ('+key' to append) are replaced: with the
+    schema, a key that does not exist cannot be appended either."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+    from omegaconf.errors import OmegaConfBaseException
+
+    cause = error
+    while cause.__cause__ is not None and not isinstance(cause, OmegaConfBaseException):
+        cause = cause.__cause__
+    text = str(error).strip()
+    if isinstance(cause, OmegaConfBaseException):
+        key = getattr(cause, "full_key", None) or _key_in(text) or "config"
+        first = str(cause).splitlines()[0].strip()
+        if "not in" in first or "Key '" in first and "not" in first:
+            parent = key.rsplit(".", 1)[0] if "." in key else ""
+            return ConfigError(key, f"no such key{f' in {parent}' if parent else ''}",
+                               "check the spelling; python -m aecli.train --cfg job lists every key")
+        return ConfigError(key, first, f"give {key} a value of the right type (python -m aecli.train --cfg job "
+                           "shows the current ones)")
+    if isinstance(error, MissingConfigException):
+        return ConfigError(_key_in(text) or "config", text.splitlines()[0],
+                           "pick one of the options listed above (python -m aecli.train --help lists them all)"
+                           if "Available options" in text else "check the group and option names")
+    if isinstance(error, (OverrideParseException, ConfigCompositionException)):
+        first = text.splitlines()[0]
+        key = _key_in(first) or "command line"
+        hint = "quote values with special characters, e.g. 'dataset.root=\"/path/with spaces\"'" \
+            if isinstance(error, OverrideParseException) else "check the key and its value"
+        return ConfigError(key, first.replace("\n", " "), hint)
+    return None
+
+
+def _key_in(text: str) -> str | None:
+    match = re.search(r"(?:override|key|Key)\s+'?\+*([A-Za-z_][\w.]*)", text)
+    return match.group(1) if match else None

@@ -1,0 +1,283 @@
+"""Hooks: what happens around training, apart from training itself.
+
+A hook subclasses ``Hook`` and overrides any of its methods; each gets the ``Run`` (the config,
+the run dir, the data, the model, the ``TrainState``). The loop calls them in list order:
+
+- ``on_fit_start(run)``: once, before the first step (also after a resume);
+- ``on_epoch_start(run)``: before each epoch (or the rest of one, after a resume);
+- ``on_step_end(run, terms)``: after every optimizer step; ``terms`` are the step's loss terms
+  as device tensors (None: the batch was skipped). Reading them (``.item()``) makes the host
+  wait for the device: do it every N steps, not every step;
+- ``on_epoch_end(run, result, val)``: after each epoch; ``val`` is the validation of the main
+  phase (None during pre-training); ``result.means`` the epoch's mean training loss terms;
+- ``on_stop(run)``: training ends before its schedule (a signal, ``trainer.max_steps``);
+- ``on_fit_end(run, metrics)``: after the final evaluation, with what goes to ``metrics.json``.
+
+Setting ``run.stop_requested`` (to a reason) ends training after the current step. A hook with a
+``state_key`` has its ``state_dict()`` saved in each checkpoint and given back to
+``load_state_dict`` on resume. Your own hooks go in the config (``callbacks``):
+``+callbacks.mine._target_=my_pkg.MyHook``.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor
+
+from aecli import checkpoint
+from aecli.data import ImageData
+from aecli.losses import ReconstructionLoss
+from aecli.state import TrainState
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
+
+    from aecli.loop import EpochResult
+    from aecli.state import Phase
+
+log = logging.getLogger("aecli")
+
+
+@dataclass
+class Run:
+    """What hooks may look at (and ``stop_requested``, which they may set)."""
+
+    cfg: DictConfig
+    run_dir: Path
+    state: TrainState
+    data: ImageData
+    model: torch.nn.Module
+    recon: ReconstructionLoss
+    noise: Any
+    device: torch.device
+    batch_size: int
+    hooks: "Hooks"
+    config: dict[str, Any] = field(default_factory=dict)  # the config a checkpoint records
+    phase: "Phase | None" = None
+    stop_requested: str | None = None  # why training should end after this step
+    last_epoch: "EpochResult | None" = None  # the main phase's last epoch in this process
+
+
+class Hook:
+    """Base class: every method does nothing."""
+
+    state_key: str | None = None  # set to keep state in checkpoints
+
+    def on_fit_start(self, run: Run) -> None: ...
+    def on_epoch_start(self, run: Run) -> None: ...
+    def on_step_end(self, run: Run, terms: dict[str, Tensor] | None) -> None: ...
+    def on_epoch_end(self, run: Run, result: "EpochResult", val: dict[str, float] | None) -> None: ...
+    def on_stop(self, run: Run) -> None: ...
+    def on_fit_end(self, run: Run, metrics: dict[str, Any]) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class Hooks:
+    """The run's hooks, called in order. ``on_step_end`` goes only to hooks that override it
+    (it runs every step)."""
+
+    def __init__(self, hooks: list[Hook]) -> None:
+        self.hooks = list(hooks)
+        self._per_step = [h for h in self.hooks if type(h).on_step_end is not Hook.on_step_end]
+
+    def __iter__(self):
+        return iter(self.hooks)
+
+    def on_fit_start(self, run: Run) -> None:
+        for h in self.hooks:
+            if h.state_key is not None and h.state_key in run.state.hooks:
+                h.load_state_dict(run.state.hooks[h.state_key])
+            h.on_fit_start(run)
+
+    def on_epoch_start(self, run: Run) -> None:
+        for h in self.hooks:
+            h.on_epoch_start(run)
+
+    def on_step_end(self, run: Run, terms: dict[str, Tensor] | None) -> None:
+        for h in self._per_step:
+            h.on_step_end(run, terms)
+
+    def on_epoch_end(self, run: Run, result: "EpochResult", val: dict[str, float] | None) -> None:
+        for h in self.hooks:
+            h.on_epoch_end(run, result, val)
+
+    def on_stop(self, run: Run) -> None:
+        for h in self.hooks:
+            h.on_stop(run)
+
+    def on_fit_end(self, run: Run, metrics: dict[str, Any]) -> None:
+        for h in self.hooks:
+            h.on_fit_end(run, metrics)
+
+    def states(self) -> dict[str, Any]:
+        return {h.state_key: h.state_dict() for h in self.hooks if h.state_key is not None}
+
+
+# --- built-in hooks ------------------------------------------------------------------------
+
+class Checkpointing(Hook):
+    """``checkpoints/last.pt`` at every epoch's end, every ``every_n_steps`` steps and on a stop;
+    ``best.pt`` when the validation loss improved (written right after ``last.pt``, which records
+    where the best model is from, so a crash between the two is repaired at the next start)."""
+
+    def __init__(self, every_n_steps: int | None, flush: Callable[[], None] = lambda: None) -> None:
+        self.every_n_steps, self.flush = every_n_steps, flush
+
+    def on_fit_start(self, run: Run) -> None:
+        directory = run.run_dir / "checkpoints"
+        for stale in checkpoint.remove_stale_temps(directory):
+            log.info("removed %s, left by a process killed while writing it", stale)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.repair_best(run)
+
+    def repair_best(self, run: Run) -> None:
+        """If the model in last.pt is the best one and best.pt is not it, write best.pt from it."""
+        last, best = run.run_dir / "checkpoints" / checkpoint.LAST, run.run_dir / "checkpoints" / checkpoint.BEST
+        state = run.state
+        if state.best_step is None or state.best_step != state.step or not last.is_file():
+            return
+        if best.is_file():
+            try:
+                if checkpoint.read(best)["step"] == state.step:
+                    return
+            except Exception:  # noqa: BLE001 - a damaged best.pt is replaced just the same
+                pass
+        log.warning("%s is missing or older than the best model (step %d): writing it from %s", best,
+                    state.step, last)
+        checkpoint.save(checkpoint.read(last), best)
+
+    def save(self, run: Run, best: bool = False) -> None:
+        from aecli.loop import check_finite
+
+        if run.state.epoch_state is not None:
+            check_finite(run.state.epoch_state)  # never replace a good checkpoint with a diverged model
+        self.flush()  # events up to this step reach the disk before the checkpoint that resumes after them
+        run.state.hooks = run.hooks.states()
+        snapshot = run.state.to_dict(run.data.shape, run.config)
+        directory = run.run_dir / "checkpoints"
+        checkpoint.save(snapshot, directory / checkpoint.LAST)
+        if best:
+            checkpoint.save(snapshot, directory / checkpoint.BEST)
+
+    def on_step_end(self, run: Run, terms: dict[str, Tensor] | None) -> None:
+        if self.every_n_steps and run.state.step % self.every_n_steps == 0 and not run.stop_requested:
+            self.save(run)
+
+    def on_epoch_end(self, run: Run, result: "EpochResult", val: dict[str, float] | None) -> None:
+        self.save(run, best=val is not None and run.state.best_step == run.state.step)
+
+    def on_stop(self, run: Run) -> None:
+        self.save(run)
+
+
+class ProgressReport(Hook):
+    """A tqdm bar per epoch on a terminal (``trainer.progress=bar``), and one log line per epoch."""
+
+    def __init__(self, bar: bool, sync_every: int) -> None:
+        self.use_bar, self.sync_every = bar, sync_every
+        self.bar: Any = None
+        self.t0 = 0.0
+        self.seen0 = 0
+
+    def on_epoch_start(self, run: Run) -> None:
+        self.t0, self.seen0 = time.perf_counter(), run.state.epoch_state.seen
+        if self.use_bar:
+            import math
+
+            from tqdm.auto import tqdm
+
+            es = run.state.epoch_state
+            self.bar = tqdm(total=math.ceil(len(es.perm) / run.batch_size), initial=es.batch, leave=False,
+                            desc=self._desc(run), file=sys.stderr)
+
+    @staticmethod
+    def _desc(run: Run) -> str:
+        phase, state = run.phase, run.state
+        epoch = f"epoch {state.epoch + 1}/{phase.epochs}"
+        return epoch if phase.main else f"{phase.name} {epoch}"
+
+    def on_step_end(self, run: Run, terms: dict[str, Tensor] | None) -> None:
+        if self.bar is None:
+            return
+        self.bar.update(1)
+        if terms is not None and run.state.step % self.sync_every == 0:  # a sync the loop makes anyway
+            ips = (run.state.epoch_state.seen - self.seen0) / max(time.perf_counter() - self.t0, 1e-9)
+            self.bar.set_postfix(loss=f"{terms['loss'].item():.4g}", img_s=f"{ips:,.0f}")
+
+    def on_epoch_end(self, run: Run, result: "EpochResult", val: dict[str, float] | None) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        phase, unit = run.phase, run.phase.unit
+        line = f"{phase.name} epoch {run.state.epoch}/{phase.epochs} step {run.state.step}: loss_{unit} " \
+               f"{result.means.get('loss', float('nan')):.5g}"
+        if val is not None:
+            line = f"epoch {run.state.epoch}/{phase.epochs} step {run.state.step}: train loss_{unit} " \
+                   f"{result.means.get('loss', float('nan')):.5g} | val loss_{unit} {val[f'loss_{unit}']:.5g}, " \
+                   f"psnr {val['psnr_db']:.2f} dB"
+        log.info("%s | %s img/s, %.1fs", line, f"{result.images_per_sec:,.0f}", time.perf_counter() - self.t0)
+
+    def on_stop(self, run: Run) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class StopOnSignal(Hook):
+    """A stop signal (SIGTERM, SIGINT; ``aecli.signals``) ends training after the current step."""
+
+    def __init__(self, signals: Any) -> None:
+        self.signals = signals
+
+    def on_step_end(self, run: Run, terms: dict[str, Tensor] | None) -> None:
+        if self.signals.requested is not None and run.stop_requested is None:
+            run.stop_requested = self.signals.name()
+
+    def on_epoch_end(self, run: Run, result: "EpochResult", val: dict[str, float] | None) -> None:
+        self.on_step_end(run, None)  # one that arrived during validation
+
+
+class MaxSteps(Hook):
+    """``trainer.max_steps``: training ends after that many optimizer steps in all."""
+
+    def __init__(self, max_steps: int) -> None:
+        self.max_steps = max_steps
+
+    def on_fit_start(self, run: Run) -> None:
+        self.on_step_end(run, None)
+
+    def on_step_end(self, run: Run, terms: dict[str, Tensor] | None) -> None:
+        if run.state.step >= self.max_steps and run.stop_requested is None:
+            run.stop_requested = "max_steps"
+
+
+class FirstStepTime(Hook):
+    """Seconds from the process's start to the end of the first optimizer step it ran
+    (``metrics.json``'s ``first_step_seconds``): the startup a user waits through."""
+
+    def __init__(self) -> None:
+        self.seconds: float | None = None
+
+    def on_step_end(self, run: Run, terms: dict[str, Tensor] | None) -> None:
+        if self.seconds is None:
+            if run.device.type == "cuda":
+                torch.cuda.synchronize(run.device)
+            from aecli.signals import seconds_since_process_start
+
+            self.seconds = seconds_since_process_start()
+
+    def on_fit_end(self, run: Run, metrics: dict[str, Any]) -> None:
+        if self.seconds is not None:
+            metrics["first_step_seconds"] = round(self.seconds, 3)

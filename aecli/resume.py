@@ -1,0 +1,175 @@
+"""Before a run starts: every check that can refuse it, and for ``resume`` the config to go on with.
+
+``prepare`` runs before anything is written (the CLI calls it from a Hydra callback, before
+Hydra creates the run dir or writes ``.hydra/``): the config checks, the run dir's state, the
+checkpoint (verified, its config checked against this command), then the run dir's lock.
+
+Resuming takes the config stored in the checkpoint. Keys that may change between the
+interrupted and the continued run (``MAY_CHANGE``: the schedule's length, logging, speed knobs,
+the device, where the data lies) are taken from the command line when typed there; any other
+key typed with a different value is refused, the differences listed.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from aecli import checkpoint, config, rundir
+from aecli.errors import ConfigError
+
+MAY_CHANGE = (
+    "trainer.epochs", "trainer.max_steps", "trainer.progress", "trainer.num_threads", "trainer.log_every_n_steps",
+    "trainer.checkpoint_every_n_steps", "trainer.eval_batch_size", "trainer.grid_images", "trainer.compile",
+    "trainer.compile_mode", "trainer.cuda_graph", "trainer.channels_last", "trainer.cudnn_benchmark", "trainer.on_nan",
+    "device", "dataset.root", "dataset.download", "dataset.num_workers", "dataset.max_memory_mb", "resume", "callbacks",
+)
+
+
+HYDRA_FILES = (".hydra", "train.log")  # what Hydra writes into a sweep job's dir before the job
+
+
+@dataclass
+class Prepared:
+    """A run that passed every check: its effective config, the checkpoint it continues (None:
+    a new run), and whether ``prepare`` created its dir (a refused new run removes it again)."""
+
+    cfg: DictConfig
+    state: dict[str, Any] | None
+    run_dir: Path
+    created: bool
+
+
+def without_hydra(cfg: DictConfig) -> DictConfig:
+    """The job's config without Hydra's own node (as Hydra hands it to the task)."""
+    if "hydra" not in cfg:
+        return cfg
+    out = copy.deepcopy(cfg)
+    with read_write(out), open_dict(out):
+        del out["hydra"]
+    return out
+
+
+def may_change(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in MAY_CHANGE)
+
+
+def plain(cfg: DictConfig) -> dict[str, Any]:
+    """The config as plain data (resolved, enums by name, without Hydra's own node)."""
+    return {k: OmegaConf.to_container(cfg[k], resolve=True, enum_to_str=True) if OmegaConf.is_config(cfg[k])
+            else (cfg[k].name if hasattr(cfg[k], "name") and not isinstance(cfg[k], str) else cfg[k])
+            for k in cfg if k != "hydra"}
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict) and node:
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: node}
+
+
+def typed_keys(overrides: list[str]) -> list[str] | None:
+    """The config keys that command-line ``overrides`` set; None when one of them selects a
+    group option (which may set any key: the whole config then counts as typed)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    keys = []
+    for o in OverridesParser.create().parse_overrides(overrides):
+        name = o.key_or_group
+        if name.startswith("hydra") or name == "resume":
+            continue
+        if o.is_delete() or "/" in name or "." not in name and name not in ("seed", "callbacks"):
+            return None  # a group option (model=vae, experiment=...) or a deletion
+        keys.append(name)
+    return keys
+
+
+def mismatches(current: dict[str, Any], saved: dict[str, Any], keys: list[str] | None) -> list[str]:
+    """``key: value here, value in the checkpoint`` for each key that must not change and differs
+    (among ``keys``, or everywhere when None)."""
+    a, b = _flatten(current), _flatten(saved)
+    names = sorted(set(a) | set(b)) if keys is None else sorted(
+        k for k in set(a) | set(b) if any(k == t or k.startswith(t + ".") for t in keys))
+    return [f"{k}: {a.get(k)!r} here, {b.get(k)!r} in the checkpoint" for k in names
+            if not may_change(k) and a.get(k) != b.get(k)]
+
+
+def effective_config(cfg: DictConfig, saved: dict[str, Any], keys: list[str] | None) -> DictConfig:
+    """The checkpoint's config, with ``cfg``'s values for the keys that may change and were
+    typed (all of them when ``keys`` is None: a library caller passes a whole config)."""
+    base = OmegaConf.structured(config.TrainConfig)
+    try:
+        out = OmegaConf.merge(base, {k: v for k, v in saved.items() if k != "callbacks"})
+    except Exception as e:  # a stored config that does not fit the schema
+        raise ConfigError("resume", f"the checkpoint's config does not fit this aecli ({str(e).splitlines()[0]})",
+                          "resume with the aecli version that wrote it, or start a new run") from None
+    current = _flatten(plain(cfg))
+    chosen = [k for k in current if may_change(k) and (keys is None or any(k == t or k.startswith(t + ".")
+                                                                           for t in keys))]
+    for k in chosen + ["resume"]:
+        OmegaConf.update(out, k, OmegaConf.select(cfg, k), force_add=True)
+    out.callbacks = cfg.get("callbacks") or {}
+    return out
+
+
+def resume_file(resume: str, run_dir: Path) -> Path | None:
+    """The checkpoint that ``resume`` names (None: ``auto`` and no checkpoint yet)."""
+    if resume == "auto":
+        file = Path(run_dir) / "checkpoints" / checkpoint.LAST
+        return file if file.is_file() else None
+    return checkpoint.find(resume)
+
+
+def targets_in(cfg: Any) -> set[str]:
+    """Every ``_target_`` that a config names (this process's own: trusted)."""
+    found: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k == "_target_" and isinstance(v, str):
+                    found.add(v)
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(OmegaConf.to_container(cfg, resolve=False) if OmegaConf.is_config(cfg) else cfg)
+    return found
+
+
+def prepare(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None, hydra_wrote: bool = False) -> Prepared:
+    """Check everything that can refuse this run, then lock its dir. ``overrides``: the
+    command line's (None: ``cfg`` is a whole config from a library caller). ``hydra_wrote``: a
+    sweep's job, whose dir Hydra made (and wrote ``.hydra/`` into) before the job started."""
+    cfg = without_hydra(cfg)
+    config.check(cfg)
+    run_dir = Path(run_dir)
+    rundir.check_dir_path(run_dir)
+    file = resume_file(cfg.resume, run_dir) if cfg.get("resume") is not None else None
+    state = None
+    if file is None:
+        if cfg.get("resume") == "auto" and rundir.is_run_dir(run_dir):
+            pass  # a requeued job killed before its first checkpoint: start again in its own dir
+        else:
+            rundir.check_new(run_dir, ignore=HYDRA_FILES if hydra_wrote else ())
+    else:
+        state = checkpoint.read(file)
+        saved = state["config"]
+        keys = None if overrides is None else typed_keys(overrides)
+        diffs = mismatches(plain(cfg), saved, keys)
+        if diffs:
+            raise ConfigError("resume", f"the config does not match {file}: " + "; ".join(diffs[:6]),
+                              "leave those keys out (resume takes them from the checkpoint), or start a new run "
+                              "without resume")
+        checkpoint.check_targets(saved, targets_in(cfg))
+        cfg = effective_config(cfg, saved, keys)
+        config.check(cfg)
+    created = hydra_wrote or not run_dir.exists()
+    rundir.lock(run_dir)
+    return Prepared(cfg, state, run_dir, created)

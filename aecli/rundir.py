@@ -1,0 +1,126 @@
+"""The run dir: one writer at a time, never someone else's files, small files written whole.
+
+- ``lock``: an OS lock (``flock``) on ``RUN_DIR/.aecli.lock``, held until the process exits. The
+  OS drops it when the holder dies however it dies, so a stale lock from a killed process is
+  simply free again; a live holder is named (pid, host, start time) in the refusal.
+- ``check_new``: a new run starts only in a dir that does not exist or is empty.
+- ``write_json``: ``metrics.json``, ``eval.json`` and ``job_status.json`` are replaced atomically.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from aecli.errors import ConfigError
+
+LOCK_FILE = ".aecli.lock"
+STATUS_FILE = "job_status.json"
+_held: dict[Path, int] = {}  # run dir -> the open, locked file descriptor
+
+
+def lock(run_dir: Path) -> None:
+    """Take the run dir's lock for this process (creating the dir), or refuse naming the holder.
+    Taking a lock this process already holds does nothing."""
+    run_dir = Path(run_dir).absolute()
+    if run_dir in _held:
+        return
+    check_dir_path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = _describe(os.pread(fd, 4096, 0))
+        os.close(fd)
+        raise ConfigError("hydra.run.dir", f"{run_dir} is in use by another aecli process ({holder})",
+                          "wait for it to finish (or stop it), or choose another hydra.run.dir") from None
+    info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                       "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode()
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, info, 0)
+    _held[run_dir] = fd
+
+
+def unlock(run_dir: Path) -> None:
+    """Release this process's lock on ``run_dir`` (the lock file stays: removing it could race)."""
+    fd = _held.pop(Path(run_dir).absolute(), None)
+    if fd is not None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _describe(raw: bytes) -> str:
+    try:
+        info = json.loads(raw.decode() or "{}")
+        return f"pid {info['pid']} on {info['host']}, started {info['started']}"
+    except (ValueError, KeyError, TypeError):
+        return "it is starting up"
+
+
+def check_dir_path(run_dir: Path) -> None:
+    """The run dir must be a dir (or not exist yet) under a writable parent."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError("hydra.run.dir", f"{run_dir} is a file, not a dir", "choose another hydra.run.dir")
+    p = run_dir.absolute()
+    while not p.exists():
+        p = p.parent
+    if not p.is_dir() or not os.access(p, os.W_OK):
+        raise ConfigError("hydra.run.dir", f"{p} is not writable", "choose a writable hydra.run.dir "
+                          "(or fix the permissions / free the disk), then run again")
+
+
+def foreign_files(run_dir: Path) -> list[str]:
+    """What is in ``run_dir`` besides aecli's lock (sorted, at most 5 named)."""
+    if not Path(run_dir).is_dir():
+        return []
+    return sorted(p.name for p in Path(run_dir).iterdir() if p.name != LOCK_FILE)
+
+
+def check_new(run_dir: Path, ignore: tuple[str, ...] = ()) -> None:
+    """A new run (no ``resume``) must not start in a dir that holds anything (but ``ignore``):
+    an earlier run, a run without its ``last.pt``, or files that are not a run at all."""
+    check_dir_path(run_dir)
+    files = [f for f in foreign_files(run_dir) if f not in ignore]
+    if not files:
+        return
+    has_run = (Path(run_dir) / "checkpoints" / "last.pt").is_file()
+    what = "a run (checkpoints/last.pt)" if has_run else f"files ({', '.join(files[:5])}{', ...' if len(files) > 5 else ''})"
+    raise ConfigError("hydra.run.dir", f"{run_dir} already holds {what}",
+                      ("pass resume=auto to continue that run, or " if has_run else "")
+                      + "drop hydra.run.dir for a new run dir, or choose an empty one")
+
+
+def is_run_dir(run_dir: Path) -> bool:
+    """A dir that aecli made: its lock file, or Hydra's ``.hydra`` next to aecli's job status."""
+    d = Path(run_dir)
+    return (d / LOCK_FILE).is_file() or ((d / ".hydra").is_dir() and (d / STATUS_FILE).is_file())
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON, atomically (a crash or full disk leaves the old file whole)."""
+    from aecli.checkpoint import atomic_write
+
+    text = (json.dumps(data, indent=2) + "\n").encode()
+    atomic_write(Path(path), lambda f: f.write(text))
+
+
+def read_json(path: Path) -> tuple[Any, str | None]:
+    """(data, None), or (None, what is wrong with the file): readers name broken files."""
+    try:
+        return json.loads(Path(path).read_text()), None
+    except FileNotFoundError:
+        return None, "missing"
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        return None, f"unreadable ({type(e).__name__}: {str(e)[:80]})"
+
+
+def write_status(run_dir: Path, status: str, error: str | None = None, return_value: float | None = None) -> None:
+    """``job_status.json``: RUNNING, COMPLETED (+ the returned value), FAILED (+ the error) or
+    STOPPED (a signal; the last checkpoint continues it)."""
+    write_json(Path(run_dir) / STATUS_FILE, {"status": status, "error": error, "return_value": return_value})

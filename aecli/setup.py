@@ -1,0 +1,140 @@
+"""Everything a run builds from its config before it trains, shared by ``aecli.trainer.run`` and
+``aecli.bench``: the device and threads, the seed, the data, the model, loss and noise, the
+precision, the phases with their optimizers, and each phase's training step."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+
+from aecli.config import value
+from aecli.data import ImageData
+from aecli.device import resolve_device
+from aecli.errors import AecliError, ConfigError
+from aecli.loop import Precision, Step, optimizer_for
+from aecli.losses import ReconstructionLoss
+from aecli.placement import JobSlot, cores_available, gpu_for_job, threads_per_job
+from aecli.state import Phase, TrainState, seed_everything
+
+log = logging.getLogger("aecli")
+
+
+def build(cfg: DictConfig, group: str, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate(cfg[group])``, with config mistakes re-worded for the user
+    (Hydra's own message hides the cause behind 'see chained exception above')."""
+    try:
+        return instantiate(cfg[group], **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, AecliError):
+            raise cause from None
+        target = OmegaConf.select(cfg, f"{group}._target_")
+        raise ConfigError(group, f"cannot build {target}: {cause or e}",
+                          f"check the keys of conf/{group}/ against {target}'s arguments") from None
+
+
+def place_job(cfg: DictConfig, slot: JobSlot) -> torch.device:
+    """Thread count and device for this job of a sweep (``aecli.placement``), both logged."""
+    cores = cores_available()
+    threads = threads_per_job(cfg.trainer.get("num_threads"), cores, slot.jobs_at_once)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    log.info("torch threads: %d (trainer.num_threads=%s; %d cores, %d job(s) at once, %s launcher)",
+             torch.get_num_threads(), cfg.trainer.get("num_threads"), cores, slot.jobs_at_once, slot.launcher)
+    name = value(cfg.device.name)
+    gpus = torch.cuda.device_count() if name in ("auto", "cuda") else 0
+    return resolve_device(name, gpu_for_job(cfg.device.get("index"), slot.num, gpus))
+
+
+@dataclass
+class Parts:
+    """What a run trains and how: built once from the config."""
+
+    device: torch.device
+    data: ImageData
+    model: torch.nn.Module
+    recon: ReconstructionLoss
+    noise: Any
+    precision: Precision
+    to_layout: Callable[[Tensor], Tensor] | None  # clean batch -> the model's memory layout
+
+
+def build_parts(cfg: DictConfig, slot: JobSlot = JobSlot(), data: ImageData | None = None) -> Parts:
+    """Device, seed, data (on the device), loss, model, noise and precision, as ``cfg`` says
+    (``data``: these images instead of ``cfg.dataset``'s); a config that does not fit is a
+    ``ConfigError`` (nothing is written here)."""
+    device = place_job(cfg, slot)
+    seed_everything(cfg.seed)
+    data = data if data is not None else build(cfg, "dataset")
+    recon: ReconstructionLoss = build(cfg, "loss")
+    top = float(data.train.max()) / data.max_value if not data.streamed else 1.0  # files: uint8/255
+    if recon.needs_unit_range and top > 1.0:
+        raise ConfigError("loss", f"loss={recon.name} needs data in [0, 1], but this dataset reaches {top:.3g}",
+                          "use loss=mse, or a dataset whose pixels lie in [0, 1]")
+    data = data.to(device)
+    model = build(cfg, "model", input_shape=data.shape).to(device)
+    noise = build(cfg, "noise")
+    precision = Precision.from_config(cfg.trainer.precision, device)
+    return Parts(device, data, model, recon, noise, precision, set_memory_layout(model, cfg.trainer, device))
+
+
+def set_memory_layout(model: torch.nn.Module, trainer_cfg: DictConfig,
+                      device: torch.device) -> Callable[[Tensor], Tensor] | None:
+    """The CUDA layout knobs: ``trainer.cudnn_benchmark`` (cuDNN picks the fastest conv
+    algorithms for these fixed shapes) and ``trainer.channels_last`` (auto: models that prefer
+    it, on CUDA, whose tensor cores want NHWC). Converts ``model`` in place; returns what turns a
+    batch into that layout (None: leave batches as they are)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = trainer_cfg.cudnn_benchmark in (True, "auto")
+    channels_last = trainer_cfg.channels_last is True or (
+        trainer_cfg.channels_last == "auto" and device.type == "cuda" and getattr(model, "prefers_channels_last", False))
+    if not channels_last:
+        return None
+    model.to(memory_format=torch.channels_last)
+    return lambda x: x.contiguous(memory_format=torch.channels_last)
+
+
+def new_state(parts: Parts, cfg: DictConfig) -> TrainState:
+    """The phases (the model's pre-training stages, then end-to-end training), each with its
+    own Adam, and a fresh training state at step 0."""
+    def adam(params: Any) -> torch.optim.Optimizer:
+        return optimizer_for(params, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.fused, parts.device,
+                             capturable=uses_cuda_graph(cfg, parts.device))
+
+    phases = [Phase(s.name, s.module, adam(s.module.parameters()), s.noise, s.epochs, s.unit, s.inputs, main=False)
+              for s in parts.model.pretraining_stages(parts.noise)]
+    phases.append(Phase("train", parts.model, adam(parts.model.parameters()), parts.noise, cfg.trainer.epochs,
+                        parts.model.loss_unit, parts.to_layout))
+    return TrainState(parts.model, phases, parts.precision.scaler())
+
+
+def uses_cuda_graph(cfg: DictConfig, device: torch.device) -> bool:
+    """``trainer.cuda_graph``: true, false, or auto (CUDA, and a step that can be captured:
+    no per-step host check for ``on_nan=skip_batch``, no ``torch.compile``)."""
+    setting = cfg.trainer.cuda_graph
+    if setting is False or device.type != "cuda":
+        return False
+    capturable = value(cfg.trainer.on_nan) != "skip_batch" and not cfg.trainer.compile
+    if setting is True and not capturable:
+        raise ConfigError("trainer.cuda_graph", "a CUDA graph cannot hold the per-step host check of "
+                          "trainer.on_nan=skip_batch, nor a torch.compile'd step",
+                          "use trainer.cuda_graph=auto, or trainer.on_nan=stop and trainer.compile=false")
+    return capturable
+
+
+def make_step(phase: Phase, parts: Parts, state: TrainState, cfg: DictConfig) -> Step:
+    """The training step for ``phase``: replayed as a CUDA graph (``aecli.graph``) when
+    ``uses_cuda_graph``, else eager, its loss ``torch.compile``'d when ``trainer.compile``."""
+    if uses_cuda_graph(cfg, parts.device):
+        from aecli.graph import GraphStep
+
+        return GraphStep(phase, parts.recon, parts.precision, state.scaler)
+    compute = torch.compile(phase.module.loss, mode=cfg.trainer.compile_mode) if cfg.trainer.compile else None
+    return Step(phase, parts.recon, parts.precision, state.scaler, compute)

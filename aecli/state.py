@@ -1,0 +1,145 @@
+"""The training state: one object owns everything a checkpoint must hold to continue exactly.
+
+``TrainState`` holds the model, the phases (each with its optimizer), the gradient scaler, the
+position (phase, epochs done, global step), the partial epoch, the validation results, and the
+state of the hooks that keep some (the per-step TensorBoard window). ``to_dict`` is the
+checkpoint's content; ``restore`` puts a verified checkpoint back (``aecli.checkpoint``
+verifies the file; ``restore`` checks that it fits this model and data).
+"""
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from aecli.errors import ConfigError
+
+
+@dataclass
+class Phase:
+    """One thing being trained: the whole model (the main phase), or what a model's
+    ``pretraining_stages`` asks for first."""
+
+    name: str  # TensorBoard prefix: "train", "pretrain/layer0"
+    module: nn.Module  # .loss(x_in, target, recon); its parameters are what is trained
+    optimizer: torch.optim.Optimizer
+    noise: Callable[[Tensor], Tensor]
+    epochs: int
+    unit: str  # the loss's reduction, named in every loss tag
+    inputs: Callable[[Tensor], Tensor] | None = None  # clean batch -> what the module sees
+    main: bool = True  # validated, imaged, best-checkpointed
+
+
+@dataclass
+class EpochState:
+    """Where an epoch stands: enough to checkpoint it mid-way and continue it exactly."""
+
+    perm: Tensor  # this epoch's batch order (on the training device)
+    batch: int = 0  # batches done
+    seen: int = 0  # images trained on
+    sums: dict[str, Tensor] = field(default_factory=dict)  # loss terms x images, on the device
+    skipped: int = 0  # non-finite batches skipped (trainer.on_nan=skip_batch)
+    first_bad: Tensor | None = None  # first step with a non-finite loss, -1: none (device scalar)
+
+    def add(self, terms: dict[str, Tensor], n: int) -> None:
+        """Accumulate a step's loss terms (device tensors, no sync)."""
+        for k, v in terms.items():
+            self.sums[k] = self.sums[k] + v * n if k in self.sums else v * n
+        self.seen += n
+
+    def means(self) -> dict[str, float]:
+        return {k: v.item() / max(self.seen, 1) for k, v in self.sums.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"perm": self.perm, "batch": self.batch, "seen": self.seen, "sums": self.sums, "skipped": self.skipped}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], device: torch.device) -> "EpochState":
+        return cls(d["perm"].to(device), d["batch"], d["seen"], {k: v.to(device) for k, v in d["sums"].items()},
+                   d["skipped"])
+
+
+@dataclass
+class TrainState:
+    """Everything that changes while a run trains."""
+
+    model: nn.Module
+    phases: list[Phase]
+    scaler: torch.amp.GradScaler
+    phase: int = 0  # index into phases
+    epoch: int = 0  # epochs of that phase done
+    step: int = 0  # optimizer steps done, all phases
+    epoch_state: EpochState | None = None  # a partial epoch
+    val: dict[str, float] = field(default_factory=dict)  # the last validation
+    best_val: float = math.inf
+    best_step: int | None = None  # where best.pt's model is from
+    hooks: dict[str, Any] = field(default_factory=dict)  # hook name -> its state
+
+    def to_dict(self, input_shape: tuple[int, ...], config: dict[str, Any]) -> dict[str, Any]:
+        """The checkpoint's content (plain data and tensors)."""
+        return {"model": self.model.state_dict(), "optimizer": self.phases[self.phase].optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "phase": self.phase, "epoch": self.epoch, "step": self.step,
+                "epoch_state": None if self.epoch_state is None else self.epoch_state.to_dict(),
+                "val": dict(self.val), "best_val": self.best_val, "best_step": self.best_step, "rng": rng_state(),
+                "hooks": dict(self.hooks), "input_shape": list(input_shape), "config": config}
+
+    def restore(self, d: dict[str, Any], n_train: int, batch_size: int, device: torch.device) -> None:
+        """Continue from a verified checkpoint ``d``; what does not fit this model, its phases
+        or this data is a ``ConfigError`` before anything changes on disk."""
+        def refuse(problem: str) -> ConfigError:
+            return ConfigError("resume", f"the checkpoint does not fit this run: {problem}",
+                               "resume with the config of the run that wrote it (resume=RUN_DIR alone does)")
+
+        if d["phase"] >= len(self.phases):
+            raise refuse(f"it is in phase {d['phase'] + 1}, but this run has {len(self.phases)} phase(s)")
+        es = d["epoch_state"]
+        if es is not None and (len(es["perm"]) != n_train or not torch.equal(es["perm"].sort().values,
+                                                                               torch.arange(n_train))
+                               or es["batch"] > math.ceil(n_train / batch_size)):
+            raise refuse(f"its partial epoch does not cover the {n_train} training images")
+        try:
+            self.model.load_state_dict(d["model"])
+            self.phases[d["phase"]].optimizer.load_state_dict(d["optimizer"])
+            self.scaler.load_state_dict(d["scaler"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            raise refuse(str(e).splitlines()[0][:300]) from None
+        self.phase, self.epoch, self.step = d["phase"], d["epoch"], d["step"]
+        self.epoch_state = None if es is None else EpochState.from_dict(es, device)
+        self.val, self.best_val, self.best_step = dict(d["val"]), float(d["best_val"]), d["best_step"]
+        self.hooks = dict(d["hooks"])
+        try:
+            set_rng_state(d["rng"])
+        except (ValueError, TypeError, RuntimeError) as e:
+            raise refuse(f"its RNG state is damaged ({str(e).splitlines()[0][:200]})") from None
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG a run draws from (python, numpy, torch, CUDA), as checkpoint-safe data."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state(),
+                             "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device

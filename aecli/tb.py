@@ -1,0 +1,192 @@
+"""TensorBoard hooks: per-step and per-epoch scalars, image grids (also written as PNG files at
+the end), and the HParams record of the finished run.
+
+Every event is logged against the global step. A resumed run opens its writer with
+``purge_step`` = the checkpoint's step + 1, so whatever the interrupted run logged after its
+checkpoint is dropped and no step appears twice; the HParams record sits one step after the
+last training step, so resuming a finished run replaces it instead of adding a second one.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+
+from aecli.hooks import Hook, Run
+from aecli.images import image_grid, save_png
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
+
+    from aecli.loop import EpochResult
+
+log = logging.getLogger("aecli")
+
+
+class StepScalars(Hook):
+    """The mean loss terms of the last ``every`` steps, every ``every`` steps, to TensorBoard
+    (``<phase>_step/<term>_<unit>``). The window is summed on the device and checkpointed, so
+    the first value after a resume is the one the uninterrupted run logs."""
+
+    state_key = "step_scalars"
+
+    def __init__(self, writer: "SummaryWriter", every: int) -> None:
+        self.writer, self.every = writer, every
+        self.sums: dict[str, Tensor] = {}
+        self.steps = 0
+
+    def on_step_end(self, run: Run, terms: dict[str, Tensor] | None) -> None:
+        if terms is not None:
+            for k, v in terms.items():
+                self.sums[k] = self.sums[k] + v if k in self.sums else v
+            self.steps += 1
+        if run.state.step % self.every == 0 and self.steps:
+            tag = "train" if run.phase.main else run.phase.name
+            for k, v in self.sums.items():
+                self.writer.add_scalar(f"{tag}_step/{k}_{run.phase.unit}", v.item() / self.steps, run.state.step)
+            self.sums, self.steps = {}, 0
+
+    def on_epoch_start(self, run: Run) -> None:
+        if run.state.epoch_state.batch == 0:
+            self.sums, self.steps = {}, 0  # each epoch starts its own window
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": {k: v.detach().cpu() for k, v in self.sums.items()}, "steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sums = {k: v for k, v in state.get("sums", {}).items() if isinstance(v, Tensor)}
+        self.steps = int(state.get("steps", 0))
+
+    def on_fit_start(self, run: Run) -> None:
+        self.sums = {k: v.to(run.device) for k, v in self.sums.items()}
+
+
+class EpochScalars(Hook):
+    """Per epoch: ``train_epoch/<term>_<unit>`` (the epoch's running mean, noise included),
+    ``val/<metric>`` (a clean pass over the validation set), ``epoch``, ``perf/images_per_sec``;
+    pre-training stages: ``<stage>/loss_<unit>``."""
+
+    def __init__(self, writer: "SummaryWriter") -> None:
+        self.writer = writer
+
+    def on_epoch_end(self, run: Run, result: "EpochResult", val: dict[str, float] | None) -> None:
+        step, phase = run.state.step, run.phase
+        prefix = "train_epoch" if phase.main else phase.name
+        for k, v in result.means.items():
+            self.writer.add_scalar(f"{prefix}/{k}_{phase.unit}", v, step)
+        for k, v in (val or {}).items():
+            self.writer.add_scalar(f"val/{k}", v, step)
+        if phase.main:
+            self.writer.add_scalar("epoch", run.state.epoch, step)
+            self.writer.add_scalar("perf/images_per_sec", result.images_per_sec, step)
+        self.writer.flush()
+
+    def on_stop(self, run: Run) -> None:
+        self.writer.flush()
+
+
+
+
+class ImageGrids(Hook):
+    """Each epoch of the main phase: a fixed validation batch | its corruption (when the noise
+    changes anything) | the reconstruction of what the model was fed, and for a model with a
+    prior (``sample_latents``) 16 samples from the same prior draws every epoch. At the end the
+    last grids are also written as ``reconstruction.png`` and ``samples.png`` in the run dir."""
+
+    def __init__(self, writer: "SummaryWriter", n_images: int, seed: int) -> None:
+        self.writer, self.n_images, self.seed = writer, n_images, seed
+        self.grids: dict[str, Tensor] = {}
+
+    def on_fit_start(self, run: Run) -> None:
+        gen = torch.Generator().manual_seed(self.seed)
+        self.clean = run.data.as_float(run.data.val[: self.n_images].to(run.device))
+        noisy = self.clean + 0  # corrupted once, with its own generator: the run's RNG is not drawn from
+        if run.noise.corrupts:
+            with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):
+                torch.manual_seed(self.seed)
+                noisy = run.noise(noisy)
+        self.noisy = noisy if run.noise.corrupts else None
+        z = run.model.sample_latents(16, gen)
+        self.prior_z = None if z is None else z.to(run.device)
+
+    @torch.no_grad()
+    def draw(self, run: Run) -> None:
+        model = run.model
+        was_training = model.training
+        model.eval()
+        shown = self.noisy if self.noisy is not None else self.clean
+        rows = [self.clean] + ([self.noisy] if self.noisy is not None else []) + [model.reconstruct(shown, run.recon)]
+        name = "clean_corrupted_reconstructed" if self.noisy is not None else "clean_reconstructed"
+        self.grids = {f"reconstruction/{name}": image_grid(rows)}
+        if self.prior_z is not None:
+            samples = run.recon.output(model.decode(self.prior_z))
+            self.grids["samples/prior"] = image_grid([samples[:8], samples[8:]])
+        model.train(was_training)
+
+    def on_epoch_end(self, run: Run, result: "EpochResult", val: dict[str, float] | None) -> None:
+        if val is None:
+            return
+        self.draw(run)
+        for tag, grid in self.grids.items():
+            self.writer.add_image(tag, grid, run.state.step)
+
+    def on_fit_end(self, run: Run, metrics: dict[str, Any]) -> None:
+        self.draw(run)  # the model metrics.json describes (the best one)
+        for tag, grid in self.grids.items():
+            path = run.run_dir / ("samples.png" if tag.startswith("samples") else "reconstruction.png")
+            save_png(grid, path)
+            log.info("wrote %s", path)
+
+
+class HParams(Hook):
+    """The run's hyperparameters with its final metrics, for TensorBoard's HParams tab."""
+
+    def __init__(self, writer: "SummaryWriter", cfg: DictConfig, choices: dict[str, str]) -> None:
+        self.writer, self.cfg, self.choices = writer, cfg, choices
+
+    def on_fit_end(self, run: Run, metrics: dict[str, Any]) -> None:
+        from torch.utils.tensorboard.summary import hparams
+
+        step = run.state.step + 1  # after the last step: a resume purges it (see the module's doc)
+        values = {f"hparam/{k.replace('/', '_')}": v for k, v in metrics.items()
+                  if "/" in k and isinstance(v, (int, float))}
+        exp, start, end = hparams(hparams_of(self.cfg, self.choices), values)
+        for summary in (exp, start, end):
+            self.writer.file_writer.add_summary(summary, step)
+        for k, v in values.items():
+            self.writer.add_scalar(k, v, step)
+        self.writer.flush()
+
+
+def hparams_of(cfg: DictConfig, choices: dict[str, str]) -> dict[str, Any]:
+    """Flat scalar hyperparameters for TensorBoard's HParams tab."""
+    flat: dict[str, Any] = {f"choice/{k}": v for k, v in choices.items()}
+    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k != "_target_":
+                    walk(f"{prefix}.{k}" if prefix else str(k), v)
+        elif isinstance(node, (bool, int, float, str)):
+            flat[prefix] = node
+        else:
+            flat[prefix] = str(node)
+
+    walk("", {k: container[k] for k in ("model", "noise", "optim", "trainer", "seed") if k in container})
+    return flat
+
+
+def open_writer(run_dir: Path, resumed_step: int | None) -> "SummaryWriter":
+    """The run's event writer; ``resumed_step``: purge what was logged after that step. A new run
+    in a dir that already has events (a requeued job killed before its first checkpoint) purges
+    them all."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    if resumed_step is None and any(Path(run_dir).glob("events.out.tfevents.*")):
+        resumed_step = 0
+    return SummaryWriter(log_dir=str(run_dir), purge_step=None if resumed_step is None else resumed_step + 1)
