@@ -53,12 +53,19 @@ class ImageFiles(torch.utils.data.Dataset):
 
 @dataclass
 class ImageData:
-    """Raw image tensors (or streamed ``ImageFiles``); pixel value ``max_value`` maps to 1.0."""
+    """Raw image tensors (or streamed ``ImageFiles``); pixel value ``max_value`` maps to 1.0.
+
+    ``labels`` holds each split's class labels (int64, aligned with its images) when the dataset
+    has them (digits, the torchvision sets, a folder of class sub-folders: ``classes`` names
+    them), else None. Training never reads them; evaluation and the commands that use a trained
+    model do."""
 
     train: Tensor | ImageFiles
     val: Tensor | ImageFiles
     test: Tensor | ImageFiles
     max_value: float = 255.0
+    labels: dict[str, Tensor] | None = None  # "train" | "val" | "test" -> (N,) int64
+    classes: list[str] | None = None  # label k's name
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -71,9 +78,14 @@ class ImageData:
         return isinstance(self.train, ImageFiles)
 
     def to(self, device: torch.device) -> "ImageData":
-        """Tensors move to ``device``; streamed splits stay on disk (batches move instead)."""
+        """Tensors move to ``device``; streamed splits stay on disk (batches move instead);
+        labels stay on the CPU (scikit-learn reads them)."""
         move = lambda t: t.to(device) if isinstance(t, Tensor) else t  # noqa: E731
         return replace(self, train=move(self.train), val=move(self.val), test=move(self.test))
+
+    def split(self, name: str) -> Tensor | ImageFiles:
+        """The images of split ``name`` (train, val or test)."""
+        return {"train": self.train, "val": self.val, "test": self.test}[name]
 
     def as_float(self, raw: Tensor) -> Tensor:
         """A raw batch as float32 in [0, 1]."""
@@ -103,7 +115,8 @@ def batches(raw: Tensor | ImageFiles, batch_size: int, perm: Tensor, start: int 
 
 def split(images: Tensor, fractions: tuple[float, ...], seed: int) -> list[Tensor]:
     """Split along dim 0 by a permutation fixed by ``seed`` (not the run's seed, so every run
-    sees the same validation and test images). The first part takes the remainder."""
+    sees the same validation and test images). The first part takes the remainder. Splitting
+    labels with the same ``seed`` and fractions keeps them aligned with their images."""
     n = len(images)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     sizes = [max(1, int(round(f * n))) for f in fractions]  # never an empty val/test set
@@ -112,6 +125,11 @@ def split(images: Tensor, fractions: tuple[float, ...], seed: int) -> list[Tenso
         parts.append(images[perm[start : start + size]])
         start += size
     return parts
+
+
+def labelled(labels: list[Tensor] | None) -> dict[str, Tensor] | None:
+    """Per-split labels (train, val, test) as ``ImageData.labels``."""
+    return None if labels is None else dict(zip(("train", "val", "test"), (t.to(torch.int64) for t in labels)))
 
 
 def _check_fraction(key: str, value: float) -> None:
@@ -132,14 +150,18 @@ def load_digits(val_fraction: float = 0.1, test_fraction: float = 0.2, split_see
         raise ConfigError("dataset", "scikit-learn is not installed (it ships the digits)", "pip install scikit-learn")
     csv = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz"
     if csv.exists():
-        flat = np.loadtxt(csv, delimiter=",", dtype=np.uint8)[:, :-1]  # last column: label
+        table = np.loadtxt(csv, delimiter=",", dtype=np.uint8)
+        flat, target = table[:, :-1], table[:, -1]  # last column: label
     else:  # a future scikit-learn may move the file: take the public API
         from sklearn.datasets import load_digits as sk_load_digits
 
-        flat = sk_load_digits().data.astype(np.uint8)
+        bunch = sk_load_digits()
+        flat, target = bunch.data.astype(np.uint8), bunch.target
     images = torch.from_numpy(flat.reshape(-1, 1, 8, 8))
-    train, val, test = split(images, (val_fraction, test_fraction), split_seed)
-    return ImageData(train, val, test, max_value=16.0)
+    fractions = (val_fraction, test_fraction)
+    train, val, test = split(images, fractions, split_seed)
+    labels = labelled(split(torch.from_numpy(target.astype(np.int64)), fractions, split_seed))
+    return ImageData(train, val, test, max_value=16.0, labels=labels, classes=[str(d) for d in range(10)])
 
 
 TORCHVISION_CLASSES = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "kmnist": "KMNIST", "cifar10": "CIFAR10"}
@@ -174,7 +196,10 @@ def load_torchvision(
         data = torch.as_tensor(np.asarray(ds.data))
         raw.append(data.unsqueeze(1) if data.ndim == 3 else data.permute(0, 3, 1, 2).contiguous())
     train, val = split(raw[0], (val_fraction,), split_seed)
-    return ImageData(train, val, raw[1])
+    targets = [torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64) for ds in parts]
+    labels = labelled([*split(targets[0], (val_fraction,), split_seed), targets[1]])
+    classes = [str(c) for c in getattr(parts[0], "classes", [])] or None
+    return ImageData(train, val, raw[1], labels=labels, classes=classes)
 
 
 def load_folder(
@@ -215,4 +240,11 @@ def load_folder(
     splits = [ImageFiles([files[i] for i in part], image_size, channels, num_workers) for part in parts]
     if len(files) * channels * image_size**2 <= max_memory_mb * 2**20:
         splits = [s[:] for s in splits]  # decode once, keep as uint8 tensors
-    return ImageData(*splits)
+    # class sub-folders (root/<class>/image) label the images; a flat folder has no labels
+    names = sorted({f.parent.relative_to(folder).parts[0] for f in files if f.parent != folder})
+    labels = classes = None
+    if names and all(f.parent != folder for f in files):
+        index = {n: k for k, n in enumerate(names)}
+        target = torch.tensor([index[f.parent.relative_to(folder).parts[0]] for f in files])
+        labels, classes = labelled([target[part] for part in parts]), names
+    return ImageData(*splits, labels=labels, classes=classes)

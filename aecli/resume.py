@@ -99,15 +99,20 @@ def mismatches(current: dict[str, Any], saved: dict[str, Any], keys: list[str] |
             if not may_change(k) and a.get(k) != b.get(k)]
 
 
+def saved_config(saved: dict[str, Any], key: str = "resume") -> DictConfig:
+    """A checkpoint's config (checked with ``checkpoint.check_targets`` first) on the typed schema."""
+    try:
+        return OmegaConf.merge(OmegaConf.structured(config.TrainConfig),
+                               {k: v for k, v in saved.items() if k != "callbacks"})
+    except Exception as e:  # noqa: BLE001 - a stored config that does not fit the schema
+        raise ConfigError(key, f"the checkpoint's config does not fit this aecli ({str(e).splitlines()[0]})",
+                          "use the aecli version that wrote it") from None
+
+
 def effective_config(cfg: DictConfig, saved: dict[str, Any], keys: list[str] | None) -> DictConfig:
     """The checkpoint's config, with ``cfg``'s values for the keys that may change and were
     typed (all of them when ``keys`` is None: a library caller passes a whole config)."""
-    base = OmegaConf.structured(config.TrainConfig)
-    try:
-        out = OmegaConf.merge(base, {k: v for k, v in saved.items() if k != "callbacks"})
-    except Exception as e:  # a stored config that does not fit the schema
-        raise ConfigError("resume", f"the checkpoint's config does not fit this aecli ({str(e).splitlines()[0]})",
-                          "resume with the aecli version that wrote it, or start a new run") from None
+    out = saved_config(saved)
     current = _flatten(plain(cfg))
     chosen = [k for k in current if may_change(k) and (keys is None or any(k == t or k.startswith(t + ".")
                                                                            for t in keys))]

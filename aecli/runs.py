@@ -1,0 +1,96 @@
+"""A finished (or interrupted) run, opened for use: ``open_run(RUN_DIR)``.
+
+The commands that measure or use a trained model (``aecli.evaluate``, ``aecli.encode``, ...)
+start here. Everything comes from the run dir as data: the checkpoint is verified
+(``aecli.checkpoint.read``), its config may name only aecli's own classes and loaders (or the
+``trusted_targets`` the caller names), and the model is rebuilt from aecli's registry.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from aecli import checkpoint
+from aecli.data import ImageData
+from aecli.errors import ConfigError
+
+log = logging.getLogger("aecli")
+
+
+@dataclass
+class TrainedRun:
+    """A run dir's trained model (in eval mode, on ``device``), its config and its parts."""
+
+    run_dir: Path
+    cfg: DictConfig  # the run's config, as its checkpoint recorded it
+    state: dict[str, Any]  # the verified checkpoint
+    model: torch.nn.Module
+    recon: Any  # the reconstruction loss (its ``output`` turns logits into images)
+    noise: Any  # the noise the run trained with
+    device: torch.device
+    checkpoint_name: str
+    _data: ImageData | None = field(default=None, repr=False)
+
+    def data(self, root: str | None = None) -> ImageData:
+        """The run's dataset (same splits), on ``device``; ``root``: where the data lies now,
+        if it moved since training."""
+        if self._data is None:
+            from aecli.setup import build
+
+            cfg = self.cfg
+            if root is not None:
+                cfg = OmegaConf.merge(cfg, {"dataset": {"root": root}})
+            self._data = build(cfg, "dataset").to(self.device)
+        return self._data
+
+
+def find_runs(paths: list[str | Path]) -> list[Path]:
+    """Run dirs among ``paths``: each one itself, or (a multirun dir) every job dir in it."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if (p / "checkpoints").is_dir() or (p / ".hydra").is_dir() and not (p / "multirun.yaml").is_file():
+            out.append(p)
+            continue
+        jobs = sorted((d for d in p.iterdir() if (d / ".hydra").is_dir()), key=_job_number) if p.is_dir() else []
+        if not jobs:
+            raise ConfigError("RUN_DIR", f"{p} is not a run dir (no checkpoints/) nor a multirun dir (no job dirs)",
+                              "pass the dir that python -m aecli.train printed ('run dir: ...'), or a sweep's dir")
+        out.extend(jobs)
+    return out
+
+
+def _job_number(d: Path) -> tuple[int, str]:
+    head = d.name.split("_", 1)[0]
+    return (int(head) if head.isdigit() else 10**9, d.name)
+
+
+def open_run(path: str | Path, which: str = "best", device: str = "auto",
+             trusted_targets: tuple[str, ...] = ()) -> TrainedRun:
+    """Open ``path`` (a run dir, or a checkpoint file in one) with its ``best`` or ``last``
+    checkpoint. ``device``: auto | cpu | cuda | mps."""
+    from aecli.device import resolve_device
+    from aecli.setup import build
+
+    if which not in ("best", "last"):
+        raise ConfigError("--checkpoint", f"{which!r} is not best or last", "use --checkpoint best or --checkpoint last")
+    p = Path(path)
+    if p.is_dir() and not (p / "checkpoints").is_dir():
+        raise ConfigError("RUN_DIR", f"{p} holds no checkpoints/ (not a run dir, or a run that never reached "
+                          "its first checkpoint)", "pass the dir of a run that trained at least one epoch")
+    name = checkpoint.BEST if which == "best" else checkpoint.LAST
+    file = checkpoint.find(p, name)
+    if which == "best" and not file.is_file() and (file.parent / checkpoint.LAST).is_file():
+        file = file.parent / checkpoint.LAST  # no validated model yet (stopped in the first epoch)
+    state = checkpoint.read(file, key="RUN_DIR")
+    checkpoint.check_targets(state["config"], trusted_targets, source=str(file), key="RUN_DIR")
+    target = torch.device(resolve_device(device))
+    model = checkpoint.load_model(file, file.name, trusted_targets).to(target)
+    from aecli.resume import saved_config
+
+    cfg = saved_config(state["config"], key="RUN_DIR")
+    return TrainedRun(file.parent.parent, cfg, state, model, build(cfg, "loss"), build(cfg, "noise"), target, file.name)
