@@ -272,13 +272,13 @@ def build_model(state: dict[str, Any], trusted_targets: Iterable[str] = ()) -> t
     """The model of a verified checkpoint ``state``, weights loaded, in eval mode."""
     from hydra.utils import get_class
 
+    check_targets(state["config"], trusted_targets, key="path")  # a file naming code anywhere is suspect
     cfg = dict(state["config"]["model"])
-    check_targets({"model": cfg}, trusted_targets, key="path")
     target = cfg.pop("_target_")
     try:
         model = get_class(target)(input_shape=tuple(state["input_shape"]), **cfg)
         model.load_state_dict(state["model"])
     except Exception as e:  # arguments or weights that do not fit this version's class
-        raise ConfigError("path", f"the checkpoint's model ({target}) cannot be rebuilt: {str(e)[:300]}",
+        raise ConfigError("path", f"the checkpoint's model ({target}) cannot be rebuilt: {' '.join(str(e).split())[:300]}",
                           "use the aecli version that wrote it") from None
     return model.eval()

@@ -298,6 +298,8 @@ def _check_unknown_keys(node: Any, prefix: str = "") -> None:
         return
     schema = OmegaConf.get_type(node)
     known = {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
+    if known is not None and "_target_" in known and node.get("_target_") != schema._target_:
+        return  # your own class (model._target_=my_pkg.MyAE) takes the keys you add with +key=
     for key in node.keys():
         if prefix == "" and key == "hydra":  # Hydra's own node, checked by Hydra
             continue
@@ -361,9 +363,15 @@ def explain(error: BaseException) -> ConfigError | None:
         return ConfigError(key, first, f"give {key} a value of the right type (python -m aecli.train --cfg job "
                            "shows the current ones)")
     if isinstance(error, MissingConfigException):
-        return ConfigError(_key_in(text) or "config", text.splitlines()[0],
-                           "pick one of the options listed above (python -m aecli.train --help lists them all)"
-                           if "Available options" in text else "check the group and option names")
+        missing = re.search(r"Could not find '([^']+)/([^'/]+)'", text)
+        listed = text.split("Available options", 1)[-1].split("Config search path", 1)[0]
+        options = [line.strip() for line in listed.splitlines()[1:] if line.startswith("\t")] \
+            if "Available options" in text else []
+        if missing and options:
+            group, name = missing.groups()
+            return ConfigError(group, f"there is no option {name!r} (options: {', '.join(options)})",
+                               f"use e.g. {group}={options[0]} (python -m aecli.train --help lists every group)")
+        return ConfigError(_key_in(text) or "config", text.splitlines()[0], "check the group and option names")
     if isinstance(error, (OverrideParseException, ConfigCompositionException)):
         first = text.splitlines()[0]
         key = _key_in(first) or "command line"

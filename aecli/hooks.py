@@ -172,7 +172,10 @@ class Checkpointing(Hook):
             checkpoint.save(snapshot, directory / checkpoint.BEST)
 
     def on_step_end(self, run: Run, terms: dict[str, Tensor] | None) -> None:
-        if self.every_n_steps and run.state.step % self.every_n_steps == 0 and not run.stop_requested:
+        es = run.state.epoch_state
+        last_batch = es.batch * run.batch_size >= len(es.perm)  # the epoch's end writes one anyway
+        if self.every_n_steps and run.state.step % self.every_n_steps == 0 and not run.stop_requested \
+                and not last_batch:
             self.save(run)
 
     def on_epoch_end(self, run: Run, result: "EpochResult", val: dict[str, float] | None) -> None:

@@ -35,12 +35,13 @@ HYDRA_FILES = (".hydra", "train.log")  # what Hydra writes into a sweep job's di
 @dataclass
 class Prepared:
     """A run that passed every check: its effective config, the checkpoint it continues (None:
-    a new run), and whether ``prepare`` created its dir (a refused new run removes it again)."""
+    a new run), and the outermost dir ``prepare`` created for it (a refused new run removes it
+    again; None: the dir existed)."""
 
     cfg: DictConfig
     state: dict[str, Any] | None
     run_dir: Path
-    created: bool
+    created: Path | None
 
 
 def without_hydra(cfg: DictConfig) -> DictConfig:
@@ -122,11 +123,22 @@ def effective_config(cfg: DictConfig, saved: dict[str, Any], keys: list[str] | N
     return out
 
 
+def outermost_missing(path: Path) -> Path | None:
+    """The outermost dir of ``path`` that does not exist yet (None: ``path`` exists)."""
+    path, missing = Path(path).absolute(), None
+    while not path.exists():
+        path, missing = path.parent, path
+    return missing
+
+
 def resume_file(resume: str, run_dir: Path) -> Path | None:
     """The checkpoint that ``resume`` names (None: ``auto`` and no checkpoint yet)."""
     if resume == "auto":
         file = Path(run_dir) / "checkpoints" / checkpoint.LAST
         return file if file.is_file() else None
+    if not Path(resume).expanduser().exists():
+        raise ConfigError("resume", f"{resume} does not exist", "pass a run dir (the one python -m aecli.train "
+                          "printed as 'run dir: ...') or a checkpoint file in it, or resume=auto")
     return checkpoint.find(resume)
 
 
@@ -175,6 +187,6 @@ def prepare(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None, 
         checkpoint.check_targets(saved, targets_in(cfg))
         cfg = effective_config(cfg, saved, keys)
         config.check(cfg)
-    created = hydra_wrote or not run_dir.exists()
+    created = None if hydra_wrote else outermost_missing(run_dir)
     rundir.lock(run_dir)
     return Prepared(cfg, state, run_dir, created)

@@ -70,9 +70,10 @@ def check_dir_path(run_dir: Path) -> None:
     p = run_dir.absolute()
     while not p.exists():
         p = p.parent
-    if not p.is_dir() or not os.access(p, os.W_OK):
-        raise ConfigError("hydra.run.dir", f"{p} is not writable", "choose a writable hydra.run.dir "
-                          "(or fix the permissions / free the disk), then run again")
+    for d in (p, p / "checkpoints"):
+        if d.exists() and (not d.is_dir() or not os.access(d, os.W_OK)):
+            raise ConfigError("hydra.run.dir", f"{d} is not writable", "choose a writable hydra.run.dir "
+                              "(or fix the permissions / free the disk), then run again")
 
 
 def foreign_files(run_dir: Path) -> list[str]:

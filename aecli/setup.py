@@ -40,17 +40,18 @@ def build(cfg: DictConfig, group: str, **kwargs: Any) -> Any:
                           f"check the keys of conf/{group}/ against {target}'s arguments") from None
 
 
-def place_job(cfg: DictConfig, slot: JobSlot) -> torch.device:
-    """Thread count and device for this job of a sweep (``aecli.placement``), both logged."""
+def place_job(cfg: DictConfig, slot: JobSlot) -> tuple[torch.device, str]:
+    """Thread count and device for this job of a sweep (``aecli.placement``), and a line that
+    says so (logged once the run is built)."""
     cores = cores_available()
     threads = threads_per_job(cfg.trainer.get("num_threads"), cores, slot.jobs_at_once)
     if threads is not None:
         torch.set_num_threads(threads)
-    log.info("torch threads: %d (trainer.num_threads=%s; %d cores, %d job(s) at once, %s launcher)",
-             torch.get_num_threads(), cfg.trainer.get("num_threads"), cores, slot.jobs_at_once, slot.launcher)
+    line = (f"torch threads: {torch.get_num_threads()} (trainer.num_threads={cfg.trainer.get('num_threads')}; "
+            f"{cores} cores, {slot.jobs_at_once} job(s) at once, {slot.launcher} launcher)")
     name = value(cfg.device.name)
     gpus = torch.cuda.device_count() if name in ("auto", "cuda") else 0
-    return resolve_device(name, gpu_for_job(cfg.device.get("index"), slot.num, gpus))
+    return resolve_device(name, gpu_for_job(cfg.device.get("index"), slot.num, gpus)), line
 
 
 @dataclass
@@ -64,13 +65,14 @@ class Parts:
     noise: Any
     precision: Precision
     to_layout: Callable[[Tensor], Tensor] | None  # clean batch -> the model's memory layout
+    placement: str = ""  # threads and device, in words
 
 
 def build_parts(cfg: DictConfig, slot: JobSlot = JobSlot(), data: ImageData | None = None) -> Parts:
     """Device, seed, data (on the device), loss, model, noise and precision, as ``cfg`` says
     (``data``: these images instead of ``cfg.dataset``'s); a config that does not fit is a
     ``ConfigError`` (nothing is written here)."""
-    device = place_job(cfg, slot)
+    device, placement = place_job(cfg, slot)
     seed_everything(cfg.seed)
     data = data if data is not None else build(cfg, "dataset")
     recon: ReconstructionLoss = build(cfg, "loss")
@@ -82,7 +84,8 @@ def build_parts(cfg: DictConfig, slot: JobSlot = JobSlot(), data: ImageData | No
     model = build(cfg, "model", input_shape=data.shape).to(device)
     noise = build(cfg, "noise")
     precision = Precision.from_config(cfg.trainer.precision, device)
-    return Parts(device, data, model, recon, noise, precision, set_memory_layout(model, cfg.trainer, device))
+    return Parts(device, data, model, recon, noise, precision, set_memory_layout(model, cfg.trainer, device),
+                 placement)
 
 
 def set_memory_layout(model: torch.nn.Module, trainer_cfg: DictConfig,

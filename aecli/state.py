@@ -108,7 +108,7 @@ class TrainState:
             self.phases[d["phase"]].optimizer.load_state_dict(d["optimizer"])
             self.scaler.load_state_dict(d["scaler"])
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
-            raise refuse(str(e).splitlines()[0][:300]) from None
+            raise refuse(" ".join(str(e).split())[:300]) from None
         self.phase, self.epoch, self.step = d["phase"], d["epoch"], d["step"]
         self.epoch_state = None if es is None else EpochState.from_dict(es, device)
         self.val, self.best_val, self.best_step = dict(d["val"]), float(d["best_val"]), d["best_step"]

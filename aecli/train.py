@@ -45,7 +45,9 @@ def continue_command(run_dir: Path) -> str:
     """A command that continues the run in ``run_dir``, safe to paste into a shell (the dir's
     name may hold Hydra's '=' and ',': the value is quoted for Hydra, the whole for the shell)."""
     value = str(run_dir).replace("\\", "\\\\").replace("'", "\\'")
-    return f"python -m aecli.train {shlex.quote(f'resume={chr(39)}{value}{chr(39)}')}"
+    override = f"resume='{value}'"
+    plain = not any(c in override for c in '"$`\\!')
+    return f'python -m aecli.train "{override}"' if plain else f"python -m aecli.train {shlex.quote(override)}"
 
 
 @hydra.main(version_base="1.3", config_path="pkg://aecli.conf", config_name="train")

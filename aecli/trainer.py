@@ -63,7 +63,7 @@ def run(cfg: DictConfig, run_dir: str | Path, *, choices: dict[str, str] | None 
         if SIGNALS.requested is not None:  # before the first step: nothing to save
             return RunResult("stopped", state.step, signal=SIGNALS.name())
         writer = tb.open_writer(run_dir, state.step if prepared.state is not None else None)
-        all_hooks = hooks.Hooks(default_hooks(cfg, writer, choices or {}) + user_hooks(cfg) + list(extra_hooks or []))
+        all_hooks = hooks.Hooks(default_hooks(cfg, writer, choices or {}, user_hooks(cfg) + list(extra_hooks or [])))
         run_ = hooks.Run(cfg, run_dir, state, parts.data, parts.model, parts.recon, parts.noise, parts.device,
                          cfg.trainer.batch_size, all_hooks, config=plain(cfg))
         describe(parts, prepared)
@@ -136,13 +136,14 @@ def finish(run_: hooks.Run, all_hooks: hooks.Hooks, parts: Parts, cfg: DictConfi
     return RunResult("completed", state.step, out, float(out[key]))
 
 
-def default_hooks(cfg: DictConfig, writer: Any, choices: dict[str, str]) -> list[hooks.Hook]:
-    """The built-in hooks, in the order they run: what ends training, what logs, then the
-    checkpoint (after the events up to its step are flushed: a resume purges the later ones)."""
+def default_hooks(cfg: DictConfig, writer: Any, choices: dict[str, str], mine: list[hooks.Hook]) -> list[hooks.Hook]:
+    """The hooks in the order they run: the user's (``mine``) first, so what they do in a step is
+    in that step's checkpoint; then what ends training, what logs, and the checkpoint (after the
+    events up to its step are flushed: a resume purges the later ones)."""
     tc = cfg.trainer
     bar = value(tc.progress) == "bar" or (value(tc.progress) == "auto" and _stderr_is_tty())
     ends = [hooks.StopOnSignal(SIGNALS)] + ([hooks.MaxSteps(tc.max_steps)] if tc.max_steps is not None else [])
-    return [hooks.FirstStepTime(), *ends, tb.StepScalars(writer, tc.log_every_n_steps), tb.EpochScalars(writer),
+    return [hooks.FirstStepTime(), *mine, *ends, tb.StepScalars(writer, tc.log_every_n_steps), tb.EpochScalars(writer),
             tb.ImageGrids(writer, tc.grid_images, cfg.seed), hooks.ProgressReport(bar, tc.log_every_n_steps),
             hooks.Checkpointing(tc.checkpoint_every_n_steps, flush=writer.flush), tb.HParams(writer, cfg, choices)]
 
@@ -160,6 +161,7 @@ def _stderr_is_tty() -> bool:
 
 def describe(parts: Parts, prepared: Prepared) -> None:
     data, model = parts.data, parts.model
+    log.info("%s", parts.placement)
     log.info("%s (%s parameters) on %s; data %s: %d train / %d val / %d test; noise %r; loss %s",
              type(model).__name__, f"{sum(p.numel() for p in model.parameters()):,}", parts.device,
              "x".join(map(str, data.shape)), len(data.train), len(data.val), len(data.test), parts.noise,
@@ -173,9 +175,9 @@ def describe(parts: Parts, prepared: Prepared) -> None:
 def discard_new_run_dir(prepared: Prepared) -> None:
     """A new run refused while building (its data, its model): remove the dir it made, which holds
     only Hydra's record of the command and aecli's lock, so no FAILED dir is left behind."""
-    if not prepared.created or prepared.state is not None:
+    if prepared.created is None or prepared.state is not None:
         return
     leftovers = set(rundir.foreign_files(prepared.run_dir)) - {".hydra", "train.log", rundir.STATUS_FILE}
     if not leftovers:
         rundir.unlock(prepared.run_dir)
-        shutil.rmtree(prepared.run_dir, ignore_errors=True)
+        shutil.rmtree(prepared.created, ignore_errors=True)

@@ -1,14 +1,65 @@
-"""Faults that tests plug in through aecli's own ``_target_`` mechanism."""
+"""Faults the tests plug in through aecli's own seams: hooks and ``_target_``s named in the config
+(``+callbacks.pause._target_=tests.faults.PauseAt``), and ``python -m tests.faults`` (a run that
+pauses inside its N-th checkpoint write). Nothing here is in ``aecli/``."""
 from __future__ import annotations
+
+import sys
+import time
 
 import torch
 from torch import Tensor
+
+from aecli.hooks import Hook
+
+MARKER = "aecli-test: paused"
+PAUSE_LIMIT_S = 60.0  # a paused run that nobody kills ends itself (a broken test must not hang CI)
+
+
+def pause(where: str) -> None:
+    """Announce the pause and wait until a stop signal arrives (or the limit: then exit 3)."""
+    from aecli.signals import SIGNALS
+
+    print(f"{MARKER} {where}", file=sys.stderr, flush=True)
+    deadline = time.monotonic() + PAUSE_LIMIT_S
+    while SIGNALS.requested is None:
+        if time.monotonic() > deadline:
+            print("aecli-test: pause limit reached", file=sys.stderr, flush=True)
+            sys.exit(3)
+        time.sleep(0.01)
+
+
+class PauseAt(Hook):
+    """Pause after optimizer step ``step``, or at ``event`` (fit_start, fit_end)."""
+
+    def __init__(self, step: int | None = None, event: str | None = None) -> None:
+        self.step, self.event = step, event
+
+    def on_step_end(self, run, terms) -> None:
+        if run.state.step == self.step:
+            pause(f"after step {self.step}")
+
+    def on_fit_start(self, run) -> None:
+        if self.event == "fit_start":
+            pause("at fit start")
+
+    def on_fit_end(self, run, metrics) -> None:
+        if self.event == "fit_end":
+            pause("at fit end")
+
+
+def slow_digits(**kwargs):
+    """The digits, loaded slowly: a window in which to signal a run before training starts."""
+    from aecli.data import load_digits
+
+    pause("loading the data")
+    return load_digits(**kwargs)
 
 
 class NaNNoise:
     """Clean inputs, except that the listed calls (1-based) return all-NaN batches."""
 
     level = 0.0
+    corrupts = False
 
     def __init__(self, nan_calls: list[int]) -> None:
         self.nan_calls = set(nan_calls)
@@ -20,3 +71,35 @@ class NaNNoise:
 
     def at_level(self, level: float, clip: bool = True) -> "NaNNoise":
         return self
+
+
+def pause_in_checkpoint_write(n: int) -> None:
+    """Make the ``n``-th checkpoint write pause after its temp file is written, before the rename
+    (where a kill leaves a half-finished write behind)."""
+    from aecli import checkpoint
+
+    original, count = checkpoint.atomic_write, [0]
+
+    def atomic_write(path, write):
+        if path.suffix != ".pt":
+            return original(path, write)
+        count[0] += 1
+        if count[0] != n:
+            return original(path, write)
+
+        def write_then_pause(f):
+            write(f)
+            f.flush()
+            pause(f"in checkpoint write {n} ({path})")
+
+        return original(path, write_then_pause)
+
+    checkpoint.atomic_write = atomic_write
+
+
+if __name__ == "__main__":  # python -m tests.faults N ARGS...: aecli.train ARGS, pausing in write N
+    pause_in_checkpoint_write(int(sys.argv[1]))
+    sys.argv = ["aecli.train", *sys.argv[2:]]
+    from aecli.train import main
+
+    main()

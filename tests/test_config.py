@@ -1,24 +1,37 @@
-"""Every option of every config group composes and builds (Hydra's compose API)."""
-from pathlib import Path
+"""The config: every group option composes against the typed schema; wrong types, unknown keys
+and out-of-range values are refused with one message naming the key (in-process: Hydra's
+compose API, ``aecli.config.check`` and ``explain``)."""
+from importlib.resources import files
 
 import pytest
 from hydra.utils import instantiate
 
-import aecli
+from aecli.config import Precision, check, explain
 from aecli.data import ImageData
-from aecli.losses import BCELoss, MSELoss
+from aecli.errors import ConfigError
+from aecli.losses import BinaryCrossEntropy, SquaredError
 from aecli.noise import GaussianNoise, MaskingNoise, NoNoise
 
 from .conftest import make_cfg
 
-CONF = Path(aecli.__file__).resolve().parent.parent / "conf"
 GROUPS = ["model", "noise", "loss", "dataset", "device", "experiment"]
 
 
 def options(group: str) -> list[str]:
-    from importlib.resources import files
-
     return sorted(p.name[:-5] for p in files("aecli.conf").joinpath(group).iterdir() if p.name.endswith(".yaml"))
+
+
+def refusal(*overrides: str) -> ConfigError:
+    """The ConfigError for ``overrides``, found at composition (explained) or by ``check``."""
+    try:
+        cfg = make_cfg(*overrides)
+    except Exception as e:  # noqa: BLE001 - Hydra's and OmegaConf's composition errors
+        error = explain(e)
+        assert error is not None, f"not explained: {e!r}"
+        return error
+    with pytest.raises(ConfigError) as e:
+        check(cfg)
+    return e.value
 
 
 def test_groups_have_the_documented_options():
@@ -30,31 +43,28 @@ def test_groups_have_the_documented_options():
     assert {"mnist_vae", "keras_ae", "stacked_dae"} <= set(options("experiment"))
 
 
-@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
-def test_every_option_composes(group, option):
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g) if (g, o) != ("dataset", "folder")])
+def test_every_option_composes_and_passes_the_checks(group, option):
     cfg = make_cfg(f"{group}={option}")
-    assert isinstance(cfg.seed, int)
-    if group == "experiment":
-        assert cfg.dataset._target_ and cfg.model._target_
-    for key in ("model", "noise", "loss"):
-        assert "_target_" in cfg[key]
-    assert cfg.device.name in {"auto", "cpu", "cuda", "mps"}
+    check(cfg)
+    assert cfg.trainer.precision is Precision.fp32 and isinstance(cfg.seed, int)
 
 
 @pytest.mark.parametrize("model", options("model"))
-def test_every_model_config_instantiates(model):
+def test_every_model_config_builds_a_model_of_its_latent_size(model):
     cfg = make_cfg(f"model={model}")
     net = instantiate(cfg.model, input_shape=(1, 28, 28))
-    assert net.latent_dim == cfg.model.latent_dim
+    assert net.latent_dim == cfg.model.latent_dim == (20 if model == "vae" else 16)
 
 
-def test_noise_and_loss_configs_instantiate():
+def test_noise_and_loss_configs_build_what_they_name():
     assert isinstance(instantiate(make_cfg("noise=none").noise), NoNoise)
-    assert isinstance(instantiate(make_cfg("noise=binomial", "noise.p=0.3").noise), MaskingNoise)
+    masking = instantiate(make_cfg("noise=binomial", "noise.p=0.3").noise)
+    assert isinstance(masking, MaskingNoise) and masking.p == 0.3
     g = instantiate(make_cfg("noise=gaussian", "noise.sigma=0.5").noise)
-    assert isinstance(g, GaussianNoise) and g.sigma == 0.5
-    assert isinstance(instantiate(make_cfg("loss=mse").loss), MSELoss)
-    assert isinstance(instantiate(make_cfg("loss=bce").loss), BCELoss)
+    assert isinstance(g, GaussianNoise) and g.sigma == 0.5 and g.clip is True
+    assert isinstance(instantiate(make_cfg("loss=mse").loss), SquaredError)
+    assert isinstance(instantiate(make_cfg("loss=bce").loss), BinaryCrossEntropy)
 
 
 def test_model_defaults_pick_noise_and_loss_but_the_command_line_wins():
@@ -62,34 +72,78 @@ def test_model_defaults_pick_noise_and_loss_but_the_command_line_wins():
     assert make_cfg("model=dae", "noise=gaussian").noise._target_.endswith("GaussianNoise")
     assert make_cfg("model=dae", "noise=none").noise._target_.endswith("NoNoise")
     assert make_cfg("model=ae").noise._target_.endswith("NoNoise")
-    assert make_cfg("model=vae").loss._target_.endswith("BCELoss")
-    assert make_cfg("model=vae", "loss=mse").loss._target_.endswith("MSELoss")
-    assert make_cfg().loss._target_.endswith("MSELoss")
+    assert make_cfg("model=vae").loss._target_.endswith("BinaryCrossEntropy")
+    assert make_cfg("model=vae", "loss=mse").loss._target_.endswith("SquaredError")
+    assert make_cfg().loss._target_.endswith("SquaredError")
 
 
 def test_experiments_reproduce_the_published_setups():
     vae = make_cfg("experiment=mnist_vae")
-    assert vae.model._target_.endswith("VAE") and vae.loss._target_.endswith("BCELoss")
+    assert vae.model._target_.endswith("VAE") and vae.loss._target_.endswith("BinaryCrossEntropy")
     assert (list(vae.model.hidden_dims), vae.model.latent_dim) == ([400], 20)
-    assert (vae.trainer.batch_size, vae.trainer.epochs, vae.optim.lr) == (128, 10, 1e-3)
+    assert (vae.trainer.batch_size, vae.trainer.epochs, vae.optim.lr, vae.seed) == (128, 10, 1e-3, 1)
     assert vae.dataset.name == "mnist"
     keras = make_cfg("experiment=keras_ae")
-    assert (list(keras.model.hidden_dims), keras.model.latent_dim) == ([], 32)
+    assert (list(keras.model.hidden_dims), keras.model.latent_dim, keras.trainer.batch_size) == ([], 32, 256)
     sdae = make_cfg("experiment=stacked_dae")
     assert list(sdae.model.pretrain_noise_levels) == [0.1, 0.2, 0.3]
-    assert sdae.noise._target_.endswith("MaskingNoise")
+    assert sdae.noise.p == 0.1
     # a recipe is a starting point: the command line still overrides it
     assert make_cfg("experiment=mnist_vae", "dataset=digits").dataset._target_.endswith("load_digits")
 
 
-def test_default_dataset_is_the_bundled_digits():
+def test_default_dataset_is_the_bundled_digits_with_labels():
     data = instantiate(make_cfg().dataset)
     assert isinstance(data, ImageData)
     assert data.shape == (1, 8, 8)
-    assert len(data.train) + len(data.val) + len(data.test) == 1797
+    assert (len(data.train), len(data.val), len(data.test)) == (1258, 180, 359)
     assert data.train.dtype.is_floating_point is False
     floats = data.as_float(data.train)
     assert floats.min().item() == 0.0 and floats.max().item() == 1.0
-    # the split is fixed by split_seed, not by the run's seed
-    again = instantiate(make_cfg("seed=5").dataset)
-    assert (again.test == data.test).all()
+    assert data.labels["test"].shape == (359,) and set(data.labels["train"].tolist()) == set(range(10))
+    again = instantiate(make_cfg("seed=5").dataset)  # the split is fixed by split_seed, not the run's seed
+    assert (again.test == data.test).all() and (again.labels["test"] == data.labels["test"]).all()
+
+
+@pytest.mark.parametrize("overrides,key,words", [
+    # the typed schema, at composition
+    (["+trainer.epoch=5"], "trainer.epoch", "did you mean trainer.epochs"),
+    (["trainer.epoch=5"], "trainer.epoch", "no such key"),
+    (["+model.hiden_dims=[3]"], "model.hiden_dims", "did you mean model.hidden_dims"),
+    (["model.hidden_dims=256"], "model.hidden_dims", "not a ListConfig"),
+    (["trainer.epochs=abc"], "trainer.epochs", "could not be converted"),
+    (["trainer.precision=8"], "trainer.precision", "expected one of"),
+    (["device.name=gpu"], "device.name", "expected one of"),
+    (["seed=1.5"], "seed", "could not be converted"),
+    (["noise.p=0.3"], "noise.p", "no such key"),  # noise=none has no p
+    # ranges and cross-field rules (aecli.config.check)
+    (["model=dae", "noise.p=1.0"], "noise.p", "out of range"),
+    (["noise=gaussian", "noise.sigma=-0.5"], "noise.sigma", "out of range"),
+    (["model.latent_dim=0"], "model.latent_dim", "out of range"),
+    (["trainer.epochs=0"], "trainer.epochs", "out of range"),
+    (["trainer.max_steps=0"], "trainer.max_steps", "out of range"),
+    (["optim.lr=0"], "optim.lr", "out of range"),
+    (["model.hidden_dims=[256,0]"], "model.hidden_dims", "whole numbers >= 1"),
+    (["trainer.num_threads=many"], "trainer.num_threads", "neither auto nor"),
+    (["trainer.channels_last=maybe"], "trainer.channels_last", "not auto, true or false"),
+    (["trainer.compile_mode=reduce-overhead"], "trainer.compile_mode", "cuda_graph"),
+    (["dataset=folder"], "dataset.root", "has no value"),
+    (["model=stacked", "noise=binomial", "model.pretrain_noise_levels=[0.1,0.2,1.5]"], "model.pretrain_noise_levels",
+     "1.5 is not a masking probability"),
+    (["model=stacked", "model.pretrain_noise_levels=[0.1,0.2,0.3]"], "model.pretrain_noise_levels",
+     "need a noise to scale"),
+    (["model=stacked", "noise=gaussian", "model.pretrain_noise_levels=[0.1]"], "model.pretrain_noise_levels",
+     "1 levels for 3 layers"),
+    (["model=transformer"], "model", "no option 'transformer' (options: ae, conv, dae, stacked, vae)"),
+])
+def test_a_bad_config_is_one_message_naming_the_key(overrides, key, words):
+    error = refusal(*overrides)
+    assert error.key == key, str(error)
+    assert words in error.problem + error.fix, str(error)
+    assert str(error).startswith(f"aecli: error: {key}: ") and "\n  fix: " in str(error)
+    assert "+" not in error.fix.split("=")[0]  # never Hydra's advice to append a key that does not exist
+
+
+@pytest.mark.parametrize("ok", ["auto", "4", "null"])
+def test_num_threads_is_auto_a_whole_number_or_null(ok):
+    check(make_cfg(f"trainer.num_threads={ok}"))

@@ -32,6 +32,8 @@ def test_gaussian_clip_keeps_data_range():
 
 
 def test_no_noise_is_identity_and_levels_change():
+    assert not NoNoise().corrupts and MaskingNoise(0.1).corrupts and not MaskingNoise(0.0).corrupts
+    assert GaussianNoise(0.2).corrupts and not GaussianNoise(0.0).corrupts
     x = torch.rand(5)
     assert NoNoise()(x) is x
     assert MaskingNoise(0.1).at_level(0.3).p == 0.3
