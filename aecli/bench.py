@@ -217,20 +217,22 @@ class PathResult:
     test_loss: float
 
 
-def aecli_epoch(cfg: Any, data: ImageData, device: torch.device) -> tuple[Autoencoder, ReconstructionLoss,
-                                                                         Callable[[], None]]:
+def aecli_epoch(cfg: Any, data: ImageData, device: torch.device, hooks: list[Any] = ()
+                ) -> tuple[Autoencoder, ReconstructionLoss, Callable[..., None]]:
     """aecli's side, built by ``aecli.setup`` exactly as a run builds it (noise off, as in the
-    baseline): the model, its loss, and a function that trains one epoch."""
+    baseline): the model, its loss, and a function that trains one epoch (in the order ``perm``,
+    else a fresh random one). ``hooks``: see every step (tests)."""
     parts = build_parts(cfg, data=data)
     parts.noise = NoNoise()
     state = new_state(parts, cfg)
     phase = state.phases[-1]
     step = make_step(phase, parts, state, cfg)
     run = Run(cfg, Path("."), state, parts.data, parts.model, parts.recon, parts.noise, parts.device,
-              cfg.trainer.batch_size, Hooks([]), phase=phase)
+              cfg.trainer.batch_size, Hooks(list(hooks)), phase=phase)
 
-    def one_epoch() -> None:
-        state.epoch_state = EpochState(perm=torch.randperm(len(parts.data.train), device=device))
+    def one_epoch(perm: torch.Tensor | None = None) -> None:
+        perm = torch.randperm(len(parts.data.train), device=device) if perm is None else perm.to(device)
+        state.epoch_state = EpochState(perm=perm)
         train_epoch(run, step, run.hooks, sync_every=10**9)
 
     return parts.model, parts.recon, one_epoch

@@ -70,7 +70,7 @@ def task(cfg: DictConfig) -> float | None:
         result = run(cfg, run_dir, choices=choices, slot=job_slot(), prepared=prepared)
     except AecliError as e:
         if run_dir.is_dir():
-            rundir.write_status(run_dir, "FAILED", f"{type(e).__name__}: {e.problem}")
+            rundir.write_status(run_dir, "FAILED", f"{type(e).__name__}: {e.key}: {e.problem}")
         if multirun:
             raise
         _outcome["error"] = e

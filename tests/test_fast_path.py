@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from aecli.trainer import make_optimizer, run
+from aecli.loop import optimizer_for
+from aecli.trainer import run
 
 from .conftest import quick_cfg, read_events, read_metrics
 from .test_data import make_folder
@@ -29,10 +30,9 @@ def test_fused_and_foreach_adam_agree(tmp_path):
                                                                         rel=1e-4)
 
 
-def test_make_optimizer_picks_fused_where_available():
-    cfg = quick_cfg()
-    opt = make_optimizer([torch.nn.Parameter(torch.zeros(3))], cfg, torch.device("cpu"))
-    assert opt.defaults["fused"] is True
+def test_optimizer_picks_fused_where_available():
+    opt = optimizer_for([torch.nn.Parameter(torch.zeros(3))], 1e-3, 0.0, "auto", torch.device("cpu"))
+    assert opt.defaults["fused"] is True  # torch >= 2.4 (pyproject) has the fused CPU kernel
 
 
 def test_streamed_folder_trains_exactly_like_the_in_memory_one(tmp_path):
@@ -63,7 +63,7 @@ def test_channels_last_conv_trains_like_the_default_layout(tmp_path):
 
 def test_set_memory_layout_converts_conv_models_only_where_asked():
     from aecli.models import ConvAutoencoder
-    from aecli.trainer import set_memory_layout
+    from aecli.setup import set_memory_layout
 
     model = ConvAutoencoder((1, 12, 12), channels=[4, 8], latent_dim=4)
     cpu = torch.device("cpu")

@@ -9,15 +9,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hydra.core.utils import JobReturn, JobStatus
-from omegaconf import OmegaConf
 from PIL import Image
 
 from aecli import report
-from aecli.callbacks import JobStatus as JobStatusCallback
+from aecli.config import check
 from aecli.errors import ConfigError
-from aecli.sweep import cores_available, gpu_for_job, jobs_at_once, threads_per_job
-from aecli.validate import check_config
+from aecli.placement import cores_available, gpu_for_job, jobs_at_once, threads_per_job
+from aecli.train import picklable
 
 from .conftest import make_cfg, read_metrics, run_cli
 
@@ -69,29 +67,21 @@ def test_gpu_for_job_spreads_multirun_jobs_over_gpus():
 def test_num_threads_is_auto_a_whole_number_or_null():
     assert make_cfg().trainer.num_threads == "auto"
     for ok in ("auto", "4", "null"):
-        check_config(make_cfg(f"trainer.num_threads={ok}"))
+        check(make_cfg(f"trainer.num_threads={ok}"))
     for bad in ("0", "many", "1.5", "true"):
         with pytest.raises(ConfigError, match="trainer.num_threads"):
-            check_config(make_cfg(f"trainer.num_threads={bad}"))
+            check(make_cfg(f"trainer.num_threads={bad}"))
 
 
-def test_job_status_callback_keeps_errors_picklable(tmp_path):
+def test_errors_travel_back_from_parallel_jobs():
     """A failed job's exception travels back to the sweep as a pickle (joblib, submitit): one
-    that cannot would break the whole pool, so the callback swaps it for a plain RuntimeError."""
+    that cannot would break the whole pool, so the task swaps it for a plain RuntimeError."""
 
     class Unpicklable(Exception):
         def __init__(self, a, b):
             super().__init__(f"{a} {b}")
 
-    config = OmegaConf.create({"hydra": {"runtime": {"output_dir": str(tmp_path)}}})
-    callback = JobStatusCallback()
-    callback.on_job_start(config=config)
-    assert json.loads((tmp_path / "job_status.json").read_text())["status"] == "RUNNING"
-    ret = JobReturn(status=JobStatus.FAILED, _return_value=Unpicklable("x", "y"))
-    callback.on_job_end(config=config, job_return=ret)
-    assert json.loads((tmp_path / "job_status.json").read_text()) == {
-        "status": "FAILED", "error": "Unpicklable: x y", "return_value": None}
-    assert isinstance(pickle.loads(pickle.dumps(ret._return_value)), RuntimeError)
+    assert not picklable(Unpicklable("x", "y"))
     error = pickle.loads(pickle.dumps(ConfigError("k", "bad", "fix it")))  # ours pickles as it is
     assert (error.key, error.problem, error.fix) == ("k", "bad", "fix it")
 
