@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import copy
 import math
-import os
 import platform
 import statistics
 import subprocess
@@ -116,7 +115,7 @@ class ClassicVAE(nn.Module):
         return bce + kld
 
     @classmethod
-    def from_aecli(cls, vae: VAE) -> "ClassicVAE":
+    def from_aecli(cls, vae: VAE) -> ClassicVAE:
         """The same network with the same weights as an aecli ``VAE(hidden_dims=[h])``."""
         enc, dec = vae.encoder[0], vae.decoder
         out = cls(enc.in_features, enc.out_features, vae.latent_dim)
@@ -308,7 +307,8 @@ def load_data(name: str, root: str, repeat: int) -> tuple[ImageData, str]:
                     * (255.0 / d.max_value)).round().clamp(0, 255).to(torch.uint8)
     train = up(d.train).repeat(repeat, 1, 1, 1)
     return (ImageData(train, up(d.val), up(d.test)),
-            f"scikit-learn digits upsampled to 28x28 ({len(d.train):,} train x{repeat} per epoch / {len(d.test):,} test)")
+            f"scikit-learn digits upsampled to 28x28 ({len(d.train):,} train x{repeat} per epoch / "
+            f"{len(d.test):,} test)")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -112,7 +112,8 @@ def read(path: str | Path, key: str = "resume", name: str = LAST) -> dict[str, A
     aecli's marker, keys and types. Any problem is one ``ConfigError`` naming ``key`` and the file."""
     file = find(path, name)
     if not file.is_file():
-        where = f"no checkpoint at {file}" if Path(path).expanduser().exists() else f"{Path(path).expanduser()} does not exist"
+        given = Path(path).expanduser()
+        where = f"no checkpoint at {file}" if given.exists() else f"{given} does not exist"
         raise ConfigError(key, where, "pass a run dir holding checkpoints/last.pt, or a .pt file")
     data = file.read_bytes()  # one read: what is checked is what is loaded
     try:
@@ -177,7 +178,8 @@ def _rng(v: Any) -> bool:
 
 def _epoch_state(v: Any) -> bool:
     return v is None or (isinstance(v, dict) and _tensor(v.get("perm")) and v["perm"].dtype == torch.long
-                         and v["perm"].dim() == 1 and all(_int(v.get(k)) and v[k] >= 0 for k in ("batch", "seen", "skipped"))
+                         and v["perm"].dim() == 1
+                         and all(_int(v.get(k)) and v[k] >= 0 for k in ("batch", "seen", "skipped"))
                          and _dict_of(_tensor)(v.get("sums")))
 
 
@@ -235,7 +237,8 @@ def check_targets(config: dict[str, Any], trusted: Iterable[str] = (), source: s
             raise ConfigError(key, f"{source} has an interpolation at {path} ({node[:60]!r})",
                               "use a checkpoint written by aecli")
         elif node is not None and not isinstance(node, (str, int, float, bool)):
-            raise ConfigError(key, f"{source} has a {type(node).__name__} at {path}", "use a checkpoint written by aecli")
+            raise ConfigError(key, f"{source} has a {type(node).__name__} at {path}",
+                              "use a checkpoint written by aecli")
 
     walk({k: v for k, v in config.items() if k != "callbacks"}, "")
     for group, allowed in ALLOWED_TARGETS.items():
@@ -278,7 +281,8 @@ def build_model(state: dict[str, Any], trusted_targets: Iterable[str] = ()) -> t
     try:
         model = get_class(target)(input_shape=tuple(state["input_shape"]), **cfg)
         model.load_state_dict(state["model"])
-    except Exception as e:  # arguments or weights that do not fit this version's class
-        raise ConfigError("path", f"the checkpoint's model ({target}) cannot be rebuilt: {' '.join(str(e).split())[:300]}",
+    except Exception as e:  # noqa: BLE001 - arguments or weights that do not fit this version's class
+        why = " ".join(str(e).split())[:300]
+        raise ConfigError("path", f"the checkpoint's model ({target}) cannot be rebuilt: {why}",
                           "use the aecli version that wrote it") from None
     return model.eval()

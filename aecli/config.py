@@ -13,12 +13,11 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from aecli.errors import ConfigError
-
 
 # --- choice keys ---------------------------------------------------------------------------
 
@@ -67,18 +66,18 @@ class OptimConfig:
 @dataclass
 class TrainerConfig:
     epochs: int = 10
-    max_steps: Optional[int] = None
+    max_steps: int | None = None
     batch_size: int = 128
     eval_batch_size: int = 1024
     log_every_n_steps: int = 50
-    checkpoint_every_n_steps: Optional[int] = None
+    checkpoint_every_n_steps: int | None = None
     on_nan: OnNan = OnNan.stop
     progress: Progress = Progress.auto
     grid_images: int = 8
     num_threads: Any = "auto"  # auto | N | null
     precision: Precision = Precision.fp32
     compile: bool = False
-    compile_mode: Optional[str] = None  # default | max-autotune | max-autotune-no-cudagraphs
+    compile_mode: str | None = None  # default | max-autotune | max-autotune-no-cudagraphs
     cuda_graph: Any = "auto"  # auto | true | false
     channels_last: Any = "auto"  # auto | true | false
     cudnn_benchmark: Any = "auto"  # auto | true | false
@@ -87,7 +86,7 @@ class TrainerConfig:
 @dataclass
 class DeviceConfig:
     name: DeviceName = DeviceName.auto
-    index: Optional[int] = None
+    index: int | None = None
 
 
 @dataclass
@@ -95,8 +94,8 @@ class TrainConfig:
     """The top level of ``conf/train.yaml``; the groups' own schemas follow."""
 
     seed: int = 0
-    resume: Optional[str] = None
-    objective: Optional[str] = None  # the metrics.json key a run returns to sweepers (null: val/loss_<unit>)
+    resume: str | None = None
+    objective: str | None = None  # the metrics.json key a run returns to sweepers (null: val/loss_<unit>)
     dataset: Any = MISSING
     noise: Any = MISSING
     loss: Any = MISSING
@@ -136,7 +135,7 @@ class StackedAutoencoderConfig:
     hidden_dims: list[int] = field(default_factory=lambda: [256, 128])
     latent_dim: int = 16
     pretrain_epochs: int = 2
-    pretrain_noise_levels: Optional[list[float]] = None
+    pretrain_noise_levels: list[float] | None = None
 
 
 @dataclass

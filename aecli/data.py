@@ -77,7 +77,7 @@ class ImageData:
     def streamed(self) -> bool:
         return isinstance(self.train, ImageFiles)
 
-    def to(self, device: torch.device) -> "ImageData":
+    def to(self, device: torch.device) -> ImageData:
         """Tensors move to ``device``; streamed splits stay on disk (batches move instead);
         labels stay on the CPU (scikit-learn reads them)."""
         move = lambda t: t.to(device) if isinstance(t, Tensor) else t  # noqa: E731
@@ -182,7 +182,7 @@ def load_torchvision(
     root_path = Path(root).expanduser()
     try:
         parts = [cls(str(root_path), train=t, download=download) for t in (True, False)]
-    except Exception as e:  # torchvision raises RuntimeError / URLError / OSError here
+    except Exception as e:  # noqa: BLE001 - torchvision raises RuntimeError / URLError / OSError here
         if not download:
             raise ConfigError("dataset.root", f"{name} is not under {root_path.resolve()} ({e})",
                               f"pass dataset.download=true (needs internet) or dataset.root=DIR "

@@ -38,7 +38,6 @@ from aecli.losses import ReconstructionLoss
 from aecli.state import TrainState
 
 if TYPE_CHECKING:
-    from torch.utils.tensorboard import SummaryWriter
 
     from aecli.loop import EpochResult
     from aecli.state import Phase
@@ -59,11 +58,11 @@ class Run:
     noise: Any
     device: torch.device
     batch_size: int
-    hooks: "Hooks"
+    hooks: Hooks
     config: dict[str, Any] = field(default_factory=dict)  # the config a checkpoint records
-    phase: "Phase | None" = None
+    phase: Phase | None = None
     stop_requested: str | None = None  # why training should end after this step
-    last_epoch: "EpochResult | None" = None  # the main phase's last epoch in this process
+    last_epoch: EpochResult | None = None  # the main phase's last epoch in this process
 
 
 class Hook:
@@ -74,7 +73,7 @@ class Hook:
     def on_fit_start(self, run: Run) -> None: ...
     def on_epoch_start(self, run: Run) -> None: ...
     def on_step_end(self, run: Run, terms: dict[str, Tensor] | None) -> None: ...
-    def on_epoch_end(self, run: Run, result: "EpochResult", val: dict[str, float] | None) -> None: ...
+    def on_epoch_end(self, run: Run, result: EpochResult, val: dict[str, float] | None) -> None: ...
     def on_stop(self, run: Run) -> None: ...
     def on_fit_end(self, run: Run, metrics: dict[str, Any]) -> None: ...
 
@@ -109,7 +108,7 @@ class Hooks:
         for h in self._per_step:
             h.on_step_end(run, terms)
 
-    def on_epoch_end(self, run: Run, result: "EpochResult", val: dict[str, float] | None) -> None:
+    def on_epoch_end(self, run: Run, result: EpochResult, val: dict[str, float] | None) -> None:
         for h in self.hooks:
             h.on_epoch_end(run, result, val)
 
@@ -178,7 +177,7 @@ class Checkpointing(Hook):
                 and not last_batch:
             self.save(run)
 
-    def on_epoch_end(self, run: Run, result: "EpochResult", val: dict[str, float] | None) -> None:
+    def on_epoch_end(self, run: Run, result: EpochResult, val: dict[str, float] | None) -> None:
         self.save(run, best=val is not None and run.state.best_step == run.state.step)
 
     def on_stop(self, run: Run) -> None:
@@ -219,7 +218,7 @@ class ProgressReport(Hook):
             ips = (run.state.epoch_state.seen - self.seen0) / max(time.perf_counter() - self.t0, 1e-9)
             self.bar.set_postfix(loss=f"{terms['loss'].item():.4g}", img_s=f"{ips:,.0f}")
 
-    def on_epoch_end(self, run: Run, result: "EpochResult", val: dict[str, float] | None) -> None:
+    def on_epoch_end(self, run: Run, result: EpochResult, val: dict[str, float] | None) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
@@ -248,7 +247,7 @@ class StopOnSignal(Hook):
         if self.signals.requested is not None and run.stop_requested is None:
             run.stop_requested = self.signals.name()
 
-    def on_epoch_end(self, run: Run, result: "EpochResult", val: dict[str, float] | None) -> None:
+    def on_epoch_end(self, run: Run, result: EpochResult, val: dict[str, float] | None) -> None:
         self.on_step_end(run, None)  # one that arrived during validation
 
 

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from aecli.config import Precision as PrecisionName
-from aecli.data import ImageData, batches
+from aecli.data import batches
 from aecli.errors import ConfigError
 from aecli.losses import ReconstructionLoss
 from aecli.state import EpochState, Phase
@@ -46,7 +46,7 @@ class Precision:
     dtype: torch.dtype | None = None  # None: fp32, no autocast
 
     @classmethod
-    def from_config(cls, name: PrecisionName | str | int, device: torch.device) -> "Precision":
+    def from_config(cls, name: PrecisionName | str | int, device: torch.device) -> Precision:
         name = name if isinstance(name, PrecisionName) else PrecisionName(name) if name in (32, 16) \
             else PrecisionName[str(name)]
         if name is PrecisionName.bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
@@ -118,7 +118,7 @@ def check_finite(es: EpochState) -> None:
         raise NonFiniteLoss(bad)
 
 
-def train_epoch(run: "Run", step_fn: Step, hooks: "Hooks", sync_every: int, skip_nan: bool = False) -> EpochResult:
+def train_epoch(run: Run, step_fn: Step, hooks: Hooks, sync_every: int, skip_nan: bool = False) -> EpochResult:
     """Train ``run.phase`` for one pass over the training set (or the rest of the pass that
     ``run.state.epoch_state`` describes). Hooks see every step; a hook that sets
     ``run.stop_requested`` ends the epoch after that step (the epoch state then says where).
@@ -156,7 +156,7 @@ def train_epoch(run: "Run", step_fn: Step, hooks: "Hooks", sync_every: int, skip
     return EpochResult(means, (es.seen - seen_at_start) / max(elapsed, 1e-9), stopped=es.batch < n_batches)
 
 
-def run_epochs(run: "Run", make_step: Callable[[Phase], Step], hooks: "Hooks", sync_every: int,
+def run_epochs(run: Run, make_step: Callable[[Phase], Step], hooks: Hooks, sync_every: int,
                skip_nan: bool, validate: Callable[[], dict[str, float]]) -> bool:
     """Every remaining epoch of every remaining phase, from ``run.state``'s position; False if a
     stop ended it early. After each epoch of the main phase: validation, then the hooks."""

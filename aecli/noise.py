@@ -21,7 +21,7 @@ class NoNoise:
     def __call__(self, x: Tensor) -> Tensor:
         return x
 
-    def at_level(self, level: float, clip: bool = True) -> "NoNoise":
+    def at_level(self, level: float, clip: bool = True) -> NoNoise:
         return self
 
     def __repr__(self) -> str:
@@ -48,7 +48,7 @@ class MaskingNoise:
         keep = torch.empty_like(x).bernoulli_(1.0 - self.p)
         return x * keep
 
-    def at_level(self, level: float, clip: bool = True) -> "MaskingNoise":
+    def at_level(self, level: float, clip: bool = True) -> MaskingNoise:
         """The same noise with masking probability ``level`` (stacked DAE per-layer levels);
         ``clip`` has no effect: masking never leaves the data range."""
         return MaskingNoise(level)
@@ -82,7 +82,7 @@ class GaussianNoise:
         noisy = x + self.sigma * torch.randn_like(x)
         return noisy.clamp_(0.0, 1.0) if self.clip else noisy
 
-    def at_level(self, level: float, clip: bool = True) -> "GaussianNoise":
+    def at_level(self, level: float, clip: bool = True) -> GaussianNoise:
         """The same noise with ``sigma=level``; clipping only if this noise clips and ``clip``."""
         return GaussianNoise(level, self.clip and clip)
 

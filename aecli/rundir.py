@@ -91,7 +91,8 @@ def check_new(run_dir: Path, ignore: tuple[str, ...] = ()) -> None:
     if not files:
         return
     has_run = (Path(run_dir) / "checkpoints" / "last.pt").is_file()
-    what = "a run (checkpoints/last.pt)" if has_run else f"files ({', '.join(files[:5])}{', ...' if len(files) > 5 else ''})"
+    listed = ", ".join(files[:5]) + (", ..." if len(files) > 5 else "")
+    what = "a run (checkpoints/last.pt)" if has_run else f"files ({listed})"
     raise ConfigError("hydra.run.dir", f"{run_dir} already holds {what}",
                       ("pass resume=auto to continue that run, or " if has_run else "")
                       + "drop hydra.run.dir for a new run dir, or choose an empty one")

@@ -77,7 +77,8 @@ def open_run(path: str | Path, which: str = "best", device: str = "auto",
     from aecli.setup import build
 
     if which not in ("best", "last"):
-        raise ConfigError("--checkpoint", f"{which!r} is not best or last", "use --checkpoint best or --checkpoint last")
+        raise ConfigError("--checkpoint", f"{which!r} is not best or last",
+                          "use --checkpoint best or --checkpoint last")
     p = Path(path)
     if p.is_dir() and not (p / "checkpoints").is_dir():
         raise ConfigError("RUN_DIR", f"{p} holds no checkpoints/ (not a run dir, or a run that never reached "

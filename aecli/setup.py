@@ -96,8 +96,9 @@ def set_memory_layout(model: torch.nn.Module, trainer_cfg: DictConfig,
     batch into that layout (None: leave batches as they are)."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = trainer_cfg.cudnn_benchmark in (True, "auto")
+    prefers = getattr(model, "prefers_channels_last", False)
     channels_last = trainer_cfg.channels_last is True or (
-        trainer_cfg.channels_last == "auto" and device.type == "cuda" and getattr(model, "prefers_channels_last", False))
+        trainer_cfg.channels_last == "auto" and device.type == "cuda" and prefers)
     if not channels_last:
         return None
     model.to(memory_format=torch.channels_last)

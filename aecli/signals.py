@@ -48,7 +48,7 @@ class StopSignals:
             self.process_wide = True
 
     @contextlib.contextmanager
-    def installed(self) -> Iterator["StopSignals"]:
+    def installed(self) -> Iterator[StopSignals]:
         """The handlers for a block (unless the process has them already), then the old ones."""
         if self.process_wide or threading.current_thread() is not threading.main_thread():
             yield self

@@ -60,7 +60,7 @@ class EpochState:
         return {"perm": self.perm, "batch": self.batch, "seen": self.seen, "sums": self.sums, "skipped": self.skipped}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], device: torch.device) -> "EpochState":
+    def from_dict(cls, d: dict[str, Any], device: torch.device) -> EpochState:
         return cls(d["perm"].to(device), d["batch"], d["seen"], {k: v.to(device) for k, v in d["sums"].items()},
                    d["skipped"])
 

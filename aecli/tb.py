@@ -34,7 +34,7 @@ class StepScalars(Hook):
 
     state_key = "step_scalars"
 
-    def __init__(self, writer: "SummaryWriter", every: int) -> None:
+    def __init__(self, writer: SummaryWriter, every: int) -> None:
         self.writer, self.every = writer, every
         self.sums: dict[str, Tensor] = {}
         self.steps = 0
@@ -70,10 +70,10 @@ class EpochScalars(Hook):
     ``val/<metric>`` (a clean pass over the validation set), ``epoch``, ``perf/images_per_sec``;
     pre-training stages: ``<stage>/loss_<unit>``."""
 
-    def __init__(self, writer: "SummaryWriter") -> None:
+    def __init__(self, writer: SummaryWriter) -> None:
         self.writer = writer
 
-    def on_epoch_end(self, run: Run, result: "EpochResult", val: dict[str, float] | None) -> None:
+    def on_epoch_end(self, run: Run, result: EpochResult, val: dict[str, float] | None) -> None:
         step, phase = run.state.step, run.phase
         prefix = "train_epoch" if phase.main else phase.name
         for k, v in result.means.items():
@@ -97,7 +97,7 @@ class ImageGrids(Hook):
     prior (``sample_latents``) 16 samples from the same prior draws every epoch. At the end the
     last grids are also written as ``reconstruction.png`` and ``samples.png`` in the run dir."""
 
-    def __init__(self, writer: "SummaryWriter", n_images: int, seed: int) -> None:
+    def __init__(self, writer: SummaryWriter, n_images: int, seed: int) -> None:
         self.writer, self.n_images, self.seed = writer, n_images, seed
         self.grids: dict[str, Tensor] = {}
 
@@ -127,7 +127,7 @@ class ImageGrids(Hook):
             self.grids["samples/prior"] = image_grid([samples[:8], samples[8:]])
         model.train(was_training)
 
-    def on_epoch_end(self, run: Run, result: "EpochResult", val: dict[str, float] | None) -> None:
+    def on_epoch_end(self, run: Run, result: EpochResult, val: dict[str, float] | None) -> None:
         if val is None:
             return
         self.draw(run)
@@ -145,7 +145,7 @@ class ImageGrids(Hook):
 class HParams(Hook):
     """The run's hyperparameters with its final metrics, for TensorBoard's HParams tab."""
 
-    def __init__(self, writer: "SummaryWriter", cfg: DictConfig, choices: dict[str, str]) -> None:
+    def __init__(self, writer: SummaryWriter, cfg: DictConfig, choices: dict[str, str]) -> None:
         self.writer, self.cfg, self.choices = writer, cfg, choices
 
     def on_fit_end(self, run: Run, metrics: dict[str, Any]) -> None:
@@ -181,7 +181,7 @@ def hparams_of(cfg: DictConfig, choices: dict[str, str]) -> dict[str, Any]:
     return flat
 
 
-def open_writer(run_dir: Path, resumed_step: int | None) -> "SummaryWriter":
+def open_writer(run_dir: Path, resumed_step: int | None) -> SummaryWriter:
     """The run's event writer; ``resumed_step``: purge what was logged after that step. A new run
     in a dir that already has events (a requeued job killed before its first checkpoint) purges
     them all."""

@@ -69,7 +69,7 @@ class NaNNoise:
         self.calls += 1
         return torch.full_like(x, float("nan")) if self.calls in self.nan_calls else x
 
-    def at_level(self, level: float, clip: bool = True) -> "NaNNoise":
+    def at_level(self, level: float, clip: bool = True) -> NaNNoise:
         return self
 
 

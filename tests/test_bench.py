@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from aecli import bench
-from aecli.hooks import Hook
 from aecli.data import ImageData
-from aecli.losses import BinaryCrossEntropy, SquaredError
+from aecli.hooks import Hook
+from aecli.losses import BinaryCrossEntropy
 from aecli.models import VAE, ConvAutoencoder
 
 from .conftest import make_cfg
@@ -51,10 +51,10 @@ def test_fast_path_follows_the_classic_loop_step_by_step(kind, digits28):
     data = ImageData(digits28.train[:512], digits28.val, digits28.test)
     torch.manual_seed(0)
     if kind == "vae":
-        model, recon = VAE((1, 28, 28), hidden_dims=[400], latent_dim=20), BinaryCrossEntropy()
+        model = VAE((1, 28, 28), hidden_dims=[400], latent_dim=20)
         classic = bench.ClassicVAE.from_aecli(model)
     else:
-        model, recon = ConvAutoencoder((1, 28, 28), channels=[8, 16], latent_dim=8), SquaredError()
+        model = ConvAutoencoder((1, 28, 28), channels=[8, 16], latent_dim=8)
         classic = bench.ClassicAE(copy.deepcopy(model))
     batch = 64
     perm = torch.randperm(len(data.train))

@@ -43,7 +43,8 @@ def test_groups_have_the_documented_options():
     assert {"mnist_vae", "keras_ae", "stacked_dae"} <= set(options("experiment"))
 
 
-@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g) if (g, o) != ("dataset", "folder")])
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)
+                                          if (g, o) != ("dataset", "folder")])
 def test_every_option_composes_and_passes_the_checks(group, option):
     cfg = make_cfg(f"{group}={option}")
     check(cfg)
