@@ -48,11 +48,12 @@ from aecli.noise import NoNoise
 from aecli.setup import build_parts, make_step, new_state
 from aecli.state import EpochState
 
-# name -> (overrides composed into aecli's config, batch size)
+# name -> (overrides composed into aecli's config, batch size, the classic counterpart: "vae" is
+# pytorch/examples' own VAE network, "any" the same aecli model trained by the classic loop)
 CASES = {
-    "mlp-vae-128": (["experiment=mnist_vae"], 128),
-    "mlp-vae-512": (["experiment=mnist_vae", "trainer.batch_size=512"], 512),
-    "conv-ae-128": (["model=conv", "loss=mse", "noise=none"], 128),
+    "mlp-vae-128": (["experiment=mnist_vae"], 128, "vae"),
+    "mlp-vae-512": (["experiment=mnist_vae", "trainer.batch_size=512"], 512, "vae"),
+    "conv-ae-128": (["model=conv", "loss=mse", "noise=none"], 128, "any"),
 }
 
 
@@ -243,12 +244,12 @@ def bench_case(name: str, data: ImageData, device: torch.device, epochs: int,
     ``extra``: more overrides for aecli's side (a speed knob to measure, e.g. trainer.compile=true)."""
     from hydra import compose, initialize_config_module
 
-    overrides, batch_size = CASES[name]
+    overrides, batch_size, counterpart = CASES[name]
     with initialize_config_module(config_module="aecli.conf", version_base="1.3"):
         cfg = compose(config_name="train", overrides=[*overrides, f"device={device.type}",
                                                       f"trainer.batch_size={batch_size}", *extra])
     model, recon, aecli_one_epoch = aecli_epoch(cfg, data, device)
-    classic = ClassicVAE.from_aecli(model) if isinstance(model, VAE) else ClassicAE(copy.deepcopy(model))
+    classic = ClassicVAE.from_aecli(model) if counterpart == "vae" else ClassicAE(copy.deepcopy(model))
     classic_opt = torch.optim.Adam(classic.parameters(), lr=cfg.optim.lr)  # the example's optimizer
     loader = classic_loader(data.train, batch_size, device)
     flops = step_flops_per_image(model, data.as_float(data.train[:batch_size]), recon)
@@ -269,7 +270,7 @@ def bench_case(name: str, data: ImageData, device: torch.device, epochs: int,
         torch.manual_seed(0)
         return reconstruction(m, data, data.test, recon, 1024)[f"loss_{m.loss_unit}"]
 
-    baseline_model = classic.to_aecli(copy.deepcopy(model)) if isinstance(classic, ClassicVAE) else classic.model
+    baseline_model = classic.to_aecli(copy.deepcopy(model)) if counterpart == "vae" else classic.model
     unit = "nats/image" if model.loss_unit == "per_image" else "MSE/pixel"
     return (PathResult(statistics.median(speeds["baseline"]), test_loss(baseline_model)),
             PathResult(statistics.median(speeds["aecli"]), test_loss(model)), flops, unit)
