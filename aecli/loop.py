@@ -59,7 +59,10 @@ class Precision:
         return cls(device.type, dtype)
 
     def autocast(self) -> torch.autocast:
-        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None)
+        # no cache of cast weights: a CUDA graph must not keep pointers into a cache freed after
+        # the region (PyTorch's advice for autocast in graphs); the step casts each weight once
+        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None,
+                              cache_enabled=False)
 
     def scaler(self) -> torch.amp.GradScaler:
         """fp16 needs loss scaling; the other precisions get a disabled scaler (a no-op)."""
@@ -67,42 +70,48 @@ class Precision:
 
 
 class Step:
-    """One eager training step of a phase: noise, forward and loss (under autocast), backward,
-    optimizer step. ``__call__(x)`` returns the loss terms, detached, on the device."""
-
-    replays_graph = False
+    """One eager training step of a phase, from a raw uint8 batch: to float (and the phase's
+    inputs), noise, forward and loss (under autocast), backward, optimizer step; then the loss
+    terms are added to the epoch's sums and the first non-finite step is noted, all on the
+    device. ``__call__`` returns the step's loss terms (device tensors; None: skipped)."""
 
     def __init__(self, phase: Phase, recon: ReconstructionLoss, precision: Precision, scaler: torch.amp.GradScaler,
-                 compute: Callable[..., dict[str, Tensor]] | None = None) -> None:
+                 to_float: Callable[[Tensor], Tensor], compute: Callable[..., dict[str, Tensor]] | None = None,
+                 skip_nan: bool = False) -> None:
         self.phase, self.recon, self.precision, self.scaler = phase, recon, precision, scaler
+        self.to_float, self.skip_nan = to_float, skip_nan
         self.compute = compute or phase.module.loss
 
-    def forward_backward(self, x: Tensor) -> dict[str, Tensor]:
-        with self.precision.autocast():
-            terms = self.compute(self.phase.noise(x), x, self.recon)
-        self.phase.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(terms["loss"]).backward()
-        self.scaler.step(self.phase.optimizer)
-        self.scaler.update()
-        return {k: v.detach() for k, v in terms.items()}
+    def prepare(self, raw: Tensor) -> Tensor:
+        x = self.to_float(raw)
+        return x if self.phase.inputs is None else self.phase.inputs(x)
 
-    def loss_only(self, x: Tensor) -> dict[str, Tensor]:
+    def losses(self, x: Tensor) -> dict[str, Tensor]:
         with self.precision.autocast():
             return self.compute(self.phase.noise(x), x, self.recon)
 
-    def __call__(self, x: Tensor) -> dict[str, Tensor]:
-        return self.forward_backward(x)
-
-    def skip_or_step(self, x: Tensor) -> dict[str, Tensor] | None:
-        """``on_nan=skip_batch``: the loss on the host first (a sync per step); None: skipped."""
-        terms = self.loss_only(x)
-        if not torch.isfinite(terms["loss"]).item():
-            return None
-        self.phase.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(terms["loss"]).backward()
+    def update(self, loss: Tensor) -> None:
+        self.scaler.scale(loss).backward()
         self.scaler.step(self.phase.optimizer)
         self.scaler.update()
-        return {k: v.detach() for k, v in terms.items()}
+
+    def begin_epoch(self, es: EpochState, step: int) -> None:
+        """Before the epoch's first step here (or the first after a resume)."""
+        es.first_bad = torch.full((), -1, dtype=torch.long, device=es.perm.device)
+
+    def __call__(self, raw: Tensor, es: EpochState, step: int) -> dict[str, Tensor] | None:
+        x = self.prepare(raw)
+        terms = self.losses(x)
+        if self.skip_nan and not torch.isfinite(terms["loss"]).item():  # a host sync, every step
+            return None
+        self.phase.optimizer.zero_grad(set_to_none=True)
+        self.update(terms["loss"])
+        terms = {k: v.detach() for k, v in terms.items()}
+        es.add(terms, x.shape[0])
+        if not self.skip_nan:  # remember the first bad step on the device, without a sync
+            es.first_bad.copy_(torch.where((es.first_bad < 0) & ~torch.isfinite(terms["loss"]),
+                                           torch.full_like(es.first_bad, step), es.first_bad))
+        return terms
 
 
 @dataclass
@@ -118,34 +127,26 @@ def check_finite(es: EpochState) -> None:
         raise NonFiniteLoss(bad)
 
 
-def train_epoch(run: Run, step_fn: Step, hooks: Hooks, sync_every: int, skip_nan: bool = False) -> EpochResult:
+def train_epoch(run: Run, step_fn: Step, hooks: Hooks, sync_every: int) -> EpochResult:
     """Train ``run.phase`` for one pass over the training set (or the rest of the pass that
     ``run.state.epoch_state`` describes). Hooks see every step; a hook that sets
     ``run.stop_requested`` ends the epoch after that step (the epoch state then says where).
 
-    A non-finite loss raises ``NonFiniteLoss`` (noticed on the device and reported at the next
-    sync, so no sync per step) or, with ``skip_nan``, skips the batch (a sync per step).
+    A non-finite loss raises ``NonFiniteLoss``: noticed on the device and reported at the next
+    sync (every ``sync_every`` steps and at the epoch's end), so no sync per step; or, with
+    ``on_nan=skip_batch``, the step skips the batch (a sync per step).
     """
-    state, phase, data = run.state, run.phase, run.data
-    es = state.epoch_state
+    state, es = run.state, run.state.epoch_state
     n_batches = math.ceil(len(es.perm) / run.batch_size)
-    es.first_bad = torch.full((), -1, dtype=torch.long, device=es.perm.device)
+    step_fn.begin_epoch(es, state.step)
     seen_at_start, t0 = es.seen, time.perf_counter()
-    for _, raw in batches(data.train, run.batch_size, es.perm, start=es.batch):
-        x = data.as_float(raw)
-        if phase.inputs is not None:
-            x = phase.inputs(x)
+    for _, raw in batches(run.data.train, run.batch_size, es.perm, start=es.batch):
         state.step += 1
         es.batch += 1
-        terms = step_fn.skip_or_step(x) if skip_nan else step_fn(x)
+        terms = step_fn(raw, es, state.step)
         if terms is None:
             es.skipped += 1
             log.warning("step %d: non-finite loss, batch skipped (trainer.on_nan=skip_batch)", state.step)
-        else:
-            es.add(terms, x.shape[0])
-            if not skip_nan:  # remember the first bad step on the device, without a sync
-                es.first_bad.copy_(torch.where((es.first_bad < 0) & ~torch.isfinite(terms["loss"]),
-                                               torch.full_like(es.first_bad, state.step), es.first_bad))
         if state.step % sync_every == 0 or es.batch == n_batches:  # the only host syncs in an epoch
             check_finite(es)
         hooks.on_step_end(run, terms)
@@ -157,7 +158,7 @@ def train_epoch(run: Run, step_fn: Step, hooks: Hooks, sync_every: int, skip_nan
 
 
 def run_epochs(run: Run, make_step: Callable[[Phase], Step], hooks: Hooks, sync_every: int,
-               skip_nan: bool, validate: Callable[[], dict[str, float]]) -> bool:
+               validate: Callable[[], dict[str, float]]) -> bool:
     """Every remaining epoch of every remaining phase, from ``run.state``'s position; False if a
     stop ended it early. After each epoch of the main phase: validation, then the hooks."""
     state = run.state
@@ -171,7 +172,7 @@ def run_epochs(run: Run, make_step: Callable[[Phase], Step], hooks: Hooks, sync_
             if state.epoch_state is None:
                 state.epoch_state = EpochState(perm=torch.randperm(len(run.data.train), device=run.device))
             hooks.on_epoch_start(run)
-            result = train_epoch(run, step_fn, hooks, sync_every, skip_nan)
+            result = train_epoch(run, step_fn, hooks, sync_every)
             if result.stopped:
                 return False
             if result.means.get("loss") is None:

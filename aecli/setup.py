@@ -136,9 +136,10 @@ def uses_cuda_graph(cfg: DictConfig, device: torch.device) -> bool:
 def make_step(phase: Phase, parts: Parts, state: TrainState, cfg: DictConfig) -> Step:
     """The training step for ``phase``: replayed as a CUDA graph (``aecli.graph``) when
     ``uses_cuda_graph``, else eager, its loss ``torch.compile``'d when ``trainer.compile``."""
+    args = (phase, parts.recon, parts.precision, state.scaler, parts.data.as_float)
     if uses_cuda_graph(cfg, parts.device):
         from aecli.graph import GraphStep
 
-        return GraphStep(phase, parts.recon, parts.precision, state.scaler)
+        return GraphStep(*args)
     compute = torch.compile(phase.module.loss, mode=cfg.trainer.compile_mode) if cfg.trainer.compile else None
-    return Step(phase, parts.recon, parts.precision, state.scaler, compute)
+    return Step(*args, compute=compute, skip_nan=value(cfg.trainer.on_nan) == "skip_batch")

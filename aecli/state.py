@@ -50,7 +50,7 @@ class EpochState:
     def add(self, terms: dict[str, Tensor], n: int) -> None:
         """Accumulate a step's loss terms (device tensors, no sync)."""
         for k, v in terms.items():
-            self.sums[k] = self.sums[k] + v * n if k in self.sums else v * n
+            self.sums[k] = self.sums[k] + v.float() * n if k in self.sums else v.float() * n
         self.seen += n
 
     def means(self) -> dict[str, float]:

@@ -28,41 +28,43 @@ log = logging.getLogger("aecli")
 
 
 class StepScalars(Hook):
-    """The mean loss terms of the last ``every`` steps, every ``every`` steps, to TensorBoard
-    (``<phase>_step/<term>_<unit>``). The window is summed on the device and checkpointed, so
+    """Every ``every`` steps, the mean loss terms per image since the last such point in the
+    epoch, to TensorBoard (``<phase>_step/<term>_<unit>``). Read from the epoch's running sums,
+    which the step keeps on the device (inside the CUDA graph when there is one): no work per
+    step, one read at steps where the loop syncs anyway. The window's start is checkpointed, so
     the first value after a resume is the one the uninterrupted run logs."""
 
     state_key = "step_scalars"
 
     def __init__(self, writer: SummaryWriter, every: int) -> None:
         self.writer, self.every = writer, every
-        self.sums: dict[str, Tensor] = {}
-        self.steps = 0
-
-    def on_step_end(self, run: Run, terms: dict[str, Tensor] | None) -> None:
-        if terms is not None:
-            for k, v in terms.items():
-                self.sums[k] = self.sums[k] + v if k in self.sums else v
-            self.steps += 1
-        if run.state.step % self.every == 0 and self.steps:
-            tag = "train" if run.phase.main else run.phase.name
-            for k, v in self.sums.items():
-                self.writer.add_scalar(f"{tag}_step/{k}_{run.phase.unit}", v.item() / self.steps, run.state.step)
-            self.sums, self.steps = {}, 0
+        self.start: dict[str, float] = {}  # the epoch's sums where the window began
+        self.start_seen = 0
 
     def on_epoch_start(self, run: Run) -> None:
         if run.state.epoch_state.batch == 0:
-            self.sums, self.steps = {}, 0  # each epoch starts its own window
+            self.start, self.start_seen = {}, 0  # each epoch starts its own window
+
+    def on_step_end(self, run: Run, terms: dict[str, Tensor] | None) -> None:
+        if run.state.step % self.every:
+            return
+        es = run.state.epoch_state
+        seen = es.seen - self.start_seen
+        if seen <= 0:
+            return
+        sums = {k: v.item() for k, v in es.sums.items()}
+        tag = "train" if run.phase.main else run.phase.name
+        for k, v in sums.items():
+            self.writer.add_scalar(f"{tag}_step/{k}_{run.phase.unit}", (v - self.start.get(k, 0.0)) / seen,
+                                   run.state.step)
+        self.start, self.start_seen = sums, es.seen
 
     def state_dict(self) -> dict[str, Any]:
-        return {"sums": {k: v.detach().cpu() for k, v in self.sums.items()}, "steps": self.steps}
+        return {"start": dict(self.start), "start_seen": self.start_seen}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.sums = {k: v for k, v in state.get("sums", {}).items() if isinstance(v, Tensor)}
-        self.steps = int(state.get("steps", 0))
-
-    def on_fit_start(self, run: Run) -> None:
-        self.sums = {k: v.to(run.device) for k, v in self.sums.items()}
+        self.start = {k: float(v) for k, v in state.get("start", {}).items()}
+        self.start_seen = int(state.get("start_seen", 0))
 
 
 class EpochScalars(Hook):

@@ -87,8 +87,7 @@ def fit(run_: hooks.Run, all_hooks: hooks.Hooks, parts: Parts, cfg: DictConfig) 
         return False
     try:
         return run_epochs(run_, lambda phase: make_step(phase, parts, run_.state, cfg), all_hooks,
-                          tc.log_every_n_steps, value(tc.on_nan) == "skip_batch",
-                          lambda: validate(run_, tc.eval_batch_size))
+                          tc.log_every_n_steps, lambda: validate(run_, tc.eval_batch_size))
     except NonFiniteLoss as e:
         last = run_.run_dir / "checkpoints" / checkpoint.LAST
         good = f"the last good checkpoint is {last} (untouched)" if last.exists() else "no checkpoint was written"

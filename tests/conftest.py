@@ -14,9 +14,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def make_cfg(*overrides: str) -> DictConfig:
-    """The composed config for ``python -m aecli.train <overrides>`` (Hydra's compose API)."""
+    """The composed config for ``python -m aecli.train <overrides>`` (Hydra's compose API), on
+    the CPU unless the overrides name a device: the default suite gives the same numbers on a
+    machine with a GPU (the GPU's own checks: tests/test_gpu.py)."""
+    device = [] if any(o.startswith("device") for o in overrides) else ["device=cpu"]
     with initialize_config_module(config_module="aecli.conf", version_base="1.3"):
-        return compose(config_name="train", overrides=list(overrides))
+        return compose(config_name="train", overrides=[*device, *overrides])
 
 
 # Short runs: 2 epochs, progress as log lines, per-step scalars every step.
@@ -28,19 +31,26 @@ def quick_cfg(*overrides: str) -> DictConfig:
     return make_cfg(*QUICK, *(["model.pretrain_epochs=1"] if stacked else []), *overrides)
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 300, module: str = "aecli.train") -> subprocess.CompletedProcess:
-    """``python -m aecli.train ARGS`` (or another module) in a subprocess, from ``cwd``; the repo
-    is on the path, so ``tests.*`` hooks and models can be named as ``_target_``."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
+def cli_env(gpu: bool = False) -> dict[str, str]:
+    """A subprocess's environment: the repo on the path (so ``tests.*`` hooks and models can be
+    named as ``_target_``), Hydra's own error printing off, and no GPU unless ``gpu``."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get(
+        "PYTHONPATH", "")]).rstrip(os.pathsep)}
     env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
+    if not gpu:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 300, module: str = "aecli.train",
+            gpu: bool = False) -> subprocess.CompletedProcess:
+    """``python -m aecli.train ARGS`` (or another module) in a subprocess, from ``cwd``."""
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=cli_env(gpu),
                           capture_output=True, text=True, timeout=timeout)
 
 
-def popen_cli(*args: str, cwd: Path, module: str = "aecli.train") -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, env=env,
+def popen_cli(*args: str, cwd: Path, module: str = "aecli.train", gpu: bool = False) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, env=cli_env(gpu),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

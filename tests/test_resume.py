@@ -17,7 +17,7 @@ import torch
 from aecli.checkpoint import load_model, read
 from aecli.trainer import run
 
-from .conftest import REPO, make_cfg, popen_cli, read_events, read_metrics, run_cli, without_timing
+from .conftest import cli_env, make_cfg, popen_cli, read_events, read_metrics, run_cli, without_timing
 from .faults import MARKER
 
 # VAE + masking noise: both draw random numbers every step, so resuming must restore the RNGs.
@@ -256,7 +256,7 @@ def test_unwritable_run_dir_and_full_disk_are_reported_and_the_checkpoint_surviv
     script = SCENARIO.format(python=sys.executable, setup=setup)
     mount = "mount -t tmpfs -o size=8m tmpfs mnt" if case == "full disk" else "mount --bind mnt mnt"
     proc = subprocess.run(["unshare", "-rm", "sh", "-c", f'cd "$WORK" && {mount} && {script}'],
-                          env={**__import__("os").environ, "WORK": str(tmp_path), "PYTHONPATH": str(REPO)},
+                          env={**cli_env(), "WORK": str(tmp_path)},
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr + (tmp_path / "first.log").read_text()
     log = (tmp_path / "second.log").read_text()
