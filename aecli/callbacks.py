@@ -28,13 +28,20 @@ class RunGuard(Callback):
     and overrides), which Hydra would otherwise overwrite with the resume command's."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from aecli.distributed import WORLD
         from aecli.resume import prepare
 
         run_dir = Path(config.hydra.run.dir).absolute()
+        overrides = list(config.hydra.overrides.task)
+        error = None
         try:
-            prepared = prepare(config, run_dir, list(config.hydra.overrides.task))
+            prepared = prepare(config, run_dir, overrides, follower=not WORLD.main)  # DDP: rank 0 checks, locks
         except AecliError as e:
-            raise Refused(e) from None
+            error = e
+        if WORLD.distributed:  # every rank learns rank 0's verdict
+            error = WORLD.broadcast(error if WORLD.main else None) or error
+        if error is not None:
+            raise Refused(error)
         PREPARED[run_dir] = prepared
         if prepared.state is not None:
             with read_write(config.hydra), open_dict(config.hydra):

@@ -209,6 +209,8 @@ def validate(state: dict[str, Any]) -> str | None:
             return f"'{key}' is missing"
         if not ok(state[key]):
             return f"'{key}' is not {what}"
+    if "rng_ranks" in state and not (isinstance(state["rng_ranks"], list) and all(map(_rng, state["rng_ranks"]))):
+        return "'rng_ranks' is not a list of RNG states"  # DDP: one per rank
     return None
 
 

@@ -34,6 +34,7 @@ from torch import Tensor
 
 from aecli import checkpoint
 from aecli.data import ImageData
+from aecli.distributed import World, epoch_totals, gather
 from aecli.losses import ReconstructionLoss
 from aecli.state import TrainState
 
@@ -63,6 +64,7 @@ class Run:
     phase: Phase | None = None
     stop_requested: str | None = None  # why training should end after this step
     last_epoch: EpochResult | None = None  # the main phase's last epoch in this process
+    world: World = field(default_factory=World)  # DDP: this process's rank (rank 0 writes)
 
 
 class Hook:
@@ -135,6 +137,8 @@ class Checkpointing(Hook):
         self.every_n_steps, self.flush = every_n_steps, flush
 
     def on_fit_start(self, run: Run) -> None:
+        if not run.world.main:
+            return
         directory = run.run_dir / "checkpoints"
         for stale in checkpoint.remove_stale_temps(directory):
             log.info("removed %s, left by a process killed while writing it", stale)
@@ -158,13 +162,26 @@ class Checkpointing(Hook):
         checkpoint.save(checkpoint.read(last), best)
 
     def save(self, run: Run, best: bool = False) -> None:
+        """Write last.pt (and best.pt); in a DDP run every rank takes part (the epoch's sums and
+        the RNG states are gathered), rank 0 writes."""
         from aecli.loop import check_finite
 
-        if run.state.epoch_state is not None:
-            check_finite(run.state.epoch_state)  # never replace a good checkpoint with a diverged model
+        es, world = run.state.epoch_state, run.world
+        if es is not None:
+            check_finite(es, world)  # never replace a good checkpoint with a diverged model
         self.flush()  # events up to this step reach the disk before the checkpoint that resumes after them
         run.state.hooks = run.hooks.states()
-        snapshot = run.state.to_dict(run.data.shape, run.config)
+        epoch_state = rng_ranks = None
+        if world.distributed:
+            from aecli.state import rng_state
+
+            rng_ranks = gather(world, rng_state())
+            if es is not None:
+                sums, seen = epoch_totals(world, es.sums, es.seen, es.perm.device)
+                epoch_state = {**es.to_dict(), "sums": {k: torch.tensor(v) for k, v in sums.items()}, "seen": seen}
+        if not world.main:
+            return
+        snapshot = run.state.to_dict(run.data.shape, run.config, epoch_state, rng_ranks)
         directory = run.run_dir / "checkpoints"
         checkpoint.save(snapshot, directory / checkpoint.LAST)
         if best:
@@ -238,17 +255,27 @@ class ProgressReport(Hook):
 
 
 class StopOnSignal(Hook):
-    """A stop signal (SIGTERM, SIGINT; ``aecli.signals``) ends training after the current step."""
+    """A stop signal (SIGTERM, SIGINT; ``aecli.signals``) ends training after the current step.
+    In a DDP run a signal to any rank stops every rank, at the same step: the ranks agree every
+    ``every`` steps (the loop's sync points) and at epoch ends."""
 
-    def __init__(self, signals: Any) -> None:
-        self.signals = signals
+    def __init__(self, signals: Any, every: int = 1) -> None:
+        self.signals, self.every = signals, every
 
     def on_step_end(self, run: Run, terms: dict[str, Tensor] | None) -> None:
-        if self.signals.requested is not None and run.stop_requested is None:
-            run.stop_requested = self.signals.name()
+        if run.stop_requested is None and (not run.world.distributed or run.state.step % self.every == 0):
+            self.check(run)
 
     def on_epoch_end(self, run: Run, result: EpochResult, val: dict[str, float] | None) -> None:
-        self.on_step_end(run, None)  # one that arrived during validation
+        if run.stop_requested is None:
+            self.check(run)  # one that arrived during validation
+
+    def check(self, run: Run) -> None:
+        """Stop if this rank (or, in a DDP run, any rank: every rank then takes its signal) got one."""
+        signum = run.world.largest(self.signals.requested or 0, run.device)
+        if signum:
+            self.signals.requested = self.signals.requested or signum
+            run.stop_requested = self.signals.name()
 
 
 class MaxSteps(Hook):

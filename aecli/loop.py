@@ -20,6 +20,7 @@ from torch import Tensor
 
 from aecli.config import Precision as PrecisionName
 from aecli.data import batches
+from aecli.distributed import World, epoch_totals
 from aecli.errors import ConfigError
 from aecli.losses import ReconstructionLoss
 from aecli.state import EpochState, Phase
@@ -77,10 +78,11 @@ class Step:
 
     def __init__(self, phase: Phase, recon: ReconstructionLoss, precision: Precision, scaler: torch.amp.GradScaler,
                  to_float: Callable[[Tensor], Tensor], compute: Callable[..., dict[str, Tensor]] | None = None,
-                 skip_nan: bool = False) -> None:
+                 skip_nan: bool = False, world: World = World()) -> None:
         self.phase, self.recon, self.precision, self.scaler = phase, recon, precision, scaler
-        self.to_float, self.skip_nan = to_float, skip_nan
+        self.to_float, self.skip_nan, self.world = to_float, skip_nan, world
         self.compute = compute or phase.module.loss
+        self.params = [p for group in phase.optimizer.param_groups for p in group["params"]]
 
     def prepare(self, raw: Tensor) -> Tensor:
         x = self.to_float(raw)
@@ -92,6 +94,7 @@ class Step:
 
     def update(self, loss: Tensor) -> None:
         self.scaler.scale(loss).backward()
+        self.world.average_gradients(self.params)  # DDP: every rank steps with the global mean
         self.scaler.step(self.phase.optimizer)
         self.scaler.update()
 
@@ -102,7 +105,7 @@ class Step:
     def __call__(self, raw: Tensor, es: EpochState, step: int) -> dict[str, Tensor] | None:
         x = self.prepare(raw)
         terms = self.losses(x)
-        if self.skip_nan and not torch.isfinite(terms["loss"]).item():  # a host sync, every step
+        if self.skip_nan and self.world.any(not torch.isfinite(terms["loss"]).item(), x.device):  # a sync per step
             return None
         self.phase.optimizer.zero_grad(set_to_none=True)
         self.update(terms["loss"])
@@ -121,9 +124,13 @@ class EpochResult:
     stopped: bool = False  # ended early: a stop was requested, or trainer.max_steps reached
 
 
-def check_finite(es: EpochState) -> None:
-    """Raise ``NonFiniteLoss`` if a step of this epoch had a non-finite loss (one sync)."""
-    if es.first_bad is not None and (bad := int(es.first_bad.item())) >= 0:
+def check_finite(es: EpochState, world: World = World()) -> None:
+    """Raise ``NonFiniteLoss`` if a step of this epoch had a non-finite loss, on any rank (one sync)."""
+    if es.first_bad is None:
+        return
+    never = torch.iinfo(torch.long).max
+    bad = int(world.min(torch.where(es.first_bad < 0, torch.full_like(es.first_bad, never), es.first_bad)).item())
+    if bad != never:
         raise NonFiniteLoss(bad)
 
 
@@ -137,10 +144,11 @@ def train_epoch(run: Run, step_fn: Step, hooks: Hooks, sync_every: int) -> Epoch
     ``on_nan=skip_batch``, the step skips the batch (a sync per step).
     """
     state, es = run.state, run.state.epoch_state
-    n_batches = math.ceil(len(es.perm) / run.batch_size)
+    mine = run.world.shard(es.perm)  # DDP: this rank's part of the epoch (all of it otherwise)
+    n_batches = math.ceil(len(mine) / run.batch_size)
     step_fn.begin_epoch(es, state.step)
     seen_at_start, t0 = es.seen, time.perf_counter()
-    for _, raw in batches(run.data.train, run.batch_size, es.perm, start=es.batch):
+    for _, raw in batches(run.data.train, run.batch_size, mine, start=es.batch):
         state.step += 1
         es.batch += 1
         terms = step_fn(raw, es, state.step)
@@ -148,13 +156,22 @@ def train_epoch(run: Run, step_fn: Step, hooks: Hooks, sync_every: int) -> Epoch
             es.skipped += 1
             log.warning("step %d: non-finite loss, batch skipped (trainer.on_nan=skip_batch)", state.step)
         if state.step % sync_every == 0 or es.batch == n_batches:  # the only host syncs in an epoch
-            check_finite(es)
+            check_finite(es, run.world)
         hooks.on_step_end(run, terms)
         if run.stop_requested:
             break
-    means = es.means() if es.seen else {}  # a sync: honest timing
+    sums, seen = epoch_totals(run.world, es.sums, es.seen, es.perm.device)  # a sync: honest timing
     elapsed = time.perf_counter() - t0
-    return EpochResult(means, (es.seen - seen_at_start) / max(elapsed, 1e-9), stopped=es.batch < n_batches)
+    means = {k: v / seen for k, v in sums.items()} if seen else {}
+    speed = (es.seen - seen_at_start) * run.world.size / max(elapsed, 1e-9)
+    return EpochResult(means, speed, stopped=es.batch < n_batches)
+
+
+def epoch_permutation(n: int, seed: int, phase: int, epoch: int, device: torch.device) -> Tensor:
+    """The order of an epoch's images: the same on every rank (its own generator, seeded by the
+    run's seed, the phase and the epoch, as DistributedSampler seeds by epoch)."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + phase * 10_007 + epoch)
+    return torch.randperm(n, generator=generator).to(device)
 
 
 def run_epochs(run: Run, make_step: Callable[[Phase], Step], hooks: Hooks, sync_every: int,
@@ -170,7 +187,8 @@ def run_epochs(run: Run, make_step: Callable[[Phase], Step], hooks: Hooks, sync_
         run.phase, step_fn = phase, make_step(phase)
         while state.epoch < phase.epochs and not run.stop_requested:
             if state.epoch_state is None:
-                state.epoch_state = EpochState(perm=torch.randperm(len(run.data.train), device=run.device))
+                perm = epoch_permutation(len(run.data.train), run.cfg.seed, index, state.epoch, run.device)
+                state.epoch_state = EpochState(perm=perm)
             hooks.on_epoch_start(run)
             result = train_epoch(run, step_fn, hooks, sync_every)
             if result.stopped:

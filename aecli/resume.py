@@ -160,17 +160,23 @@ def targets_in(cfg: Any) -> set[str]:
     return found
 
 
-def prepare(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None, hydra_wrote: bool = False) -> Prepared:
+def prepare(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None, hydra_wrote: bool = False,
+            follower: bool = False) -> Prepared:
     """Check everything that can refuse this run, then lock its dir. ``overrides``: the
     command line's (None: ``cfg`` is a whole config from a library caller). ``hydra_wrote``: a
-    sweep's job, whose dir Hydra made (and wrote ``.hydra/`` into) before the job started."""
+    sweep's job, whose dir Hydra made (and wrote ``.hydra/`` into) before the job started.
+    ``follower``: a DDP rank other than 0, after rank 0 passed the checks and took the lock:
+    only the config to run with (a resume's), no checks of the dir."""
     cfg = without_hydra(cfg)
     config.check(cfg)
     run_dir = Path(run_dir)
-    rundir.check_dir_path(run_dir)
+    if not follower:
+        rundir.check_dir_path(run_dir)
     file = resume_file(cfg.resume, run_dir) if cfg.get("resume") is not None else None
     state = None
-    if file is None:
+    if file is None and follower:
+        pass
+    elif file is None:
         if cfg.get("resume") == "auto" and rundir.is_run_dir(run_dir):
             pass  # a requeued job killed before its first checkpoint: start again in its own dir
         else:
@@ -187,6 +193,8 @@ def prepare(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None, 
         checkpoint.check_targets(saved, targets_in(cfg))
         cfg = effective_config(cfg, saved, keys)
         config.check(cfg)
+    if follower:
+        return Prepared(cfg, state, run_dir, None)
     created = None if hydra_wrote else outermost_missing(run_dir)
     rundir.lock(run_dir)
     return Prepared(cfg, state, run_dir, created)

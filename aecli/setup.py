@@ -17,6 +17,7 @@ from torch import Tensor
 from aecli.config import value
 from aecli.data import ImageData
 from aecli.device import resolve_device
+from aecli.distributed import World
 from aecli.errors import AecliError, ConfigError
 from aecli.loop import Precision, Step, optimizer_for
 from aecli.losses import ReconstructionLoss
@@ -40,7 +41,7 @@ def build(cfg: DictConfig, group: str, **kwargs: Any) -> Any:
                           f"check the keys of conf/{group}/ against {target}'s arguments") from None
 
 
-def place_job(cfg: DictConfig, slot: JobSlot) -> tuple[torch.device, str]:
+def place_job(cfg: DictConfig, slot: JobSlot, world: World = World()) -> tuple[torch.device, str]:
     """Thread count and device for this job of a sweep (``aecli.placement``), and a line that
     says so (logged once the run is built)."""
     cores = cores_available()
@@ -51,7 +52,13 @@ def place_job(cfg: DictConfig, slot: JobSlot) -> tuple[torch.device, str]:
             f"{cores} cores, {slot.jobs_at_once} job(s) at once, {slot.launcher} launcher)")
     name = value(cfg.device.name)
     gpus = torch.cuda.device_count() if name in ("auto", "cuda") else 0
-    return resolve_device(name, gpu_for_job(cfg.device.get("index"), slot.num, gpus)), line
+    index = gpu_for_job(cfg.device.get("index"), slot.num, gpus)
+    if world.distributed and gpus and index is None:
+        index = world.local_rank % gpus  # one GPU per local rank (shared when there are fewer)
+    device = resolve_device(name, index)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device, line
 
 
 @dataclass
@@ -68,11 +75,15 @@ class Parts:
     placement: str = ""  # threads and device, in words
 
 
-def build_parts(cfg: DictConfig, slot: JobSlot = JobSlot(), data: ImageData | None = None) -> Parts:
+def build_parts(cfg: DictConfig, slot: JobSlot = JobSlot(), data: ImageData | None = None,
+                world: World = World()) -> Parts:
     """Device, seed, data (on the device), loss, model, noise and precision, as ``cfg`` says
     (``data``: these images instead of ``cfg.dataset``'s); a config that does not fit is a
-    ``ConfigError`` (nothing is written here)."""
-    device, placement = place_job(cfg, slot)
+    ``ConfigError`` (nothing is written here). DDP: every rank builds the same model (the run's
+    seed), then draws its own random numbers (noise) from seed + rank."""
+    if world.distributed and slot.num is None:
+        slot = JobSlot(jobs_at_once=world.local_size, launcher="torchrun")
+    device, placement = place_job(cfg, slot, world)
     seed_everything(cfg.seed)
     data = data if data is not None else build(cfg, "dataset")
     recon: ReconstructionLoss = build(cfg, "loss")
@@ -84,6 +95,9 @@ def build_parts(cfg: DictConfig, slot: JobSlot = JobSlot(), data: ImageData | No
     model = build(cfg, "model", input_shape=data.shape).to(device)
     noise = build(cfg, "noise")
     precision = Precision.from_config(cfg.trainer.precision, device)
+    if world.distributed:
+        seed_everything(cfg.seed + world.rank)
+        placement += f"; rank {world.rank} of {world.size} ({world.backend()})"
     return Parts(device, data, model, recon, noise, precision, set_memory_layout(model, cfg.trainer, device),
                  placement)
 
@@ -105,12 +119,12 @@ def set_memory_layout(model: torch.nn.Module, trainer_cfg: DictConfig,
     return lambda x: x.contiguous(memory_format=torch.channels_last)
 
 
-def new_state(parts: Parts, cfg: DictConfig) -> TrainState:
+def new_state(parts: Parts, cfg: DictConfig, world: World = World()) -> TrainState:
     """The phases (the model's pre-training stages, then end-to-end training), each with its
     own Adam, and a fresh training state at step 0."""
     def adam(params: Any) -> torch.optim.Optimizer:
         return optimizer_for(params, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.fused, parts.device,
-                             capturable=uses_cuda_graph(cfg, parts.device))
+                             capturable=uses_cuda_graph(cfg, parts.device, world))
 
     phases = [Phase(s.name, s.module, adam(s.module.parameters()), s.noise, s.epochs, s.unit, s.inputs, main=False)
               for s in parts.model.pretraining_stages(parts.noise)]
@@ -119,27 +133,27 @@ def new_state(parts: Parts, cfg: DictConfig) -> TrainState:
     return TrainState(parts.model, phases, parts.precision.scaler())
 
 
-def uses_cuda_graph(cfg: DictConfig, device: torch.device) -> bool:
+def uses_cuda_graph(cfg: DictConfig, device: torch.device, world: World = World()) -> bool:
     """``trainer.cuda_graph``: true, false, or auto (CUDA, and a step that can be captured:
-    no per-step host check for ``on_nan=skip_batch``, no ``torch.compile``)."""
+    no per-step host check for ``on_nan=skip_batch``, no ``torch.compile``, no DDP all-reduce)."""
     setting = cfg.trainer.cuda_graph
     if setting is False or device.type != "cuda":
         return False
-    capturable = value(cfg.trainer.on_nan) != "skip_batch" and not cfg.trainer.compile
+    capturable = value(cfg.trainer.on_nan) != "skip_batch" and not cfg.trainer.compile and not world.distributed
     if setting is True and not capturable:
         raise ConfigError("trainer.cuda_graph", "a CUDA graph cannot hold the per-step host check of "
-                          "trainer.on_nan=skip_batch, nor a torch.compile'd step",
+                          "trainer.on_nan=skip_batch, a torch.compile'd step, nor a DDP run's gradient all-reduce",
                           "use trainer.cuda_graph=auto, or trainer.on_nan=stop and trainer.compile=false")
     return capturable
 
 
-def make_step(phase: Phase, parts: Parts, state: TrainState, cfg: DictConfig) -> Step:
+def make_step(phase: Phase, parts: Parts, state: TrainState, cfg: DictConfig, world: World = World()) -> Step:
     """The training step for ``phase``: replayed as a CUDA graph (``aecli.graph``) when
     ``uses_cuda_graph``, else eager, its loss ``torch.compile``'d when ``trainer.compile``."""
     args = (phase, parts.recon, parts.precision, state.scaler, parts.data.as_float)
-    if uses_cuda_graph(cfg, parts.device):
+    if uses_cuda_graph(cfg, parts.device, world):
         from aecli.graph import GraphStep
 
         return GraphStep(*args)
     compute = torch.compile(phase.module.loss, mode=cfg.trainer.compile_mode) if cfg.trainer.compile else None
-    return Step(*args, compute=compute, skip_nan=value(cfg.trainer.on_nan) == "skip_batch")
+    return Step(*args, compute=compute, skip_nan=value(cfg.trainer.on_nan) == "skip_batch", world=world)

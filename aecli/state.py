@@ -81,17 +81,26 @@ class TrainState:
     best_step: int | None = None  # where best.pt's model is from
     hooks: dict[str, Any] = field(default_factory=dict)  # hook name -> its state
 
-    def to_dict(self, input_shape: tuple[int, ...], config: dict[str, Any]) -> dict[str, Any]:
-        """The checkpoint's content (plain data and tensors)."""
-        return {"model": self.model.state_dict(), "optimizer": self.phases[self.phase].optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(), "phase": self.phase, "epoch": self.epoch, "step": self.step,
-                "epoch_state": None if self.epoch_state is None else self.epoch_state.to_dict(),
-                "val": dict(self.val), "best_val": self.best_val, "best_step": self.best_step, "rng": rng_state(),
-                "hooks": dict(self.hooks), "input_shape": list(input_shape), "config": config}
+    def to_dict(self, input_shape: tuple[int, ...], config: dict[str, Any], epoch_state: dict[str, Any] | None = None,
+                rng_ranks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The checkpoint's content (plain data and tensors). DDP: ``epoch_state`` with the sums
+        over all ranks, and every rank's RNG state (``rng_ranks``)."""
+        if epoch_state is None and self.epoch_state is not None:
+            epoch_state = self.epoch_state.to_dict()
+        out = {"model": self.model.state_dict(), "optimizer": self.phases[self.phase].optimizer.state_dict(),
+               "scaler": self.scaler.state_dict(), "phase": self.phase, "epoch": self.epoch, "step": self.step,
+               "epoch_state": epoch_state, "val": dict(self.val), "best_val": self.best_val,
+               "best_step": self.best_step, "rng": rng_state(), "hooks": dict(self.hooks),
+               "input_shape": list(input_shape), "config": config}
+        if rng_ranks is not None:
+            out["rng_ranks"] = rng_ranks
+        return out
 
-    def restore(self, d: dict[str, Any], n_train: int, batch_size: int, device: torch.device) -> None:
+    def restore(self, d: dict[str, Any], n_train: int, batch_size: int, device: torch.device,
+                rank: int = 0, world_size: int = 1) -> None:
         """Continue from a verified checkpoint ``d``; what does not fit this model, its phases
-        or this data is a ``ConfigError`` before anything changes on disk."""
+        or this data is a ``ConfigError`` before anything changes on disk. DDP (``rank`` of
+        ``world_size``): the epoch's sums (over all ranks) go to rank 0, each rank gets its own RNG."""
         def refuse(problem: str) -> ConfigError:
             return ConfigError("resume", f"the checkpoint does not fit this run: {problem}",
                                "resume with the config of the run that wrote it (resume=RUN_DIR alone does)")
@@ -101,7 +110,7 @@ class TrainState:
         es = d["epoch_state"]
         if es is not None and (len(es["perm"]) != n_train or not torch.equal(es["perm"].sort().values,
                                                                                torch.arange(n_train))
-                               or es["batch"] > math.ceil(n_train / batch_size)):
+                               or es["batch"] > math.ceil(math.ceil(n_train / world_size) / batch_size)):
             raise refuse(f"its partial epoch does not cover the {n_train} training images")
         try:
             self.model.load_state_dict(d["model"])
@@ -110,11 +119,18 @@ class TrainState:
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
             raise refuse(" ".join(str(e).split())[:300]) from None
         self.phase, self.epoch, self.step = d["phase"], d["epoch"], d["step"]
+        ranks = d.get("rng_ranks")
+        if world_size > 1 and (not isinstance(ranks, list) or len(ranks) != world_size):
+            raise refuse(f"it was written by a run of {len(ranks) if isinstance(ranks, list) else 1} process(es), "
+                         f"this one has {world_size}")
         self.epoch_state = None if es is None else EpochState.from_dict(es, device)
+        if self.epoch_state is not None and rank > 0:  # rank 0 carries the sums of all ranks so far
+            self.epoch_state.sums = {k: torch.zeros_like(v) for k, v in self.epoch_state.sums.items()}
+            self.epoch_state.seen = self.epoch_state.skipped = 0
         self.val, self.best_val, self.best_step = dict(d["val"]), float(d["best_val"]), d["best_step"]
         self.hooks = dict(d["hooks"])
         try:
-            set_rng_state(d["rng"])
+            set_rng_state(ranks[rank] if world_size > 1 else d["rng"])
         except (ValueError, TypeError, RuntimeError) as e:
             raise refuse(f"its RNG state is damaged ({str(e).splitlines()[0][:200]})") from None
 

@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
+from aecli.distributed import epoch_totals
 from aecli.hooks import Hook, Run
 from aecli.images import image_grid, save_png
 
@@ -49,15 +50,15 @@ class StepScalars(Hook):
         if run.state.step % self.every:
             return
         es = run.state.epoch_state
-        seen = es.seen - self.start_seen
+        sums, seen_total = epoch_totals(run.world, es.sums, es.seen, es.perm.device)  # DDP: all ranks
+        seen = seen_total - self.start_seen
         if seen <= 0:
             return
-        sums = {k: v.item() for k, v in es.sums.items()}
         tag = "train" if run.phase.main else run.phase.name
         for k, v in sums.items():
             self.writer.add_scalar(f"{tag}_step/{k}_{run.phase.unit}", (v - self.start.get(k, 0.0)) / seen,
                                    run.state.step)
-        self.start, self.start_seen = sums, es.seen
+        self.start, self.start_seen = sums, seen_total
 
     def state_dict(self) -> dict[str, Any]:
         return {"start": dict(self.start), "start_seen": self.start_seen}
@@ -181,6 +182,20 @@ def hparams_of(cfg: DictConfig, choices: dict[str, str]) -> dict[str, Any]:
 
     walk("", {k: container[k] for k in ("model", "noise", "optim", "trainer", "seed") if k in container})
     return flat
+
+
+class NullWriter:
+    """What ranks other than 0 of a DDP run log to: nothing (rank 0 writes the events)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return self._nothing
+
+    def _nothing(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    @property
+    def file_writer(self) -> NullWriter:
+        return self
 
 
 def open_writer(run_dir: Path, resumed_step: int | None) -> SummaryWriter:

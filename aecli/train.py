@@ -13,6 +13,7 @@ import math
 import os
 import shlex
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,15 @@ from aecli.signals import SIGNALS
 _outcome: dict[str, Any] = {}  # what a single run's task leaves for main: "error" or "stopped"
 
 
+LAUNCHED = datetime.now()  # the run dir's time stamp; in a DDP run rank 0's (``main``)
+
+
+def launch_time(pattern: str) -> str:
+    """The resolver ``aecli_now`` in ``hydra.run.dir``: this launch's time (Hydra's ``now`` is
+    each process's own, which would give every rank of a DDP run its own dir)."""
+    return LAUNCHED.strftime(pattern)
+
+
 def run_dir_of(resume: str | None, default: str) -> str:
     """The dir a run writes into: for ``resume=PATH`` the resumed run's own dir (so it goes on
     where it stopped), else ``default``. The resolver ``aecli_run_dir`` in ``hydra.run.dir``."""
@@ -39,6 +49,7 @@ def run_dir_of(resume: str | None, default: str) -> str:
 
 
 OmegaConf.register_new_resolver("aecli_run_dir", run_dir_of, replace=True)
+OmegaConf.register_new_resolver("aecli_now", launch_time, replace=True)
 
 
 def continue_command(run_dir: Path) -> str:
@@ -57,45 +68,55 @@ def task(cfg: DictConfig) -> float | None:
     from hydra.types import RunMode
 
     from aecli import rundir
+    from aecli.distributed import WORLD
     from aecli.placement import job_slot
     from aecli.resume import prepare
     from aecli.trainer import run
+
+    def status(*args: Any, **kwargs: Any) -> None:  # rank 0 alone writes the job's status
+        if WORLD.main:
+            rundir.write_status(run_dir, *args, **kwargs)
 
     hc = HydraConfig.get()
     run_dir, multirun = Path(hc.runtime.output_dir).absolute(), hc.mode == RunMode.MULTIRUN
     choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra") and v is not None}
     try:
         prepared = PREPARED.pop(run_dir, None) or prepare(cfg, run_dir, list(hc.overrides.task), hydra_wrote=True)
-        rundir.write_status(run_dir, "RUNNING")
+        status("RUNNING")
         result = run(cfg, run_dir, choices=choices, slot=job_slot(), prepared=prepared)
     except AecliError as e:
         if run_dir.is_dir():
-            rundir.write_status(run_dir, "FAILED", f"{type(e).__name__}: {e.key}: {e.problem}")
+            status("FAILED", f"{type(e).__name__}: {e.key}: {e.problem}")
         if multirun:
             raise
         _outcome["error"] = e
         return None
     except Exception as e:
-        rundir.write_status(run_dir, "FAILED", f"{type(e).__name__}: {e}")
+        status("FAILED", f"{type(e).__name__}: {e}")
         if multirun and not picklable(e):  # a parallel launcher pickles it back: one that cannot breaks the pool
             raise RuntimeError(f"{type(e).__name__}: {e}") from None
         raise
     if result.status == "stopped":
-        rundir.write_status(run_dir, "STOPPED", f"{result.signal} at step {result.step}")
-        has_checkpoint = (run_dir / "checkpoints" / "last.pt").is_file()
-        print(f"aecli: {result.signal}: stopped after step {result.step}; "
-              + (f"checkpoint written to {run_dir / 'checkpoints' / 'last.pt'}. Continue with:\n  "
-                 f"{continue_command(run_dir)}" if has_checkpoint else "before the first checkpoint: run the "
-                 "same command again"), file=sys.stderr, flush=True)
+        status("STOPPED", f"{result.signal} at step {result.step}")
+        if WORLD.main:
+            print(stopped_message(result, run_dir), file=sys.stderr, flush=True)
         if multirun:
             raise SystemExit(SIGNALS.exit_code())  # a stopped sweep stops: the next jobs do not start
         _outcome["stopped"] = result
         return None
     if not math.isfinite(result.objective):  # a NaN objective would stop an Optuna search: fail this job
-        rundir.write_status(run_dir, "FAILED", f"the objective is {result.objective}")
+        status("FAILED", f"the objective is {result.objective}")
         raise FloatingPointError(f"the objective ({cfg.get('objective') or 'val loss'}) is {result.objective}")
-    rundir.write_status(run_dir, "COMPLETED", return_value=result.objective)
+    status("COMPLETED", return_value=result.objective)
     return result.objective
+
+
+def stopped_message(result: Any, run_dir: Path) -> str:
+    """What a stopped run tells its user: where it stopped and the command that continues it."""
+    last = run_dir / "checkpoints" / "last.pt"
+    where = (f"checkpoint written to {last}. Continue with:\n  {continue_command(run_dir)}" if last.is_file()
+             else "before the first checkpoint: run the same command again")
+    return f"aecli: {result.signal}: stopped after step {result.step}; {where}"
 
 
 def picklable(error: BaseException) -> bool:
@@ -108,24 +129,47 @@ def picklable(error: BaseException) -> bool:
         return False
 
 
+def join_world() -> None:
+    """Under ``torchrun``: join the process group, take rank 0's launch time (so every rank
+    composes the same run dir), and keep Hydra's files and log to rank 0."""
+    global LAUNCHED
+    from aecli.distributed import WORLD
+
+    if not WORLD.distributed:
+        return
+    if any(a in ("-m", "--multirun") for a in sys.argv[1:]):
+        print("aecli: error: -m: a multirun inside torchrun would run every job in every process\n"
+              "  fix: start one torchrun per job (a sweep of DDP jobs: README, 'Several GPUs or nodes')",
+              file=sys.stderr)
+        sys.exit(1)
+    WORLD.init()
+    LAUNCHED = WORLD.broadcast(LAUNCHED)
+    if not WORLD.main:
+        sys.argv += ["hydra.output_subdir=null", "hydra.job_logging.root.handlers=[]"]  # no .hydra/, no train.log
+
+
 def main() -> None:
     """``python -m aecli.train`` / ``aecli-train``: exit 0, 1 (one message) or 128 + signal."""
     SIGNALS.install()
+    join_world()
+    from aecli.distributed import WORLD
+
+    say = (lambda error: print(error, file=sys.stderr)) if WORLD.main else (lambda error: None)
     full_errors = bool(os.environ.get("HYDRA_FULL_ERROR"))
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing: we print ourselves
     try:
         task()
     except Refused as r:
-        print(r.error, file=sys.stderr)
+        say(r.error)
         sys.exit(1)
     except Exception as e:  # noqa: BLE001 - re-raised unless it is a config mistake
         error = e if isinstance(e, AecliError) else config.explain(e)
         if error is None or full_errors:
             raise
-        print(error, file=sys.stderr)
+        say(error)
         sys.exit(1)
     if "error" in _outcome:
-        print(_outcome["error"], file=sys.stderr)
+        say(_outcome["error"])
         sys.exit(1)
     if "stopped" in _outcome:
         sys.exit(SIGNALS.exit_code())

@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 
 from aecli import checkpoint, hooks, metrics, rundir, tb
 from aecli.config import value
+from aecli.distributed import WORLD, World
 from aecli.errors import ConfigError, RunFailed
 from aecli.loop import NonFiniteLoss, run_epochs
 from aecli.placement import JobSlot
@@ -46,26 +47,31 @@ class RunResult:
 
 
 def run(cfg: DictConfig, run_dir: str | Path, *, choices: dict[str, str] | None = None, slot: JobSlot = JobSlot(),
-        extra_hooks: list[hooks.Hook] | None = None, prepared: Prepared | None = None) -> RunResult:
+        extra_hooks: list[hooks.Hook] | None = None, prepared: Prepared | None = None,
+        world: World = WORLD) -> RunResult:
     """Train as ``cfg`` says, writing everything into ``run_dir``. ``prepared``: the result of
-    ``aecli.resume.prepare`` when the caller ran it already (the CLI, before Hydra writes)."""
+    ``aecli.resume.prepare`` when the caller ran it already (the CLI, before Hydra writes).
+    ``world``: this process's place in a DDP run (``torchrun``; rank 0 writes)."""
     prepared = prepared or prepare(cfg, Path(run_dir))
     cfg, run_dir = prepared.cfg, prepared.run_dir
     with SIGNALS.installed():
         try:
-            parts = build_parts(cfg, slot)
-            state = new_state(parts, cfg)
+            parts = build_parts(cfg, slot, world=world)
+            state = new_state(parts, cfg, world)
             if prepared.state is not None:
-                state.restore(prepared.state, len(parts.data.train), cfg.trainer.batch_size, parts.device)
+                state.restore(prepared.state, len(parts.data.train), cfg.trainer.batch_size, parts.device,
+                              world.rank, world.size)
         except ConfigError:
             discard_new_run_dir(prepared)
             raise
-        if SIGNALS.requested is not None:  # before the first step: nothing to save
+        if SIGNALS.requested is not None and not world.distributed:  # before the first step: nothing to save
             return RunResult("stopped", state.step, signal=SIGNALS.name())
-        writer = tb.open_writer(run_dir, state.step if prepared.state is not None else None)
-        all_hooks = hooks.Hooks(default_hooks(cfg, writer, choices or {}, user_hooks(cfg) + list(extra_hooks or [])))
+        writer = tb.open_writer(run_dir, state.step if prepared.state is not None else None) if world.main \
+            else tb.NullWriter()
+        mine = user_hooks(cfg) + list(extra_hooks or [])
+        all_hooks = hooks.Hooks(default_hooks(cfg, writer, choices or {}, mine, world))
         run_ = hooks.Run(cfg, run_dir, state, parts.data, parts.model, parts.recon, parts.noise, parts.device,
-                         cfg.trainer.batch_size, all_hooks, config=plain(cfg))
+                         cfg.trainer.batch_size, all_hooks, config=plain(cfg), world=world)
         describe(parts, prepared)
         try:
             finished = fit(run_, all_hooks, parts, cfg)
@@ -86,7 +92,7 @@ def fit(run_: hooks.Run, all_hooks: hooks.Hooks, parts: Parts, cfg: DictConfig) 
     if run_.stop_requested:
         return False
     try:
-        return run_epochs(run_, lambda phase: make_step(phase, parts, run_.state, cfg), all_hooks,
+        return run_epochs(run_, lambda phase: make_step(phase, parts, run_.state, cfg, run_.world), all_hooks,
                           tc.log_every_n_steps, lambda: validate(run_, tc.eval_batch_size))
     except NonFiniteLoss as e:
         last = run_.run_dir / "checkpoints" / checkpoint.LAST
@@ -125,7 +131,8 @@ def finish(run_: hooks.Run, all_hooks: hooks.Hooks, parts: Parts, cfg: DictConfi
                 "torch_threads": torch.get_num_threads()})
     all_hooks.on_fit_end(run_, out)
     parts.model.load_state_dict(final_weights)
-    rundir.write_json(run_.run_dir / "metrics.json", out)
+    if run_.world.main:
+        rundir.write_json(run_.run_dir / "metrics.json", out)
     key = cfg.get("objective") or f"val/loss_{unit}"
     if key not in out:
         raise ConfigError("objective", f"{key} is not a metric of this run", f"use one of: {', '.join(sorted(out))}")
@@ -135,16 +142,21 @@ def finish(run_: hooks.Run, all_hooks: hooks.Hooks, parts: Parts, cfg: DictConfi
     return RunResult("completed", state.step, out, float(out[key]))
 
 
-def default_hooks(cfg: DictConfig, writer: Any, choices: dict[str, str], mine: list[hooks.Hook]) -> list[hooks.Hook]:
+def default_hooks(cfg: DictConfig, writer: Any, choices: dict[str, str], mine: list[hooks.Hook],
+                  world: World = WORLD) -> list[hooks.Hook]:
     """The hooks in the order they run: the user's (``mine``) first, so what they do in a step is
     in that step's checkpoint; then what ends training, what logs, and the checkpoint (after the
-    events up to its step are flushed: a resume purges the later ones)."""
+    events up to its step are flushed: a resume purges the later ones). In a DDP run the ranks
+    other than 0 keep only those that take part in collectives (they log to a ``NullWriter``)."""
     tc = cfg.trainer
     bar = value(tc.progress) == "bar" or (value(tc.progress) == "auto" and _stderr_is_tty())
-    ends = [hooks.StopOnSignal(SIGNALS)] + ([hooks.MaxSteps(tc.max_steps)] if tc.max_steps is not None else [])
-    return [hooks.FirstStepTime(), *mine, *ends, tb.StepScalars(writer, tc.log_every_n_steps), tb.EpochScalars(writer),
-            tb.ImageGrids(writer, tc.grid_images, cfg.seed), hooks.ProgressReport(bar, tc.log_every_n_steps),
-            hooks.Checkpointing(tc.checkpoint_every_n_steps, flush=writer.flush), tb.HParams(writer, cfg, choices)]
+    ends = [hooks.StopOnSignal(SIGNALS, tc.log_every_n_steps)]
+    ends += [hooks.MaxSteps(tc.max_steps)] if tc.max_steps is not None else []
+    logs = [tb.EpochScalars(writer), tb.ImageGrids(writer, tc.grid_images, cfg.seed),
+            hooks.ProgressReport(bar, tc.log_every_n_steps)] if world.main else []
+    return [hooks.FirstStepTime(), *mine, *ends, tb.StepScalars(writer, tc.log_every_n_steps), *logs,
+            hooks.Checkpointing(tc.checkpoint_every_n_steps, flush=writer.flush),
+            *([tb.HParams(writer, cfg, choices)] if world.main else [])]
 
 
 def user_hooks(cfg: DictConfig) -> list[hooks.Hook]:
@@ -174,7 +186,7 @@ def describe(parts: Parts, prepared: Prepared) -> None:
 def discard_new_run_dir(prepared: Prepared) -> None:
     """A new run refused while building (its data, its model): remove the dir it made, which holds
     only Hydra's record of the command and aecli's lock, so no FAILED dir is left behind."""
-    if prepared.created is None or prepared.state is not None:
+    if prepared.created is None or prepared.state is not None or not WORLD.main:
         return
     leftovers = set(rundir.foreign_files(prepared.run_dir)) - {".hydra", "train.log", rundir.STATUS_FILE}
     if not leftovers:

@@ -19,7 +19,9 @@ def pause(where: str) -> None:
     """Announce the pause and wait until a stop signal arrives (or the limit: then exit 3)."""
     from aecli.signals import SIGNALS
 
-    print(f"{MARKER} {where}", file=sys.stderr, flush=True)
+    import os
+
+    print(f"{MARKER} {where} (pid {os.getpid()})", file=sys.stderr, flush=True)
     deadline = time.monotonic() + PAUSE_LIMIT_S
     while SIGNALS.requested is None:
         if time.monotonic() > deadline:
@@ -29,13 +31,14 @@ def pause(where: str) -> None:
 
 
 class PauseAt(Hook):
-    """Pause after optimizer step ``step``, or at ``event`` (fit_start, fit_end)."""
+    """Pause after optimizer step ``step``, or at ``event`` (fit_start, fit_end); in a DDP run
+    only on ``rank`` (all ranks: None)."""
 
-    def __init__(self, step: int | None = None, event: str | None = None) -> None:
-        self.step, self.event = step, event
+    def __init__(self, step: int | None = None, event: str | None = None, rank: int | None = None) -> None:
+        self.step, self.event, self.rank = step, event, rank
 
     def on_step_end(self, run, terms) -> None:
-        if run.state.step == self.step:
+        if run.state.step == self.step and self.rank in (None, run.world.rank):
             pause(f"after step {self.step}")
 
     def on_fit_start(self, run) -> None:
