@@ -17,9 +17,9 @@ PAUSE_LIMIT_S = 60.0  # a paused run that nobody kills ends itself (a broken tes
 
 def pause(where: str) -> None:
     """Announce the pause and wait until a stop signal arrives (or the limit: then exit 3)."""
-    from aecli.signals import SIGNALS
-
     import os
+
+    from aecli.signals import SIGNALS
 
     print(f"{MARKER} {where} (pid {os.getpid()})", file=sys.stderr, flush=True)
     deadline = time.monotonic() + PAUSE_LIMIT_S

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +17,8 @@ from .faults import MARKER
 
 # no randomness in the step: 2 processes of batch 32 must train what 1 process of batch 64 does
 SAME = ("model=ae", "noise=none", "trainer.epochs=2", "trainer.log_every_n_steps=1", "trainer.progress=log")
-NOISY = ("model=dae", "trainer.batch_size=32", "trainer.epochs=2", "trainer.log_every_n_steps=1", "trainer.progress=log")
+NOISY = ("model=dae", "trainer.batch_size=32", "trainer.epochs=2", "trainer.log_every_n_steps=1",
+         "trainer.progress=log")
 
 
 def torchrun(*args: str, cwd: Path) -> subprocess.Popen:
