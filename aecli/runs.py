@@ -40,12 +40,12 @@ class TrainedRun:
         """The run's dataset (same splits), on ``device``; ``root``: where the data lies now,
         if it moved since training."""
         if self._data is None:
-            from aecli.setup import build
+            from aecli.setup import load_data
 
             cfg = self.cfg
             if root is not None:
                 cfg = OmegaConf.merge(cfg, {"dataset": {"root": root}})
-            self._data = build(cfg, "dataset").to(self.device)
+            self._data = load_data(cfg).to(self.device)
         return self._data
 
 
