@@ -61,7 +61,8 @@ def out_dir(args: argparse.Namespace, run: "TrainedRun") -> Path:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ConfigError("--out", f"cannot make {out} ({e.strerror or e})", "pass --out DIR where you can write") from None
+        raise ConfigError("--out", f"cannot make {out} ({e.strerror or e})",
+                          "pass --out DIR where you can write") from None
     return out
 
 
@@ -96,6 +97,6 @@ def test_index(value: Any, n: int, key: str) -> int:
 
 def table(rows: list[list[Any]], header: list[str]) -> str:
     """A markdown table (what the README quotes), numbers as given."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)

@@ -104,7 +104,8 @@ def parse_noise(spec: str) -> Any:
     except ValueError:
         raise ConfigError("--noise", f"{level!r} is not a number", f"use e.g. --noise {kind}:0.3") from None
     if not ok(value):
-        raise ConfigError("--noise", f"{name}={value} is out of range: it must be {must_be}", f"use e.g. --noise {kind}:0.3")
+        raise ConfigError("--noise", f"{name}={value} is out of range: it must be {must_be}",
+                          f"use e.g. --noise {kind}:0.3")
     return cls(value)
 
 

@@ -3,8 +3,9 @@
 The model's encoder (``model.encode``) gets a linear classification head and is trained on N
 labelled train images per class; its test accuracy is compared with the same network from
 random initialisation, with the same budget (steps, batch, Adam learning rate), the same
-labelled images and the same head initialisation per seed. Two references: the pre-trained
-encoder frozen (a linear probe of the codes) and a linear classifier on the raw pixels.
+labelled images and the same head initialisation per seed. Two references, fitted to
+convergence by scikit-learn's logistic regression: the frozen pre-trained codes (a linear
+probe: what the codes hold without fine-tuning) and the raw pixels.
 Greedy layer-wise pre-training (stacked denoising autoencoders, Vincent et al. 2010) was
 proposed for exactly this: unlabelled images shape the encoder, few labels finish it.
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import statistics
 import sys
 from collections.abc import Sequence
@@ -25,22 +25,19 @@ from aecli.data import ImageData
 from aecli.errors import ConfigError
 from aecli.runs import TrainedRun
 
-# variant -> (encoder weights, encoder trained?)
-VARIANTS = {"pre-trained encoder, fine-tuned": ("pre-trained", True),
-            "random init, same network, trained": ("random", True),
-            "pre-trained encoder, frozen (linear probe)": ("pre-trained", False),
-            "pixels, linear classifier": ("pixels", True)}
+TRAINED = {"pre-trained encoder, fine-tuned": "pre-trained", "random init, same network, trained": "random"}
+PROBES = ("pre-trained codes, logistic regression (encoder frozen)", "pixels, logistic regression")
 
 
 class Classifier(nn.Module):
-    """A linear head on an encoder's codes (``encoder`` None: on the flattened pixels)."""
+    """A linear head on an encoder's codes (``encoder.encode``)."""
 
-    def __init__(self, encoder: nn.Module | None, features: int, n_classes: int) -> None:
+    def __init__(self, encoder: nn.Module, n_classes: int) -> None:
         super().__init__()
-        self.encoder, self.head = encoder, nn.Linear(features, n_classes)
+        self.encoder, self.head = encoder, nn.Linear(encoder.latent_dim, n_classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(x.flatten(1) if self.encoder is None else self.encoder.encode(x))
+        return self.head(self.encoder.encode(x))
 
 
 def recipe(args: argparse.Namespace) -> None:
@@ -52,13 +49,19 @@ def recipe(args: argparse.Namespace) -> None:
     if data.labels is None:
         raise ConfigError("RUN", "this run's dataset has no labels to fine-tune on",
                           "train on a labelled dataset (digits, mnist, ..., a folder with one sub-folder per class)")
-    accuracy: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    test_pixels = data.as_float(data.test[:]).flatten(1).cpu()
+    test_codes = inference.codes(run, data.test, data.max_value).cpu()
+    accuracy: dict[str, list[float]] = {name: [] for name in (*TRAINED, *PROBES)}
     for seed in commands.progress(range(args.seeds), args.seeds, "seeds"):
         x, y = labelled_subset(data, args.labels_per_class, seed, run.device)
-        for name, (weights, trainable) in VARIANTS.items():
+        for name, weights in TRAINED.items():
             model = classifier(run, weights, n_classes(data), seed)
-            fit(model, x, y, trainable, args.steps, args.lr, seed)
+            fit(model, x, y, args.steps, args.lr, seed)
             accuracy[name].append(test_accuracy(run, model, data))
+        with torch.no_grad():
+            codes = run.model.encode(x).cpu()
+        accuracy[PROBES[0]].append(probe(codes, y, test_codes, data.labels["test"]))
+        accuracy[PROBES[1]].append(probe(x.flatten(1).cpu(), y, test_pixels, data.labels["test"]))
     report(run, args, accuracy, len(x))
 
 
@@ -76,25 +79,35 @@ def labelled_subset(data: ImageData, per_class: int, seed: int, device: torch.de
 
 
 def classifier(run: TrainedRun, weights: str, classes: int, seed: int) -> Classifier:
-    """The run's encoder (``pre-trained``), the same network re-initialised (``random``: each
-    layer's own ``reset_parameters``, as a new run starts), or none (``pixels``); a head seeded
-    by ``seed`` (the same head for every variant with the same input size)."""
+    """The run's encoder (``pre-trained``) or the same network re-initialised (``random``: each
+    layer's own ``reset_parameters``, as a new run starts), with a linear head that ``seed``
+    initialises the same way for both."""
     torch.manual_seed(seed)
-    encoder = None if weights == "pixels" else copy.deepcopy(run.model)
+    encoder = copy.deepcopy(run.model)
     if weights == "random":
         for layer in encoder.modules():
             if hasattr(layer, "reset_parameters"):
                 layer.reset_parameters()
-    features = math.prod(run.model.input_shape) if encoder is None else run.model.latent_dim
     torch.manual_seed(seed)
-    return Classifier(encoder, features, classes).to(run.device)
+    return Classifier(encoder, classes).to(run.device)
 
 
-def fit(model: Classifier, x: Tensor, y: Tensor, train_encoder: bool, steps: int, lr: float, seed: int,
-        batch_size: int = 256) -> None:
-    """``steps`` Adam steps of cross-entropy on batches of (x, y) (the whole set when it fits one)."""
-    params = list(model.parameters()) if train_encoder else list(model.head.parameters())
-    optimizer = torch.optim.Adam(params, lr=lr)
+def probe(train: Tensor, y: Tensor, test: Tensor, test_y: Tensor) -> float:
+    """Test accuracy of scikit-learn's logistic regression on fixed features, fitted to
+    convergence (standardised first): what a linear read-out of these features can do."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    model.fit(train.numpy(), y.cpu().numpy())
+    return float(model.score(test.numpy(), test_y.numpy()))
+
+
+def fit(model: Classifier, x: Tensor, y: Tensor, steps: int, lr: float, seed: int, batch_size: int = 256) -> None:
+    """``steps`` Adam steps of cross-entropy on batches of (x, y) (the whole set when it fits one),
+    encoder and head together."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
     model.train()
     for _ in range(steps):

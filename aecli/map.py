@@ -8,7 +8,6 @@ import sys
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
 from aecli import commands, inference
 from aecli.errors import ConfigError
@@ -21,7 +20,7 @@ def recipe(args: argparse.Namespace) -> None:
     run = commands.open_run(args)
     dim = run.model.latent_dim
     if args.method == "code" and dim != 2:
-        raise ConfigError("--method", f"code draws the codes themselves, which needs latent_dim=2 (this run's is {dim})",
+        raise ConfigError("--method", f"code draws the codes themselves: it needs latent_dim=2 (this run's is {dim})",
                           "use --method pca or --method tsne, or train with model.latent_dim=2")
     if dim < 2:
         raise ConfigError("--method", f"a {dim}-number code has no 2-D map", "train with model.latent_dim >= 2")

@@ -43,7 +43,8 @@ def recipe(args: argparse.Namespace) -> None:
                               "pass a folder of images, or test for the run's test split")
         files, images = inference.read_images(inference.image_files(folder, "INPUT"), run.model.input_shape)
         if not files:
-            raise ConfigError("INPUT", f"no readable image in {folder}", "pass a folder that holds PNG, JPEG, ... images")
+            raise ConfigError("INPUT", f"no readable image in {folder}",
+                              "pass a folder that holds PNG, JPEG, ... images")
         error = inference.errors(run, images.to(run.device), 1.0)
         names = [str(f) for f in files]
         columns, stem = {"file": names}, folder.name or "images"
@@ -72,7 +73,8 @@ def held_out_auc(error: Tensor, data: ImageData, classes: list[int], out: Path) 
     auc = float(roc_auc_score(held_out.numpy(), error.numpy())) if 0 < held_out.sum() < len(error) else float("nan")
     record = {"trained_classes": classes, "held_out_classes": missing, "held_out_images": int(held_out.sum()),
               "trained_images": int((~held_out).sum()), "roc_auc": auc,
-              "mean_error_held_out": float(error[held_out].mean()), "mean_error_trained": float(error[~held_out].mean())}
+              "mean_error_held_out": float(error[held_out].mean()),
+              "mean_error_trained": float(error[~held_out].mean())}
     print(f"held-out classes {', '.join(missing)} ({record['held_out_images']} test images) against the trained "
           f"ones ({record['trained_images']}): ROC-AUC {auc:.3f}; mean error {record['mean_error_held_out']:.4g} "
           f"vs {record['mean_error_trained']:.4g}")

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from aecli import commands, inference, rundir
-from aecli.errors import ConfigError
 from aecli.data import ImageData
+from aecli.errors import ConfigError
 from aecli.images import image_grid, save_png
 from aecli.runs import TrainedRun
 
@@ -27,12 +27,9 @@ from aecli.runs import TrainedRun
 def recipe(args: argparse.Namespace) -> None:
     run = commands.open_run(args)
     data = run.data()
-    n = len(data.test)
-    if not 1 <= args.k < n:
-        raise ConfigError("--k", f"{args.k} neighbours out of a gallery of {n - 1} test images",
-                          f"pass --k from 1 to {n - 1}")
     if args.measure:
         return measure(run, data, args)
+    n = check_k(args.k, len(data.test))
     if args.query is None:
         raise ConfigError("--query", "no query given", "pass --query INDEX (a test image) or --query IMAGE_FILE")
     gallery = inference.codes(run, data.test, data.max_value)
@@ -56,6 +53,14 @@ def recipe(args: argparse.Namespace) -> None:
     commands.wrote(path)
 
 
+def check_k(k: int, n: int) -> int:
+    """``n`` (the test split's size) if ``k`` neighbours can be found among ``n - 1`` others."""
+    if not 1 <= k < n:
+        raise ConfigError("--k", f"{k} neighbours out of a gallery of {n - 1} test images",
+                          f"pass --k from 1 to {n - 1}")
+    return n
+
+
 def neighbours_table(indices: Tensor, similarity: Tensor, labels: dict[str, Tensor] | None,
                      classes: list[str] | None, query: int | None) -> str:
     """The neighbours (test index, label, cosine similarity), and how many share the query's label."""
@@ -76,6 +81,7 @@ def measure(run: TrainedRun, data: ImageData, args: argparse.Namespace) -> None:
                           "train on a labelled dataset (digits, mnist, ..., a folder with one sub-folder per class)")
     from sklearn.decomposition import PCA
 
+    check_k(args.k, len(data.test))
     labels = data.labels["test"].to(run.device)
     dim = run.model.latent_dim
     pixels = data.as_float(data.test[:]).flatten(1)
@@ -87,7 +93,8 @@ def measure(run: TrainedRun, data: ImageData, args: argparse.Namespace) -> None:
     scores = {name: precision_at_k(f.to(run.device, torch.float32), labels, args.k) for name, f in features.items()}
     counts = torch.bincount(labels).double()
     chance = float((counts * (counts - 1)).sum() / (len(labels) * (len(labels) - 1)))  # a random other image
-    rows = [[name, f"{p:.3f}"] for name, p in scores.items()] + [["chance (a random other test image)", f"{chance:.3f}"]]
+    rows = [[name, f"{p:.3f}"] for name, p in scores.items()]
+    rows.append(["chance (a random other test image)", f"{chance:.3f}"])
     print(f"precision@{args.k} by label, {len(labels)} test images, cosine similarity:")
     print(commands.table(rows, ["representation", f"precision@{args.k}"]))
     path = commands.out_dir(args, run) / f"search_precision_at_{args.k}.json"
