@@ -79,6 +79,9 @@ def open_run(path: str | Path, which: str = "best", device: str = "auto",
     if which not in ("best", "last"):
         raise ConfigError("--checkpoint", f"{which!r} is not best or last", "use --checkpoint best or --checkpoint last")
     p = Path(path)
+    if not p.exists():
+        raise ConfigError("RUN_DIR", f"{p} does not exist", "pass the dir that python -m aecli.train printed "
+                          "('run dir: ...')")
     if p.is_dir() and not (p / "checkpoints").is_dir():
         raise ConfigError("RUN_DIR", f"{p} holds no checkpoints/ (not a run dir, or a run that never reached "
                           "its first checkpoint)", "pass the dir of a run that trained at least one epoch")

@@ -244,7 +244,7 @@ def test_measure_on_an_unlabelled_dataset_is_refused(tmp_path, capsys):
 def test_not_a_run_dir_exits_1_with_one_message(tmp_path):
     result = run_cli_module("aecli.encode", str(tmp_path / "nowhere"), cwd=tmp_path)
     assert result.returncode == 1 and result.stdout == ""
-    assert result.stderr.strip().splitlines()[0].startswith("aecli: error: RUN_DIR:")
+    assert result.stderr.strip().splitlines()[0] == f"aecli: error: RUN_DIR: {tmp_path / 'nowhere'} does not exist"
     assert len(result.stderr.strip().splitlines()) == 2 and "fix:" in result.stderr
 
 
