@@ -46,7 +46,9 @@ def projector(out: Path, run: TrainedRun, data: ImageData, arrays: dict[str, np.
 
     n = len(arrays["codes"])
     keep = np.linspace(0, n - 1, min(n, PROJECTOR_MAX)).round().astype(int)
-    raw = torch.stack([data.split(s)[int(i)].cpu() for s, i in zip(arrays["split"][keep], arrays["index"][keep])])
+    cpu = torch.device("cpu")
+    raw = torch.cat([inference.pick(data.split(s), arrays["index"][keep][arrays["split"][keep] == s], cpu)
+                     for s in dict.fromkeys(arrays["split"])])
     if "labels" in arrays:
         named = arrays["classes"][arrays["labels"]] if "classes" in arrays else arrays["labels"]
         metadata, header = [[str(lab), s] for lab, s in zip(named[keep], arrays["split"][keep])], ["label", "split"]

@@ -75,7 +75,7 @@ def labelled_subset(data: ImageData, per_class: int, seed: int, device: torch.de
     picked = [idx[torch.randperm(len(idx), generator=gen)[:per_class]]
               for idx in (torch.nonzero(labels == k).squeeze(1) for k in labels.unique())]
     index = torch.cat(picked)
-    return data.as_float(data.train[index.to(data.train.device)]).to(device), labels[index].to(device)
+    return data.as_float(inference.pick(data.train, index, device)), labels[index].to(device)
 
 
 def classifier(run: TrainedRun, weights: str, classes: int, seed: int) -> Classifier:

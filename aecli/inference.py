@@ -2,7 +2,7 @@
 per-image reconstruction errors; and the user's own image files, read as the model takes them."""
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -23,6 +23,13 @@ def float_batches(run: TrainedRun, images: Tensor | ImageFiles, max_value: float
     n = -(-len(images) // BATCH)
     for _, b in progress(batches(images, BATCH, order), n, desc):
         yield b.to(run.device, torch.float32) / max_value
+
+
+def pick(images: Tensor | ImageFiles, indices: Sequence[int] | Tensor, device: torch.device) -> Tensor:
+    """The raw images at ``indices`` of a split (held, or streamed from files) as one batch on ``device``."""
+    if isinstance(images, Tensor):
+        return images[torch.as_tensor(indices, device=images.device)].to(device)
+    return torch.stack([images[int(i)] for i in indices]).to(device)
 
 
 @torch.no_grad()

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from aecli import commands
+from aecli import commands, inference
 from aecli.errors import ConfigError
 from aecli.images import image_grid, save_png
 from aecli.runs import TrainedRun
@@ -31,7 +31,7 @@ def recipe(args: argparse.Namespace) -> None:
     if args.interpolate is not None:
         data = run.data()
         a, b = (commands.test_index(i, len(data.test), "--interpolate") for i in args.interpolate)
-        ends = data.as_float(data.test[[a, b]])
+        ends = data.as_float(inference.pick(data.test, [a, b], run.device))
         rows, name = [torch.cat([ends[:1], walk(run, ends[0], ends[1], args.steps), ends[1:]])], f"interpolate_{a}_{b}"
     elif args.manifold:
         rows, name = manifold(run, args.side), "manifold"

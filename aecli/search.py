@@ -35,7 +35,8 @@ def recipe(args: argparse.Namespace) -> None:
     gallery = inference.codes(run, data.test, data.max_value)
     if args.query.isdigit():
         index = commands.test_index(args.query, n, "--query")
-        image, code, name = data.as_float(data.test[index : index + 1]), gallery[index], f"test{index}"
+        image = data.as_float(inference.pick(data.test, [index], run.device))
+        code, name = gallery[index], f"test{index}"
     else:
         file = Path(args.query)
         if not file.is_file():
@@ -48,7 +49,8 @@ def recipe(args: argparse.Namespace) -> None:
         similarity[index] = -torch.inf  # the query itself is not its own neighbour
     best = similarity.topk(args.k)
     path = commands.out_dir(args, run) / f"search_{name}.png"
-    save_png(image_grid([torch.cat([image, data.as_float(data.test[best.indices])])]), path)
+    neighbours = data.as_float(inference.pick(data.test, best.indices, run.device))
+    save_png(image_grid([torch.cat([image, neighbours])]), path)
     print(neighbours_table(best.indices.cpu(), best.values.cpu(), data.labels, data.classes, index))
     commands.wrote(path)
 
