@@ -141,7 +141,7 @@ def keep_classes(data: ImageData, classes: list[int] | None) -> ImageData:
     if data.labels is None:
         raise ConfigError("dataset.classes", "this dataset has no labels to pick classes by (a flat folder)",
                           "put the images into one sub-folder per class, or drop dataset.classes")
-    n = len(data.classes) if data.classes else 1 + max(int(t.max()) for t in data.labels.values())
+    n = n_classes(data)
     bad = [c for c in classes if not 0 <= c < n]
     if bad:
         names = f": {', '.join(data.classes)}" if data.classes and n <= 20 else ""
@@ -156,6 +156,11 @@ def keep_classes(data: ImageData, classes: list[int] | None) -> ImageData:
                               "pick classes that the dataset has images of")
         cut[name], labels[name] = _subset(data.split(name), index), data.labels[name][index]
     return replace(data, **cut, labels=labels)
+
+
+def n_classes(data: ImageData) -> int:
+    """How many classes a labelled dataset has (its class names, else its largest label + 1)."""
+    return len(data.classes) if data.classes else 1 + max(int(t.max()) for t in data.labels.values())
 
 
 def _subset(raw: Tensor | ImageFiles, index: Tensor) -> Tensor | ImageFiles:

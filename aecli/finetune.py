@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from aecli import commands, inference, rundir
-from aecli.data import ImageData
+from aecli.data import ImageData, n_classes
 from aecli.errors import ConfigError
 from aecli.runs import TrainedRun
 
@@ -63,10 +63,6 @@ def recipe(args: argparse.Namespace) -> None:
         accuracy[PROBES[0]].append(probe(codes, y, test_codes, data.labels["test"]))
         accuracy[PROBES[1]].append(probe(x.flatten(1).cpu(), y, test_pixels, data.labels["test"]))
     report(run, args, accuracy, len(x))
-
-
-def n_classes(data: ImageData) -> int:
-    return len(data.classes) if data.classes else 1 + max(int(t.max()) for t in data.labels.values())
 
 
 def labelled_subset(data: ImageData, per_class: int, seed: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -130,7 +126,8 @@ def report(run: TrainedRun, args: argparse.Namespace, accuracy: dict[str, list[f
         sd = f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else ""
         return f"{statistics.mean(values):.3f}{sd}"
 
-    print(f"{type(run.model).__name__}, {args.labels_per_class} labels per class ({n_labelled} images), "
+    n = args.labels_per_class
+    print(f"{type(run.model).__name__}, {n} label{'s' if n > 1 else ''} per class ({n_labelled} images), "
           f"{args.steps} Adam steps at lr {args.lr:g}, test accuracy over {args.seeds} seed(s) (mean ± sd):")
     print(commands.table([[name, cell(v)] for name, v in accuracy.items()], ["encoder", "test accuracy"]))
     path = commands.out_dir(args, run) / f"finetune_{args.labels_per_class}_per_class.json"
