@@ -167,6 +167,7 @@ class DigitsConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.2
     split_seed: int = 0
+    classes: list[int] | None = None  # train/val keep only these class ids (test keeps all)
 
 
 @dataclass
@@ -177,6 +178,7 @@ class TorchvisionConfig:
     download: bool = True
     val_fraction: float = 0.1
     split_seed: int = 0
+    classes: list[int] | None = None  # train/val keep only these class ids (test keeps all)
 
 
 @dataclass
@@ -190,6 +192,7 @@ class FolderConfig:
     split_seed: int = 0
     max_memory_mb: float = 2048
     num_workers: int = 2
+    classes: list[int] | None = None  # train/val keep only these class ids (test keeps all)
 
 
 SCHEMAS: dict[str, dict[str, type]] = {
@@ -265,6 +268,12 @@ def check(cfg: DictConfig) -> None:
                                   or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)):
             shown = list(value) if OmegaConf.is_list(value) else value
             raise ConfigError(key, f"{shown!r} must be a list of whole numbers >= 1", f"use e.g. {key}=[256,128]")
+    classes = OmegaConf.select(cfg, "dataset.classes", default=None)
+    if classes is not None and (not OmegaConf.is_list(classes) or not classes
+                                or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in classes)):
+        shown = list(classes) if OmegaConf.is_list(classes) else classes
+        raise ConfigError("dataset.classes", f"{shown!r} must be a non-empty list of class ids >= 0",
+                          "use e.g. dataset.classes=[0,1,2,3,4,5,6,7,8] (or null: every class)")
     for key in TRI_STATES:
         value = OmegaConf.select(cfg, key, default="auto")
         if value not in ("auto", True, False):

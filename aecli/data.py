@@ -132,6 +132,43 @@ def labelled(labels: list[Tensor] | None) -> dict[str, Tensor] | None:
     return None if labels is None else dict(zip(("train", "val", "test"), (t.to(torch.int64) for t in labels)))
 
 
+def keep_classes(data: ImageData, classes: list[int] | None) -> ImageData:
+    """``data`` with its train and val splits cut to the labels in ``classes`` (``dataset.classes``;
+    None: every class). The test split keeps every class, so the reconstruction error of a model
+    trained on some classes can be measured against the held-out ones (``aecli.score``)."""
+    if classes is None:
+        return data
+    if data.labels is None:
+        raise ConfigError("dataset.classes", "this dataset has no labels to pick classes by (a flat folder)",
+                          "put the images into one sub-folder per class, or drop dataset.classes")
+    n = n_classes(data)
+    bad = [c for c in classes if not 0 <= c < n]
+    if bad:
+        names = f": {', '.join(data.classes)}" if data.classes and n <= 20 else ""
+        raise ConfigError("dataset.classes", f"{bad[0]} is not a class of this dataset (ids 0..{n - 1}{names})",
+                          f"use class ids from 0 to {n - 1}, e.g. dataset.classes=[0,1,2]")
+    wanted = torch.tensor(sorted(set(classes)))
+    cut, labels = {}, dict(data.labels)
+    for name in ("train", "val"):
+        index = torch.isin(data.labels[name], wanted).nonzero().squeeze(1)
+        if len(index) == 0:
+            raise ConfigError("dataset.classes", f"the {name} split holds no image of classes {classes}",
+                              "pick classes that the dataset has images of")
+        cut[name], labels[name] = _subset(data.split(name), index), data.labels[name][index]
+    return replace(data, **cut, labels=labels)
+
+
+def n_classes(data: ImageData) -> int:
+    """How many classes a labelled dataset has (its class names, else its largest label + 1)."""
+    return len(data.classes) if data.classes else 1 + max(int(t.max()) for t in data.labels.values())
+
+
+def _subset(raw: Tensor | ImageFiles, index: Tensor) -> Tensor | ImageFiles:
+    if isinstance(raw, Tensor):
+        return raw[index.to(raw.device)]
+    return ImageFiles([raw.files[i] for i in index.tolist()], raw.image_size, raw.channels, raw.num_workers)
+
+
 def _check_fraction(key: str, value: float) -> None:
     if not 0.0 < value < 1.0:
         raise ConfigError(key, f"{value} is not between 0 and 1", f"use e.g. {key}=0.1")

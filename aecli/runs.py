@@ -40,12 +40,12 @@ class TrainedRun:
         """The run's dataset (same splits), on ``device``; ``root``: where the data lies now,
         if it moved since training."""
         if self._data is None:
-            from aecli.setup import build
+            from aecli.setup import load_data
 
             cfg = self.cfg
             if root is not None:
                 cfg = OmegaConf.merge(cfg, {"dataset": {"root": root}})
-            self._data = build(cfg, "dataset").to(self.device)
+            self._data = load_data(cfg).to(self.device)
         return self._data
 
 
@@ -80,6 +80,9 @@ def open_run(path: str | Path, which: str = "best", device: str = "auto",
         raise ConfigError("--checkpoint", f"{which!r} is not best or last",
                           "use --checkpoint best or --checkpoint last")
     p = Path(path)
+    if not p.exists():
+        raise ConfigError("RUN_DIR", f"{p} does not exist", "pass the dir that python -m aecli.train printed "
+                          "('run dir: ...')")
     if p.is_dir() and not (p / "checkpoints").is_dir():
         raise ConfigError("RUN_DIR", f"{p} holds no checkpoints/ (not a run dir, or a run that never reached "
                           "its first checkpoint)", "pass the dir of a run that trained at least one epoch")

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from aecli.config import value
-from aecli.data import ImageData
+from aecli.data import ImageData, keep_classes
 from aecli.device import resolve_device
 from aecli.distributed import World
 from aecli.errors import AecliError, ConfigError
@@ -39,6 +39,14 @@ def build(cfg: DictConfig, group: str, **kwargs: Any) -> Any:
         target = OmegaConf.select(cfg, f"{group}._target_")
         raise ConfigError(group, f"cannot build {target}: {cause or e}",
                           f"check the keys of conf/{group}/ against {target}'s arguments") from None
+
+
+def load_data(cfg: DictConfig) -> ImageData:
+    """The dataset ``cfg.dataset`` names, its train and val splits cut to ``dataset.classes``
+    when that is set (``aecli.data.keep_classes``; the loaders never see the key)."""
+    node = OmegaConf.to_container(cfg.dataset, resolve=True)
+    classes = node.pop("classes", None)
+    return keep_classes(build(OmegaConf.create({"dataset": node}), "dataset"), classes)
 
 
 def place_job(cfg: DictConfig, slot: JobSlot, world: World = World()) -> tuple[torch.device, str]:
@@ -85,7 +93,7 @@ def build_parts(cfg: DictConfig, slot: JobSlot = JobSlot(), data: ImageData | No
         slot = JobSlot(jobs_at_once=world.local_size, launcher="torchrun")
     device, placement = place_job(cfg, slot, world)
     seed_everything(cfg.seed)
-    data = data if data is not None else build(cfg, "dataset")
+    data = data if data is not None else load_data(cfg)
     recon: ReconstructionLoss = build(cfg, "loss")
     top = float(data.train.max()) / data.max_value if not data.streamed else 1.0  # files: uint8/255
     if recon.needs_unit_range and top > 1.0:

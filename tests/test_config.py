@@ -11,6 +11,7 @@ from aecli.data import ImageData
 from aecli.errors import ConfigError
 from aecli.losses import BinaryCrossEntropy, SquaredError
 from aecli.noise import GaussianNoise, MaskingNoise, NoNoise
+from aecli.setup import load_data
 
 from .conftest import make_cfg
 
@@ -94,7 +95,7 @@ def test_experiments_reproduce_the_published_setups():
 
 
 def test_default_dataset_is_the_bundled_digits_with_labels():
-    data = instantiate(make_cfg().dataset)
+    data = load_data(make_cfg())
     assert isinstance(data, ImageData)
     assert data.shape == (1, 8, 8)
     assert (len(data.train), len(data.val), len(data.test)) == (1258, 180, 359)
@@ -102,7 +103,7 @@ def test_default_dataset_is_the_bundled_digits_with_labels():
     floats = data.as_float(data.train)
     assert floats.min().item() == 0.0 and floats.max().item() == 1.0
     assert data.labels["test"].shape == (359,) and set(data.labels["train"].tolist()) == set(range(10))
-    again = instantiate(make_cfg("seed=5").dataset)  # the split is fixed by split_seed, not the run's seed
+    again = load_data(make_cfg("seed=5"))  # the split is fixed by split_seed, not the run's seed
     assert (again.test == data.test).all() and (again.labels["test"] == data.labels["test"]).all()
 
 

@@ -1,0 +1,90 @@
+"""A trained model over many images, batch by batch, without gradients: codes, reconstructions,
+per-image reconstruction errors; and the user's own image files, read as the model takes them."""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from aecli.commands import progress, warn
+from aecli.data import ImageFiles, batches
+from aecli.errors import ConfigError
+from aecli.runs import TrainedRun
+
+BATCH = 1024
+
+
+def float_batches(run: TrainedRun, images: Tensor | ImageFiles, max_value: float, desc: str) -> Iterator[Tensor]:
+    """``images`` (a split's raw uint8 images, or floats with ``max_value`` 1) in order, as float
+    batches in [0, 1] on the run's device, with a progress bar."""
+    order = torch.arange(len(images), device=run.device)
+    n = -(-len(images) // BATCH)
+    for _, b in progress(batches(images, BATCH, order), n, desc):
+        yield b.to(run.device, torch.float32) / max_value
+
+
+def pick(images: Tensor | ImageFiles, indices: Sequence[int] | Tensor, device: torch.device) -> Tensor:
+    """The raw images at ``indices`` of a split (held, or streamed from files) as one batch on ``device``."""
+    if isinstance(images, Tensor):
+        return images[torch.as_tensor(indices, device=images.device)].to(device)
+    return torch.stack([images[int(i)] for i in indices]).to(device)
+
+
+@torch.no_grad()
+def codes(run: TrainedRun, images: Tensor | ImageFiles, max_value: float) -> Tensor:
+    """``model.encode`` of every image (a VAE's posterior mean): (N, latent_dim) on the device."""
+    return torch.cat([run.model.encode(x) for x in float_batches(run, images, max_value, "encoding")])
+
+
+@torch.no_grad()
+def errors(run: TrainedRun, images: Tensor | ImageFiles, max_value: float) -> Tensor:
+    """Each image's reconstruction error: the mean squared error per pixel of
+    ``model.reconstruct`` (data in [0, 1]), (N,) on the CPU."""
+    out = [(run.model.reconstruct(x, run.recon) - x).pow(2).flatten(1).mean(1)
+           for x in float_batches(run, images, max_value, "scoring")]
+    return torch.cat(out).cpu()
+
+
+def image_files(folder: Path, key: str, skip: Path | None = None) -> list[Path]:
+    """Every file under ``folder`` (sorted; hidden files and ``skip``'s contents left out)."""
+    if not folder.is_dir():
+        raise ConfigError(key, f"no folder at {folder}", "pass a folder that holds your images")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not any(s.startswith(".") for s in
+                                                                          p.relative_to(folder).parts))
+    if skip is not None:
+        files = [p for p in files if skip.resolve() not in p.resolve().parents]
+    return files
+
+
+def read_images(files: list[Path], shape: tuple[int, ...]) -> tuple[list[Path], Tensor]:
+    """The files that are images, converted to the model's channels and resized to its (H, W)
+    (``aecli.data.ImageFiles``, as a folder dataset is read), as floats in [0, 1]; each file
+    that cannot be read is named in a warning and skipped."""
+    from PIL import Image
+
+    channels, size = shape[0], shape[1]
+    decode = ImageFiles(files, size, channels)
+    kept, images = [], []
+    for i, f in enumerate(files):
+        try:
+            images.append(decode[i])
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            warn(f"skipped {f}: not a readable image ({type(e).__name__}: {str(e)[:100]})")
+            continue
+        kept.append(f)
+    if not images:
+        return [], torch.empty(0, *shape)
+    return kept, torch.stack(images).float() / 255.0
+
+
+def read_image(file: Path, shape: tuple[int, ...], key: str) -> Tensor:
+    """One image file as ``read_images`` reads it, (1, C, H, W); an unreadable file is a ``ConfigError``."""
+    from PIL import Image
+
+    try:
+        return ImageFiles([file], shape[1], shape[0])[0][None].float() / 255.0
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise ConfigError(key, f"cannot read {file} as an image ({type(e).__name__}: {str(e)[:100]})",
+                          "pass a test image's index or an image file (PNG, JPEG, ...)") from None
