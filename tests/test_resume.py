@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from aecli.checkpoint import load_model, read
+from aecli.errors import RunFailed
 from aecli.trainer import run
 
 from .conftest import cli_env, make_cfg, popen_cli, read_events, read_metrics, run_cli, without_timing
@@ -137,8 +138,11 @@ def test_sigterm_and_sigint_write_a_checkpoint_and_print_a_command_that_continue
     command = out.split("Continue with:\n", 1)[1].splitlines()[0].strip()
     args = shlex.split(command)[3:]  # after "python -m aecli.train": resume='RUN_DIR' alone
     assert len(args) == 1 and args[0].startswith("resume=")
-    code, out = finish(popen_cli(*args, "trainer.progress=log", cwd=tmp_path))
-    assert code == 0, out
+    if sig == signal.SIGTERM:  # the printed command itself
+        code, out = finish(popen_cli(*args, "trainer.progress=log", cwd=tmp_path))
+        assert code == 0, out
+    else:  # the same from Python
+        run(make_cfg(*RUN, f"resume={run_dir}"), run_dir)
     assert without_timing(read_metrics(run_dir)) == without_timing(read_metrics(reference))
 
 
@@ -183,10 +187,12 @@ def test_signals_before_training_and_during_the_final_evaluation(tmp_path):
 
 def test_resume_path_continues_in_the_runs_own_dir_with_its_own_config(tmp_path):
     run_dir = tmp_path / "run"
-    first = run_cli("model=conv", "trainer.epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    first = run_cli("model=conv", "trainer.epochs=1", "trainer.max_steps=3", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     overrides = (run_dir / ".hydra" / "overrides.yaml").read_text()
-    again = run_cli("trainer.epochs=2", f"resume={run_dir / 'checkpoints' / 'last.pt'}", cwd=tmp_path)
+    # the stored config, but for what is typed (max_steps and epochs may change)
+    again = run_cli("trainer.epochs=2", "trainer.max_steps=null", f"resume={run_dir / 'checkpoints' / 'last.pt'}",
+                    cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     metrics = read_metrics(run_dir)
     assert metrics["epochs"] == 2 and "test/loss_per_pixel" in metrics
@@ -200,12 +206,12 @@ def test_resume_path_continues_in_the_runs_own_dir_with_its_own_config(tmp_path)
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
     # noise call 9 is step 9's batch (the image grid does not call a noise that corrupts nothing)
-    proc = run_cli("noise._target_=tests.faults.NaNNoise", "+noise.nan_calls=[9]", "trainer.epochs=2",
-                   "trainer.checkpoint_every_n_steps=5", f"hydra.run.dir={run_dir}", cwd=tmp_path)
-    assert proc.returncode == 1
-    assert "aecli: error: trainer.on_nan: non-finite loss at step 9" in proc.stderr, proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert f"{run_dir / 'checkpoints' / 'last.pt'} (untouched)" in proc.stderr
+    cfg = make_cfg("noise._target_=tests.faults.NaNNoise", "+noise.nan_calls=[9]", "trainer.epochs=2",
+                   "trainer.checkpoint_every_n_steps=5", "trainer.progress=log")
+    with pytest.raises(RunFailed) as e:
+        run(cfg, run_dir)
+    assert str(e.value).startswith("aecli: error: trainer.on_nan: non-finite loss at step 9"), str(e.value)
+    assert f"{run_dir / 'checkpoints' / 'last.pt'} (untouched)" in e.value.problem
     state = read(run_dir / "checkpoints" / "last.pt")
     assert state["step"] == 5
     assert all(torch.isfinite(t).all() for t in state["model"].values())
@@ -230,7 +236,7 @@ def can_mount() -> bool:
 SCENARIO = textwrap.dedent("""
     set -e
     cd "$WORK"
-    {python} -m aecli.train trainer.epochs=1 model.hidden_dims=[1024] hydra.run.dir=$WORK/mnt/run > first.log 2>&1
+    cp -a "$FIRST" mnt/run
     sha256sum mnt/run/checkpoints/*.pt mnt/run/metrics.json > before.sha
     {setup}
     set +e
@@ -242,23 +248,32 @@ SCENARIO = textwrap.dedent("""
 """)
 
 
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory) -> Path:
+    """A finished 1-epoch run (in-process), copied into each scenario's mount."""
+    run_dir = tmp_path_factory.mktemp("first") / "run"
+    run(make_cfg("trainer.epochs=1", "model.hidden_dims=[1024]", "trainer.progress=log"), run_dir)
+    return run_dir
+
+
 @pytest.mark.skipif(not can_mount(), reason="needs unprivileged mount namespaces (unshare -rm)")
 @pytest.mark.parametrize("case,setup,message", ids=["read-only", "read-only-checkpoints", "full-disk"], argvalues=[
     ("read-only", "mount -o remount,bind,ro mnt", "is not writable"),
     ("read-only checkpoints", "mount --bind mnt/run/checkpoints mnt/run/checkpoints && "
      "mount -o remount,bind,ro mnt/run/checkpoints", "checkpoints is not writable"),
-    # leave room for Hydra's small files and the event file, not for a ~1 MB checkpoint
+    # leave room for the small files and the event file, not for a ~1 MB checkpoint
     ("full disk", "head -c $(( $(df -k --output=avail mnt | tail -1) * 1024 - 300000 )) /dev/zero > mnt/filler",
      "MB free on that disk); the previous checkpoint there is intact"),
 ])
-def test_unwritable_run_dir_and_full_disk_are_reported_and_the_checkpoint_survives(tmp_path, case, setup, message):
+def test_unwritable_run_dir_and_full_disk_are_reported_and_the_checkpoint_survives(tmp_path, first_run, case, setup,
+                                                                                   message):
     (tmp_path / "mnt").mkdir()
     script = SCENARIO.format(python=sys.executable, setup=setup)
     mount = "mount -t tmpfs -o size=8m tmpfs mnt" if case == "full disk" else "mount --bind mnt mnt"
     proc = subprocess.run(["unshare", "-rm", "sh", "-c", f'cd "$WORK" && {mount} && {script}'],
-                          env={**cli_env(), "WORK": str(tmp_path)},
+                          env={**cli_env(), "WORK": str(tmp_path), "FIRST": str(first_run)},
                           capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr + (tmp_path / "first.log").read_text()
+    assert proc.returncode == 0, proc.stderr
     log = (tmp_path / "second.log").read_text()
     assert "rc=1" in log and message in log and "Traceback" not in log, log
     assert "intact" in log and ".tmp" not in log, log
