@@ -77,14 +77,16 @@ def _on_black(img: Image.Image) -> Image.Image:
     return out
 
 
-def decode_chunk(paths: Sequence[str], size: int, channels: int) -> tuple[np.ndarray, list[str]]:
-    """Decode ``paths``: their images (N, C, size, size), zeros where a file failed, and for
-    each file its problem ("" when it was read)."""
-    out = np.zeros((len(paths), channels, size, size), dtype=np.uint8)
+def decode_chunk(paths: Sequence[str], size: int, channels: int, keep: bool = True) -> tuple[np.ndarray, list[str]]:
+    """Decode ``paths``: their images (N, C, size, size), zeros where a file failed (none kept
+    unless ``keep``), and for each file its problem ("" when it was read)."""
+    out = np.zeros((len(paths) if keep else 0, channels, size, size), dtype=np.uint8)
     problems = []
     for i, path in enumerate(paths):
         try:
-            out[i] = decode_image(path, size, channels)
+            image = decode_image(path, size, channels)
+            if keep:
+                out[i] = image
             problems.append("")
         except Exception as e:  # noqa: BLE001 - any failure to decode marks the file unreadable
             problems.append(f"{type(e).__name__}: {e}" if not str(e) else str(e))
@@ -92,39 +94,48 @@ def decode_chunk(paths: Sequence[str], size: int, channels: int) -> tuple[np.nda
 
 
 def decode_files(paths: Sequence[str], size: int, channels: int, workers: int,
-                 progress: bool | None = None) -> tuple[np.ndarray, list[str]]:
+                 progress: bool | None = None, keep: bool = True) -> tuple[np.ndarray, list[str]]:
     """Decode many files: images (N, C, size, size) in ``paths``' order (zeros for unreadable
-    files) and each file's problem ("" when read). ``workers`` processes share the work
-    (0: this process); a tqdm bar shows progress (``progress`` None: on a terminal only).
+    files; none unless ``keep``: a check that each file decodes) and each file's problem (""
+    when read). ``workers`` processes share the work (0: this process); a tqdm bar shows
+    progress (``progress`` None: on a terminal only).
 
     Processes rather than threads: decoding small files is mostly Python-level work that holds
-    the GIL (README, "Your own images": measured rates).
+    the GIL (5,000 64x64 PNGs here: 2 threads 2,700 images/s, one thread 3,600, 2 processes 5,600).
     """
     from tqdm.auto import tqdm
 
-    images = np.empty((len(paths), channels, size, size), dtype=np.uint8)
+    images = np.empty((len(paths) if keep else 0, channels, size, size), dtype=np.uint8)
     problems: list[str] = []
     chunks = [list(paths[i : i + CHUNK]) for i in range(0, len(paths), CHUNK)]
     bar = tqdm(total=len(paths), desc="decoding images", unit="img", leave=False,
                disable=None if progress is None else not progress)
     with bar:
-        results = map(decode_chunk, chunks, [size] * len(chunks), [channels] * len(chunks))
+        args = (chunks, [size] * len(chunks), [channels] * len(chunks), [keep] * len(chunks))
+        results = map(decode_chunk, *args)
         pool = None
         if workers > 0 and len(paths) >= IN_PROCESS_BELOW:
             pool = concurrent.futures.ProcessPoolExecutor(min(workers, len(chunks)),
                                                           mp_context=multiprocessing.get_context(START_METHOD))
-            results = pool.map(decode_chunk, chunks, [size] * len(chunks), [channels] * len(chunks))
+            results = pool.map(decode_chunk, *args)
         try:
             start = 0
             for block, chunk_problems in results:
-                images[start : start + len(block)] = block
+                if keep:
+                    images[start : start + len(block)] = block
                 problems.extend(chunk_problems)
-                start += len(block)
-                bar.update(len(block))
+                start += len(chunk_problems)
+                bar.update(len(chunk_problems))
+        except concurrent.futures.process.BrokenProcessPool as e:
+            raise DecoderDied(str(e)) from None
         finally:
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
     return images, problems
+
+
+class DecoderDied(RuntimeError):
+    """A decoding process was killed: out of memory, or a file that crashes an image decoder."""
 
 
 def usable_workers(requested: int) -> int:

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from aecli import decode
+from aecli.errors import ConfigError
 
 log = logging.getLogger("aecli")
 
@@ -67,8 +68,14 @@ def decoded_folder(root: Path, files: list[Path], size: int, channels: int, work
     hits = [r in known and bool(known[r][0] or not pixels or known[r][1] >= 0) for r in records]
     todo = [i for i, hit in enumerate(hits) if not hit]
     start = time.perf_counter()
-    new_images, new_problems = decode.decode_files([str(files[i]) for i in todo], size, channels,
-                                                   decode.usable_workers(workers)) if todo else (None, [])
+    try:
+        new_images, new_problems = decode.decode_files([str(files[i]) for i in todo], size, channels,
+                                                       decode.usable_workers(workers), keep=pixels) if todo else (None, [])
+    except decode.DecoderDied as e:
+        raise ConfigError("dataset.root", f"a process decoding the images under {root} died ({e}): out of "
+                          "memory, or a file that crashes the image decoder",
+                          "free memory or lower dataset.num_workers; dataset.num_workers=0 decodes in this "
+                          "process") from None
     _log_decoding(root, len(files), len(todo), time.perf_counter() - start)
     problems = [known[r][0] if hit else "" for r, hit in zip(records, hits)]
     for i, problem in zip(todo, new_problems):
@@ -83,7 +90,10 @@ def decoded_folder(root: Path, files: list[Path], size: int, channels: int, work
 
 
 def _record(file: str, prefix: int) -> Record:
-    st = os.stat(file)
+    try:
+        st = os.stat(file)
+    except OSError:  # gone since the folder was listed: decoding it fails and names it
+        return file[prefix:].replace(os.sep, "/"), -1, -1
     return file[prefix:].replace(os.sep, "/"), int(st.st_size), int(st.st_mtime_ns)
 
 

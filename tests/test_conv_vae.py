@@ -43,7 +43,7 @@ def test_conv_vae_trains_on_photos(trained):
     losses = [e.value for e in read_events(trained).Scalars("train_epoch/loss_per_image")]
     assert len(losses) == 4 and losses[-1] < 0.9 * losses[0]
     m = read_metrics(trained)
-    assert m["test/psnr_db"] > 13.0  # untrained: 8.7 dB; the mean image: 12 dB
+    assert m["test/psnr_db"] > 13.0  # untrained: 8.7 dB; the mean training patch: 10.3 dB
     assert m["test/neg_elbo_nats_per_image"] == pytest.approx(m["test/recon_per_image"] + m["test/kl_per_image"],
                                                               rel=1e-4)
     assert m["test/kl_per_image"] > 1.0  # the code carries information

@@ -90,6 +90,19 @@ def test_streamed_folder_leaves_unreadable_files_out(damaged):
     assert torch.equal(data.train[:], in_memory.train)  # same files, same pixels, same order
 
 
+def test_streamed_folder_caches_which_files_decode_without_pixels(damaged, tmp_path, caplog):
+    import shutil
+
+    folder = shutil.copytree(damaged, tmp_path / "copy")
+    caplog.set_level(logging.INFO, logger="aecli")
+    load(folder, max_memory_mb=0)
+    assert log_counts(caplog) == (27, 0)
+    stored = torch.load(foldercache.cache_file(folder, 8, 3), weights_only=True)
+    assert stored["images"] is None and sum(bool(p) for p in stored["problems"]) == 2
+    data = load(folder, max_memory_mb=0)
+    assert log_counts(caplog) == (0, 27) and len(data.train) + len(data.val) + len(data.test) == 25
+
+
 def test_worker_processes_decode_the_same_and_report_problems(damaged, monkeypatch):
     files = sorted(str(p) for p in damaged.glob("[!.]*"))
     here, problems_here = decode.decode_files(files, 8, 3, workers=0)
