@@ -277,7 +277,7 @@ def image_files(folder: Path) -> list[Path]:
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         found += [os.path.join(top, n) for n in names
                   if not n.startswith(".") and os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS]
-    return [Path(f) for f in sorted(found)]
+    return sorted(Path(f) for f in found)  # the order of Paths (by parts), as before: the same splits
 
 
 def _check_count(folder: Path, n: int, what: str) -> None:
