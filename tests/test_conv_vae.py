@@ -57,7 +57,7 @@ def test_prior_samples_are_written(trained):
 def test_resume_continues_exactly(tmp_path):
     """1 epoch, then resumed to 2, ends where 2 epochs straight end (BatchNorm's running
     statistics are in the checkpoint)."""
-    tiny = (*SMALL, "dataset.patches=200")  # 160 train: 5 steps an epoch
+    tiny = (*SMALL, "dataset.patches=200", "dataset.patch_size=16", "model.channels=[8,16,32]")  # 5 steps an epoch
     run(make_cfg(*tiny, "trainer.epochs=2"), tmp_path / "straight")
     run(make_cfg(*tiny, "trainer.epochs=1"), tmp_path / "resumed")
     run(make_cfg(*tiny, "trainer.epochs=2", f"resume={tmp_path / 'resumed'}"), tmp_path / "resumed")
