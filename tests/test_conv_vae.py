@@ -15,7 +15,8 @@ from tests.conftest import make_cfg, read_events, read_metrics
 
 # 32 px patches, a narrow conv VAE, batches of 32 (many small steps learn fastest per image)
 SMALL = ("model=conv_vae", "dataset=photos", "model.channels=[8,16,32,64]", "model.latent_dim=16",
-         "trainer.batch_size=32", "optim.lr=3e-3", "trainer.progress=log", "trainer.log_every_n_steps=1")
+         "trainer.batch_size=32", "optim.lr=3e-3", "trainer.progress=log", "trainer.log_every_n_steps=1",
+         "trainer.num_threads=1")  # one thread: on a busy machine two spin-wait for each other (20x slower)
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +48,16 @@ def test_conv_vae_trains_on_photos(trained):
     assert m["test/neg_elbo_nats_per_image"] == pytest.approx(m["test/recon_per_image"] + m["test/kl_per_image"],
                                                               rel=1e-4)
     assert m["test/kl_per_image"] > 1.0  # the code carries information
+
+
+def test_the_run_opens_for_use(trained):
+    from aecli.runs import open_run
+
+    done = open_run(trained, device="cpu")
+    data = done.data()
+    assert type(done.model).__name__ == "ConvVAE" and data.classes == ["china", "flower"]
+    x = data.as_float(data.test[:4])
+    assert done.model.reconstruct(x, done.recon).shape == x.shape
 
 
 def test_prior_samples_are_written(trained):
