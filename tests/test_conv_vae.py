@@ -68,12 +68,21 @@ def test_prior_samples_are_written(trained):
 def test_resume_continues_exactly(tmp_path):
     """1 epoch, then resumed to 2, ends where 2 epochs straight end (BatchNorm's running
     statistics are in the checkpoint)."""
+    from aecli.hooks import Hook
+
+    class Steps(Hook):
+        count = 0
+
+        def on_step_end(self, run, terms) -> None:
+            Steps.count += 1
+
     tiny = (*SMALL, "dataset.patches=200", "dataset.patch_size=16", "model.channels=[8,16,32]")  # 5 steps an epoch
     run(make_cfg(*tiny, "trainer.epochs=2"), tmp_path / "straight")
     run(make_cfg(*tiny, "trainer.epochs=1"), tmp_path / "resumed")
-    run(make_cfg(*tiny, "trainer.epochs=2", f"resume={tmp_path / 'resumed'}"), tmp_path / "resumed")
+    run(make_cfg(*tiny, "trainer.epochs=2", f"resume={tmp_path / 'resumed'}"), tmp_path / "resumed",
+        extra_hooks=[Steps()])
     a, b = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "resumed")
-    assert b["steps"] == a["steps"] == 10
+    assert Steps.count == 5 and b["steps"] == a["steps"] == 10  # the second epoch alone was trained
     assert b["test/loss_per_image"] == pytest.approx(a["test/loss_per_image"], rel=1e-5)
     assert b["test/psnr_db"] == pytest.approx(a["test/psnr_db"], rel=1e-5)
 
