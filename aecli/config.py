@@ -404,16 +404,18 @@ def explain(error: BaseException) -> ConfigError | None:
 
 
 def _tilde_override(text: str) -> ConfigError | None:
-    """Hydra's grammar refuses ``~`` in an unquoted value (``dataset.root=~/pictures``: it reads
-    a leading ``~`` as 'delete'): the error, with the two forms that work."""
+    """Hydra's grammar refuses ``~`` in an unquoted value (``dataset.root=~/pictures``; ``~`` is
+    its delete sign, ``~key``): the error, with the forms that work."""
     match = re.search(r"Exception:\s+\+*([A-Za-z_][\w.]*)=(\S*~\S*)", text)
     if match is None:
         return None
     key, val = match.groups()
-    home = val.replace("~", "$HOME", 1) if val.startswith("~") else val
+    quoted = f"""quote it for Hydra: '{key}="{val}"'"""
+    if not val.startswith("~"):
+        return ConfigError(key, f"Hydra's override grammar does not take '~' in an unquoted value ({val})", quoted)
     return ConfigError(key, f"Hydra's override grammar does not take '~' in an unquoted value ({val})",
-                       f"let the shell expand it: {key}={home}, or quote it for Hydra: "
-                       f"'{key}=\"{val}\"' (aecli expands a leading ~ in paths)")
+                       f"let the shell expand it: {key}={val.replace('~', '$HOME', 1)}, or {quoted} "
+                       "(aecli expands a leading ~ in paths)")
 
 
 def _key_in(text: str) -> str | None:

@@ -247,6 +247,9 @@ def test_unquoted_tilde_gets_forms_that_work():
     error = config.explain(e.value)
     assert error.key == "dataset.root" and "dataset.root=$HOME/pictures" in error.fix
     assert """'dataset.root="~/pictures"'""" in error.fix
+    with pytest.raises(OverrideParseException) as e:
+        make_cfg("dataset=folder", "dataset.root=/data/a~b")  # not a home dir: only quoting helps
+    assert config.explain(e.value).fix == """quote it for Hydra: 'dataset.root="/data/a~b"'"""
 
 
 def test_quoted_tilde_loads_the_home_folder(tmp_path, monkeypatch):
