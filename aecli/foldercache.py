@@ -68,14 +68,7 @@ def decoded_folder(root: Path, files: list[Path], size: int, channels: int, work
     hits = [r in known and bool(known[r][0] or not pixels or known[r][1] >= 0) for r in records]
     todo = [i for i, hit in enumerate(hits) if not hit]
     start = time.perf_counter()
-    try:
-        new_images, new_problems = decode.decode_files([str(files[i]) for i in todo], size, channels,
-                                                       decode.usable_workers(workers), keep=pixels) if todo else (None, [])
-    except decode.DecoderDied as e:
-        raise ConfigError("dataset.root", f"a process decoding the images under {root} died ({e}): out of "
-                          "memory, or a file that crashes the image decoder",
-                          "free memory or lower dataset.num_workers; dataset.num_workers=0 decodes in this "
-                          "process") from None
+    new_images, new_problems = _decode(root, [str(files[i]) for i in todo], size, channels, workers, pixels)
     _log_decoding(root, len(files), len(todo), time.perf_counter() - start)
     problems = [known[r][0] if hit else "" for r, hit in zip(records, hits)]
     for i, problem in zip(todo, new_problems):
@@ -87,6 +80,18 @@ def decoded_folder(root: Path, files: list[Path], size: int, channels: int, work
     if use_cache and (todo or cached is None or len(cached["names"]) != len(records)):
         _write(path, records, problems, images, size, channels)
     return Decoded(list(files), problems, images, len(todo))
+
+
+def _decode(root: Path, paths: list[str], size: int, channels: int, workers: int, keep: bool) -> tuple[Any, list[str]]:
+    if not paths:
+        return None, []
+    try:
+        return decode.decode_files(paths, size, channels, decode.usable_workers(workers), keep=keep)
+    except decode.DecoderDied as e:
+        raise ConfigError("dataset.root", f"a process decoding the images under {root} died ({e}): out of "
+                          "memory, or a file that crashes the image decoder",
+                          "free memory or lower dataset.num_workers; dataset.num_workers=0 decodes in this "
+                          "process") from None
 
 
 def _record(file: str, prefix: int) -> Record:
