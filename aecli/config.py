@@ -26,6 +26,11 @@ class OnNan(Enum):
     skip_batch = "skip_batch"  # skip batches whose loss is not finite
 
 
+class OnBadImage(Enum):
+    skip = "skip"  # leave unreadable image files out, naming them in a warning
+    fail = "fail"  # refuse the dataset, naming them
+
+
 class Progress(Enum):
     auto = "auto"  # a bar on a terminal, one log line per epoch otherwise
     bar = "bar"
@@ -122,6 +127,14 @@ class ConvAutoencoderConfig:
 
 
 @dataclass
+class ConvVAEConfig:
+    _target_: str = "aecli.models.ConvVAE"
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
+    latent_dim: int = 128
+    beta: float = 1.0
+
+
+@dataclass
 class VAEConfig:
     _target_: str = "aecli.models.VAE"
     hidden_dims: list[int] = field(default_factory=lambda: [400])
@@ -192,15 +205,28 @@ class FolderConfig:
     split_seed: int = 0
     max_memory_mb: float = 2048
     num_workers: int = 2
+    on_bad_image: OnBadImage = OnBadImage.skip
+    cache: bool = True
     classes: list[int] | None = None  # train/val keep only these class ids (test keeps all)
+
+
+@dataclass
+class SamplePatchesConfig:
+    _target_: str = "aecli.data.load_sample_patches"
+    patch_size: int = 32
+    patches: int = 6000
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    split_seed: int = 0
 
 
 SCHEMAS: dict[str, dict[str, type]] = {
     "model": {"ae": MLPAutoencoderConfig, "conv": ConvAutoencoderConfig, "vae": VAEConfig,
-              "stacked": StackedAutoencoderConfig},
+              "stacked": StackedAutoencoderConfig, "conv_vae": ConvVAEConfig},
     "noise": {"none": NoNoiseConfig, "binomial": MaskingNoiseConfig, "gaussian": GaussianNoiseConfig},
     "loss": {"loss": LossConfig},
-    "dataset": {"digits": DigitsConfig, "torchvision": TorchvisionConfig, "folder": FolderConfig},
+    "dataset": {"digits": DigitsConfig, "torchvision": TorchvisionConfig, "folder": FolderConfig,
+                "photos": SamplePatchesConfig},
 }
 
 
@@ -239,6 +265,8 @@ RANGES: list[tuple[str, Callable[[Any], bool], str, str]] = [
     ("dataset.image_size", lambda v: v >= 1, ">= 1", "dataset.image_size=64"),
     ("dataset.num_workers", lambda v: v >= 0, ">= 0", "dataset.num_workers=2"),
     ("dataset.max_memory_mb", lambda v: v >= 0, ">= 0", "dataset.max_memory_mb=2048"),
+    ("dataset.patch_size", lambda v: v >= 1, ">= 1", "dataset.patch_size=32"),
+    ("dataset.patches", lambda v: v >= 3, ">= 3", "dataset.patches=6000"),
 ]
 NUMBER_LISTS = ("model.hidden_dims", "model.channels")
 TRI_STATES = ("optim.fused", "trainer.cuda_graph", "trainer.channels_last", "trainer.cudnn_benchmark")
@@ -380,6 +408,8 @@ def explain(error: BaseException) -> ConfigError | None:
             return ConfigError(group, f"there is no option {name!r} (options: {', '.join(options)})",
                                f"use e.g. {group}={options[0]} (python -m aecli.train --help lists every group)")
         return ConfigError(_key_in(text) or "config", text.splitlines()[0], "check the group and option names")
+    if isinstance(error, OverrideParseException) and _tilde_override(text):
+        return _tilde_override(text)
     if isinstance(error, (OverrideParseException, ConfigCompositionException)):
         first = text.splitlines()[0]
         key = _key_in(first) or "command line"
@@ -387,6 +417,21 @@ def explain(error: BaseException) -> ConfigError | None:
             if isinstance(error, OverrideParseException) else "check the key and its value"
         return ConfigError(key, first.replace("\n", " "), hint)
     return None
+
+
+def _tilde_override(text: str) -> ConfigError | None:
+    """Hydra's grammar refuses ``~`` in an unquoted value (``dataset.root=~/pictures``; ``~`` is
+    its delete sign, ``~key``): the error, with the forms that work."""
+    match = re.search(r"Exception:\s+\+*([A-Za-z_][\w.]*)=(\S*~\S*)", text)
+    if match is None:
+        return None
+    key, val = match.groups()
+    quoted = f"""quote it for Hydra: '{key}="{val}"'"""
+    if not val.startswith("~"):
+        return ConfigError(key, f"Hydra's override grammar does not take '~' in an unquoted value ({val})", quoted)
+    return ConfigError(key, f"Hydra's override grammar does not take '~' in an unquoted value ({val})",
+                       f"let the shell expand it: {key}={val.replace('~', '$HOME', 1)}, or {quoted} "
+                       "(aecli expands a leading ~ in paths)")
 
 
 def _key_in(text: str) -> str | None:

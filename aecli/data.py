@@ -9,7 +9,9 @@ decoded by DataLoader workers into pinned memory, batch by batch.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import math
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -18,6 +20,8 @@ import torch
 from torch import Tensor
 
 from aecli.errors import ConfigError
+
+log = logging.getLogger("aecli")
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
@@ -42,13 +46,13 @@ class ImageFiles(torch.utils.data.Dataset):
     def __getitem__(self, index: int | slice) -> Tensor:
         if isinstance(index, slice):
             return torch.stack([self[i] for i in range(*index.indices(len(self)))])
-        from PIL import Image
+        from aecli.decode import decode_image
 
-        with Image.open(self.files[index]) as img:
-            img = img.convert("L" if self.channels == 1 else "RGB")
-            img = img.resize((self.image_size, self.image_size), Image.BILINEAR)
-            array = np.asarray(img, dtype=np.uint8).reshape(self.image_size, self.image_size, self.channels)
-        return torch.from_numpy(array.copy()).permute(2, 0, 1)
+        try:
+            array = decode_image(self.files[index], self.image_size, self.channels)
+        except Exception as e:  # checked when the dataset was loaded: the file changed since
+            raise OSError(f"{self.files[index]}: cannot be read any more ({e})") from e
+        return torch.from_numpy(array.copy())
 
 
 @dataclass
@@ -119,12 +123,18 @@ def split(images: Tensor, fractions: tuple[float, ...], seed: int) -> list[Tenso
     labels with the same ``seed`` and fractions keeps them aligned with their images."""
     n = len(images)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    sizes = [max(1, int(round(f * n))) for f in fractions]  # never an empty val/test set
     parts, start = [], 0
-    for size in [n - sum(sizes), *sizes]:
+    for size in split_sizes(n, fractions):
         parts.append(images[perm[start : start + size]])
         start += size
     return parts
+
+
+def split_sizes(n: int, fractions: tuple[float, ...]) -> list[int]:
+    """The part sizes ``split`` cuts ``n`` items into: ``round(f * n)`` for each fraction (never
+    0: no empty val or test set), and the remainder first."""
+    sizes = [max(1, round(f * n)) for f in fractions]
+    return [n - sum(sizes), *sizes]
 
 
 def labelled(labels: list[Tensor] | None) -> dict[str, Tensor] | None:
@@ -248,40 +258,135 @@ def load_folder(
     split_seed: int = 0,
     max_memory_mb: float = 2048,
     num_workers: int = 2,
+    on_bad_image: str = "skip",
+    cache: bool = True,
 ) -> ImageData:
-    """The user's own images: every image file under ``root`` (flat or in class sub-folders),
-    resized to ``image_size`` x ``image_size`` with ``channels`` 1 (grey) or 3 (RGB).
+    """The user's own images: every image file under ``root`` (flat or in class sub-folders;
+    hidden files and folders left out), decoded by ``aecli.decode``'s colour policy to
+    ``image_size`` x ``image_size`` with ``channels`` 1 (grey) or 3 (RGB).
 
-    Held in memory (and on the training device) when the decoded images fit ``max_memory_mb``;
-    streamed from disk by ``num_workers`` DataLoader workers otherwise.
+    Files that cannot be read are left out with a warning naming them
+    (``on_bad_image=fail``: refused instead). ``num_workers`` processes decode the files; with
+    ``cache`` the decoded images are kept in ``root/.aecli-cache/`` for the next run
+    (``aecli.foldercache``). Held in memory (and on the training device) when they fit
+    ``max_memory_mb``; streamed from disk by ``num_workers`` DataLoader workers otherwise.
     """
     _check_fraction("dataset.val_fraction", val_fraction)
     _check_fraction("dataset.test_fraction", test_fraction)
+    on_bad_image = getattr(on_bad_image, "value", on_bad_image)
+    if on_bad_image not in ("skip", "fail"):
+        raise ConfigError("dataset.on_bad_image", f"{on_bad_image!r} is not skip or fail",
+                          "use dataset.on_bad_image=skip (leave unreadable files out, warned) or fail")
     if channels not in (1, 3):
         raise ConfigError("dataset.channels", f"{channels} is not 1 or 3", "use dataset.channels=1 (grey) or 3 (RGB)")
     if image_size < 1:
         raise ConfigError("dataset.image_size", f"{image_size} < 1", "use e.g. dataset.image_size=64")
+    if num_workers < 0:
+        raise ConfigError("dataset.num_workers", f"{num_workers} < 0", "use e.g. dataset.num_workers=2")
     folder = Path(root).expanduser()
     if not folder.is_dir():
         raise ConfigError("dataset.root", f"no folder at {folder.resolve()}",
-                          "pass dataset.root=/path/to/your/images")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-    if len(files) < 3:
-        raise ConfigError("dataset.root", f"{folder.resolve()} holds {len(files)} images "
-                          f"({', '.join(IMAGE_EXTENSIONS)}), too few to split",
+                          "pass dataset.root=/path/to/your/images (with ~: dataset.root=$HOME/...)")
+    files = image_files(folder)
+    _check_count(folder, len(files), "")
+    from aecli.foldercache import decoded_folder
+
+    streamed = len(files) * channels * image_size**2 > max_memory_mb * 2**20
+    decoded = decoded_folder(folder, files, image_size, channels, num_workers, pixels=not streamed, use_cache=cache)
+    _report_unreadable(folder, decoded.files, decoded.problems, on_bad_image)
+    readable = decoded.readable
+    _check_count(folder, len(readable), f" readable ({len(files) - len(readable)} unreadable)")
+    parts = split(torch.arange(len(readable)), (val_fraction, test_fraction), split_seed)
+    _warn_if_small(folder, [len(p) for p in parts])
+    if streamed:
+        splits = [ImageFiles([readable[i] for i in part], image_size, channels, num_workers) for part in parts]
+    else:
+        splits = [decoded.images[part] for part in parts]
+    return ImageData(*splits, **_class_labels(folder, readable, parts))
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files under ``folder`` by extension, sorted; names starting with '.' (hidden
+    files, macOS's ``._*`` companions, aecli's own cache) are left out."""
+    found = []  # strings, not Paths, while walking: pathlib costs 60 us a file (0.3 s for 5,000)
+    for top, dirs, names in os.walk(folder, onerror=lambda e: log.warning("cannot list %s (%s): its images "
+                                                                          "are left out", e.filename, e.strerror)):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [os.path.join(top, n) for n in names
+                  if not n.startswith(".") and os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS]
+    return sorted(Path(f) for f in found)  # the order of Paths (by parts), as before: the same splits
+
+
+def _check_count(folder: Path, n: int, what: str) -> None:
+    if n < 3:
+        raise ConfigError("dataset.root", f"{folder.resolve()} holds {n}{what} image files "
+                          f"({', '.join(IMAGE_EXTENSIONS)}), too few to split into train, val and test",
                           "point dataset.root at a folder with your images (sub-folders are fine)")
-    if num_workers < 0:
-        raise ConfigError("dataset.num_workers", f"{num_workers} < 0", "use e.g. dataset.num_workers=2")
-    indices = torch.arange(len(files))
-    parts = split(indices, (val_fraction, test_fraction), split_seed)
-    splits = [ImageFiles([files[i] for i in part], image_size, channels, num_workers) for part in parts]
-    if len(files) * channels * image_size**2 <= max_memory_mb * 2**20:
-        splits = [s[:] for s in splits]  # decode once, keep as uint8 tensors
-    # class sub-folders (root/<class>/image) label the images; a flat folder has no labels
+
+
+def _report_unreadable(folder: Path, files: list[Path], problems: list[str], on_bad_image: str) -> None:
+    """Warn about the files that could not be read, or refuse them (``on_bad_image=fail``)."""
+    bad = [(f.relative_to(folder), p) for f, p in zip(files, problems) if p]
+    if not bad:
+        return
+    shown = "; ".join(f"{f} ({p})" for f, p in bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
+    if on_bad_image == "fail":
+        raise ConfigError("dataset.root", f"{len(bad)} of {len(files)} image files under {folder.resolve()} "
+                          f"cannot be read: {shown}",
+                          "replace or delete those files, or pass dataset.on_bad_image=skip to leave them out")
+    log.warning("dataset.root: %d of %d image files under %s cannot be read and are left out: %s "
+                "(dataset.on_bad_image=fail refuses them instead)", len(bad), len(files), folder.resolve(), shown)
+
+
+SMALL_SPLIT = 20  # fewer val or test images than this: their metrics are mostly noise
+
+
+def _warn_if_small(folder: Path, sizes: list[int]) -> None:
+    if min(sizes[1:]) < SMALL_SPLIT:
+        log.warning("dataset.root: %s holds only %d usable images: %d train, %d val, %d test; a val or test "
+                    "set under %d images gives noisy metrics (add images, or raise dataset.val_fraction "
+                    "and dataset.test_fraction)", folder.resolve(), sum(sizes), *sizes, SMALL_SPLIT)
+
+
+def _class_labels(folder: Path, files: list[Path], parts: list[Tensor]) -> dict:
+    """Class sub-folders (root/<class>/image) label the images; a flat folder has none."""
     names = sorted({f.parent.relative_to(folder).parts[0] for f in files if f.parent != folder})
-    labels = classes = None
-    if names and all(f.parent != folder for f in files):
-        index = {n: k for k, n in enumerate(names)}
-        target = torch.tensor([index[f.parent.relative_to(folder).parts[0]] for f in files])
-        labels, classes = labelled([target[part] for part in parts]), names
-    return ImageData(*splits, labels=labels, classes=classes)
+    if not names or any(f.parent == folder for f in files):
+        return {}
+    index = {n: k for k, n in enumerate(names)}
+    target = torch.tensor([index[f.parent.relative_to(folder).parts[0]] for f in files])
+    return {"labels": labelled([target[part] for part in parts]), "classes": names}
+
+
+def load_sample_patches(patch_size: int = 32, patches: int = 6000, val_fraction: float = 0.1,
+                        test_fraction: float = 0.1, split_seed: int = 0) -> ImageData:
+    """Colour patches from scikit-learn's two sample photos (427x640 RGB each), offline.
+
+    Each photo is cut into square blocks of twice ``patch_size``; the blocks are split into
+    train / val / test (seeded by ``split_seed``) and each split's share of ``patches`` are
+    random crops inside its own blocks, so no two splits share a pixel. Labels: the photo.
+    """
+    _check_fraction("dataset.val_fraction", val_fraction)
+    _check_fraction("dataset.test_fraction", test_fraction)
+    from sklearn.datasets import load_sample_images
+
+    bunch = load_sample_images()
+    photos = [torch.tensor(p).permute(2, 0, 1) for p in bunch.images]  # (3, 427, 640) uint8
+    block = 2 * patch_size
+    corners = [(k, y, x) for k, p in enumerate(photos)
+               for y in range(0, p.shape[1] - block + 1, block) for x in range(0, p.shape[2] - block + 1, block)]
+    if patch_size < 1 or len(corners) < 3:
+        raise ConfigError("dataset.patch_size", f"{patch_size} px: the photos hold {len(corners)} blocks of "
+                          f"{block} px, too few to split", "use a patch_size from 1 to 213, e.g. dataset.patch_size=32")
+    fractions = (val_fraction, test_fraction)
+    gen = torch.Generator().manual_seed(split_seed)
+    images, labels = [], []
+    for blocks, count in zip(split(torch.tensor(corners), fractions, split_seed), split_sizes(patches, fractions)):
+        pick = blocks[torch.randint(len(blocks), (count,), generator=gen)]
+        dy, dx = (torch.randint(block - patch_size + 1, (count,), generator=gen) for _ in range(2))
+        images.append(torch.stack([photos[k][:, y : y + patch_size, x : x + patch_size]
+                                   for k, y, x in zip(pick[:, 0].tolist(), (pick[:, 1] + dy).tolist(),
+                                                      (pick[:, 2] + dx).tolist())]))
+        labels.append(pick[:, 0])
+    return ImageData(*images, labels=labelled(labels), classes=[Path(f).stem for f in bunch.filenames])
+

@@ -1,4 +1,5 @@
-"""Variational autoencoder (``model=vae``), Kingma & Welling 2014, MLP encoder and decoder."""
+"""Variational autoencoders, Kingma & Welling 2014: what every Gaussian VAE shares
+(``GaussianVAE``), and the MLP one (``model=vae``). The convolutional one: ``conv_vae.py``."""
 from __future__ import annotations
 
 import math
@@ -16,40 +17,27 @@ def kl_to_standard_normal(mu: Tensor, logvar: Tensor) -> Tensor:
     return -0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)
 
 
-class VAE(Autoencoder):
+class GaussianVAE(Autoencoder):
     """Gaussian encoder q(z|x) = N(mu, diag(exp(logvar))), decoder logits p(x|z), N(0, I) prior.
 
     Loss per image: reconstruction summed over pixels + ``beta`` x KL (both in nats with
-    ``loss=bce``); both terms are returned so they can be logged separately.
+    ``loss=bce``); both terms are returned so they can be logged separately. A subclass gives
+    ``encode_stats`` (mean and log-variance) and ``decode``.
     """
 
     loss_unit = "per_image"
 
-    def __init__(
-        self,
-        input_shape: Sequence[int],
-        hidden_dims: Sequence[int] = (400,),
-        latent_dim: int = 20,
-        beta: float = 1.0,
-    ) -> None:
+    def __init__(self, input_shape: Sequence[int], latent_dim: int, beta: float) -> None:
         super().__init__(input_shape)
         self.latent_dim = int(latent_dim)
         self.beta = float(beta)
-        n_in = math.prod(self.input_shape)
-        self.encoder = mlp([n_in, *hidden_dims], last_activation=True)
-        self.to_stats = nn.Linear(hidden_dims[-1] if hidden_dims else n_in, 2 * self.latent_dim)
-        self.decoder = mlp([self.latent_dim, *reversed(hidden_dims), n_in])
 
     def encode_stats(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and log-variance of q(z|x)."""
-        mu, logvar = self.to_stats(self.encoder(x.flatten(1))).chunk(2, dim=1)
-        return mu, logvar
+        raise NotImplementedError
 
     def encode(self, x: Tensor) -> Tensor:
         return self.encode_stats(x)[0]
-
-    def decode(self, z: Tensor) -> Tensor:
-        return self.decoder(z).view(-1, *self.input_shape)
 
     @staticmethod
     def reparameterize(mu: Tensor, logvar: Tensor) -> Tensor:
@@ -75,3 +63,27 @@ class VAE(Autoencoder):
         if not recon.log_likelihood or "recon" not in means or "kl" not in means:
             return {}
         return {"neg_elbo_nats_per_image": means["recon"] + means["kl"]}
+
+
+class VAE(GaussianVAE):
+    """The MLP VAE: ``hidden_dims`` ReLU layers to the mean and log-variance, mirrored back."""
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        hidden_dims: Sequence[int] = (400,),
+        latent_dim: int = 20,
+        beta: float = 1.0,
+    ) -> None:
+        super().__init__(input_shape, latent_dim, beta)
+        n_in = math.prod(self.input_shape)
+        self.encoder = mlp([n_in, *hidden_dims], last_activation=True)
+        self.to_stats = nn.Linear(hidden_dims[-1] if hidden_dims else n_in, 2 * self.latent_dim)
+        self.decoder = mlp([self.latent_dim, *reversed(hidden_dims), n_in])
+
+    def encode_stats(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        mu, logvar = self.to_stats(self.encoder(x.flatten(1))).chunk(2, dim=1)
+        return mu, logvar
+
+    def decode(self, z: Tensor) -> Tensor:
+        return self.decoder(z).view(-1, *self.input_shape)
