@@ -37,8 +37,9 @@ def build(cfg: DictConfig, group: str, **kwargs: Any) -> Any:
         if isinstance(cause, AecliError):
             raise cause from None
         target = OmegaConf.select(cfg, f"{group}._target_")
-        raise ConfigError(group, f"cannot build {target}: {cause or e}",
-                          f"check the keys of conf/{group}/ against {target}'s arguments") from None
+        fix = f"check the keys of conf/{group}/ against {target}'s arguments" if isinstance(cause, TypeError) \
+            else f"{target} failed on its inputs (above): check them"  # the data, not the config
+        raise ConfigError(group, f"cannot build {target}: {cause or e}", fix) from None
 
 
 def load_data(cfg: DictConfig) -> ImageData:

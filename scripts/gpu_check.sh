@@ -24,6 +24,7 @@ cp -r tests pyproject.toml scripts "$work"/
 cd "$work"
 log() { echo "== $* ($(date +%T))" | tee -a "$OUT/summary.log"; }
 
+BENCH=${BENCH:-1}
 if [ "$DEV" = cuda ]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
   python3 -c "import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0))" >> "$OUT/gpu.txt"
@@ -37,7 +38,7 @@ timeout 230 python3 -m pytest -m gpu -q -p no:cacheprovider -o addopts="" --dura
   > "$OUT/gpu_tests.log" 2>&1; echo "rc=$?" >> "$OUT/gpu_tests.log"; tail -3 "$OUT/gpu_tests.log" | tee -a "$OUT/summary.log"
 
 log "bench (digits tiled to a 60k epoch)"
-timeout 200 python3 -m aecli.bench --device "$DEV" --repeat $REPEAT --epochs $EPOCHS --startup-runs $STARTUP \
+[ "$BENCH" = 1 ] && timeout 200 python3 -m aecli.bench --device "$DEV" --repeat $REPEAT --epochs $EPOCHS --startup-runs $STARTUP \
   > "$OUT/bench.log" 2>&1; echo "rc=$?" >> "$OUT/bench.log"; cat "$OUT/bench.log" | tee -a "$OUT/summary.log"
 
 log "a full-size run: experiment=mnist_vae on 60k MNIST-like images"
@@ -48,6 +49,14 @@ echo "rc=$?" >> "$OUT/run.log"
 grep -E "epoch|first_step|rc=" "$OUT/run.log" | tee -a "$OUT/summary.log"
 python3 -c "import json; m = json.load(open('$work/run/metrics.json')); print({k: m[k] for k in ('first_step_seconds', 'images_per_sec', 'test/neg_elbo_nats_per_image')})" \
   2>&1 | tee -a "$OUT/summary.log"
+
+log "startup, with the bytecode cached (PYTHONPYCACHEPREFIX; the first run fills the cache)"
+for i in 1 2 3; do
+  PYTHONPYCACHEPREFIX="$work/pycache" timeout 60 python3 -m aecli.train trainer.max_steps=1 device=$DEV \
+    hydra.run.dir="$work/startup$i" > /dev/null 2>&1
+  python3 -c "import json; print('run $i first_step_seconds', json.load(open('$work/startup$i/metrics.json'))['first_step_seconds'])" \
+    2>&1 | tee -a "$OUT/summary.log"
+done
 
 tar -czf "$OUT/gpu_check.tgz" -C "$OUT" --exclude gpu_check.tgz . 2>/dev/null
 echo "logs: $OUT"

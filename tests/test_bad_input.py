@@ -63,5 +63,6 @@ def test_bce_on_data_outside_unit_range_is_refused(tmp_path):
 def test_unknown_option_lists_the_available_ones(tmp_path):
     proc = run_cli("model=transformer", cwd=tmp_path)
     assert proc.returncode == 1
-    assert proc.stderr.startswith("aecli: error: model: there is no option 'transformer' (options: ae, conv, conv_vae, dae, ")
+    assert proc.stderr.startswith("aecli: error: model: there is no option 'transformer' "
+                                  "(options: ae, conv, conv_vae, dae, ")
     assert "Traceback" not in proc.stderr

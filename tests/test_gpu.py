@@ -148,3 +148,30 @@ def test_sigterm_on_cuda_writes_a_checkpoint_that_resumes(tmp_path):
     out, err = again.communicate(timeout=300)
     assert again.returncode == 0, out + err
     assert read_metrics(run_dir)["steps"] == 20
+
+
+def test_conv_vae_with_batchnorm_trains_in_a_graph(tmp_path):
+    """BatchNorm's running statistics are updated inside the graph too."""
+    result = run(make_cfg("device=cuda", "model=conv_vae", "dataset=photos", "trainer.epochs=3", "trainer.progress=log",
+                          "trainer.cuda_graph=true"), tmp_path)
+    losses = [e.value for e in read_events(tmp_path).Scalars("train_epoch/loss_per_image")]
+    assert losses[-1] < 0.95 * losses[0] and result.metrics["test/psnr_db"] > 13
+
+
+def test_two_processes_on_one_gpu_train_what_one_process_trains(tmp_path):
+    import subprocess
+    import sys
+
+    from .conftest import cli_env
+
+    same = ("device=cuda", "model=ae", "noise=none", "trainer.epochs=2", "trainer.log_every_n_steps=1",
+            "trainer.progress=log")
+    one = run(make_cfg(*same, "trainer.batch_size=64"), tmp_path / "one")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+               "aecli.train", *same, "trainer.batch_size=32", f"hydra.run.dir={tmp_path / 'two'}"]
+    proc = subprocess.run(command, cwd=tmp_path, env=cli_env(gpu=True), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    two = read_metrics(tmp_path / "two")
+    assert "rank 0 of 2 (gloo)" in (tmp_path / "two" / "train.log").read_text()  # NCCL wants a GPU per rank
+    assert step_losses(tmp_path / "two") == pytest.approx(step_losses(tmp_path / "one"), rel=1e-4)
+    assert two["test/psnr_db"] == pytest.approx(one.metrics["test/psnr_db"], rel=1e-4)
