@@ -65,8 +65,8 @@ def place_job(cfg: DictConfig, slot: JobSlot, world: World = World()) -> tuple[t
     if world.distributed and gpus and index is None:
         index = world.local_rank % gpus  # one GPU per local rank (shared when there are fewer)
     device = resolve_device(name, index)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # NCCL and CUDA graphs use the current device
     return device, line
 
 

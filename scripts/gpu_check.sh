@@ -15,7 +15,7 @@ mkdir -p "$OUT"
 REPO=$(pwd)
 export PYTHONUNBUFFERED=1
 if ! python3 -c "import hydra, omegaconf" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/whl/*.whl && export PYTHONPATH=/tmp/site
+  python3 -m pip install -q --upgrade --no-index --no-deps --target /tmp/site .gpu/whl/*.whl && export PYTHONPATH=/tmp/site
 fi
 # tests and commands run from a dir without the checkout's aecli/ (it has no aecli/conf; the
 # installed aecli does)
