@@ -291,6 +291,19 @@ def _model_noise_bars(fig: Any, done: Sequence[Job]) -> None:
     ax.legend()
 
 
+def x_axis(done: Sequence[Job], key: str, log_keys: set[str]) -> tuple[list[float], list[str] | None, bool]:
+    """A panel's x positions of ``done``'s values of ``key``, the category names (None for
+    numbers; categories keep the sweep's order) and whether the axis is logarithmic (``key``
+    searched on a log scale, or positive values spanning LOG_RATIO or more)."""
+    values = [j.overrides.get(key, "") for j in done]
+    try:
+        xs = [float(x) for x in values]
+    except ValueError:
+        names = list(dict.fromkeys(values))
+        return [float(names.index(x)) for x in values], names, False
+    return xs, None, min(xs) > 0 and (key in log_keys or max(xs) / min(xs) >= LOG_RATIO)
+
+
 def _panels(fig: Any, done: Sequence[Job], keys: Sequence[str], metric: str, label: str,
             log_keys: set[str]) -> None:
     from matplotlib.ticker import NullFormatter
@@ -299,18 +312,13 @@ def _panels(fig: Any, done: Sequence[Job], keys: Sequence[str], metric: str, lab
     rows = math.ceil(len(keys) / cols)
     for n, key in enumerate(keys, 1):
         ax = fig.add_subplot(rows, cols, n)
-        values = [j.overrides.get(key, "") for j in done]
+        xs, names, log = x_axis(done, key, log_keys)
         ys = [_value(j, metric) for j in done]
-        try:
-            xs = [float(x) for x in values]
-        except ValueError:  # categories: one column of points each, in the sweep's order
-            names = list(dict.fromkeys(values))
-            xs = [names.index(x) for x in values]
+        if names is not None:  # categories: one column of points each
             ax.set_xticks(range(len(names)), names, rotation=30 if len(names) > 4 else 0)
-        else:
-            if min(xs) > 0 and (key in log_keys or max(xs) / min(xs) >= LOG_RATIO):  # e.g. a learning rate
-                ax.set_xscale("log")
-                ax.xaxis.set_minor_formatter(NullFormatter())  # labels at decades only: minor ones overlap
+        if log:  # e.g. a learning rate
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # labels at decades only: minor ones overlap
         ax.scatter(xs, ys, label="job")
         best = min(range(len(ys)), key=lambda i: ys[i])
         ax.scatter([xs[best]], [ys[best]], marker="*", s=250, color="tab:red", zorder=3, label="best job")
