@@ -211,11 +211,12 @@ def representations(run: TrainedRun, data: ImageData, batch: int, opts: Options,
                                           probes.pixels(data, data.test, test_idx, batch))
     pixels: probes.Features = opts.cache[key]
     scores = {"codes": probes.score(codes, y_train, y_test, k, opts.seed)}
-    for name, cache_key, features in (("pixels", (key, "pixels"), lambda: pixels),
-                                      ("pca", (key, "pca", codes.dims), lambda: probes.pca(pixels, codes.dims, opts.seed))):
-        if cache_key not in opts.cache:
-            opts.cache[cache_key] = probes.score(features(), y_train, y_test, k, opts.seed)
-        scores[name] = opts.cache[cache_key]
+    pixels_key, pca_key = (key, "pixels"), (key, "pca", codes.dims)
+    if pixels_key not in opts.cache:
+        opts.cache[pixels_key] = probes.score(pixels, y_train, y_test, k, opts.seed)
+    if pca_key not in opts.cache:
+        opts.cache[pca_key] = probes.score(probes.pca(pixels, codes.dims, opts.seed), y_train, y_test, k, opts.seed)
+    scores["pixels"], scores["pca"] = opts.cache[pixels_key], opts.cache[pca_key]
     out: dict[str, Any] = {}
     for name, s in scores.items():
         out.update({f"probe/{name}_accuracy": s["probe"], f"knn/{name}_accuracy": s["knn"], f"dims/{name}": s["dims"]})
@@ -370,11 +371,29 @@ def write_table(runs: Sequence[TrainedRun], results: Sequence[dict[str, Any]], o
     rows = table_rows(runs, results)
     out.mkdir(parents=True, exist_ok=True)
     notes = "".join(f"- {row['run']}: {n}\n" for row, r in zip(rows, results) for n in r["notes"])
+    representations = representation_table([row["run"] for row in rows], results)
     text = (f"# Evaluation of {len(runs)} runs\n\n{report.markdown(rows)}\n{legend(results, skipped)}"
+            + (f"\n## Codes vs pixels vs PCA\n\n{representations}" if representations else "")
             + (f"\nNotes:\n{notes}" if notes else ""))
     (out / "eval.md").write_text(text)
     report.write_csv(rows, out / "eval.csv")
     log.info("wrote %s, %s", out / "eval.md", out / "eval.csv")
+
+
+def representation_table(names: Sequence[str], results: Sequence[dict[str, Any]]) -> str:
+    """Linear-probe and k-NN accuracy of each run's codes next to PCA (as many dims) and the
+    pixels: one row per run that has them ("" if none has)."""
+    have = [(n, r) for n, r in zip(names, results) if "probe/codes_accuracy" in r]
+    if not have:
+        return ""
+    k = have[0][1]["knn_k"]
+    head = "| run | code dims | probe: codes | probe: PCA | probe: pixels | " + " | ".join(
+        f"{k}-NN: {rep}" for rep in ("codes", "PCA", "pixels")) + " |"
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in have:
+        accuracies = [r[f"{kind}/{rep}_accuracy"] for kind in ("probe", "knn") for rep in ("codes", "pca", "pixels")]
+        lines.append(f"| {name} | {r['dims/codes']} | " + " | ".join(f"{a:.3f}" for a in accuracies) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def legend(results: Sequence[dict[str, Any]], skipped: Sequence[str] = ()) -> str:
@@ -384,9 +403,10 @@ def legend(results: Sequence[dict[str, Any]], skipped: Sequence[str] = ()) -> st
               "nats: -log p(x) bounds (nats per image, VAE with loss=bce); noisy/denoised psnr: the corrupted input "
               "and its reconstruction against the clean image.")]
     if first:
-        lines.append(f"probe: logistic-regression accuracy (standardised features), knn: {first['knn_k']}-NN accuracy; "
-                     f"fit on {first['probe_train_images']} train images, scored on {first['test_images']} test images; "
-                     f"pca has as many dims as the code; chance (most common class): {first['chance_accuracy']:.3f}.")
+        lines.append(f"probe: logistic-regression accuracy (standardised features), knn: {first['knn_k']}-NN "
+                     f"accuracy; fit on {first['probe_train_images']} train images, scored on {first['test_images']} "
+                     f"test images; pca has as many dims as the code; chance (most common class): "
+                     f"{first['chance_accuracy']:.3f}.")
     lines += [f"skipped {s}" for s in skipped]
     return "\n".join(lines) + "\n"
 

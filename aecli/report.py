@@ -96,8 +96,8 @@ def read_job(job_dir: Path) -> Job:
     from aecli.rundir import read_json
 
     num = _yaml_get(job_dir / ".hydra" / "hydra.yaml", "hydra", "job", "num")  # "???" for a single run
-    job = Job(job_dir, num if isinstance(num, int) else None, read_overrides(job_dir / ".hydra" / "overrides.yaml"), RUNNING,
-              objective_key=_yaml_get(job_dir / ".hydra" / "config.yaml", "objective"))
+    job = Job(job_dir, num if isinstance(num, int) else None, read_overrides(job_dir / ".hydra" / "overrides.yaml"),
+              RUNNING, objective_key=_yaml_get(job_dir / ".hydra" / "config.yaml", "objective"))
     evaluated, _ = read_json(job_dir / "eval.json")
     job.eval = evaluated if isinstance(evaluated, dict) else {}
     recorded, status_problem = read_json(job_dir / "job_status.json")

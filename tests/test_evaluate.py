@@ -166,7 +166,7 @@ def test_cli_refuses_a_dir_that_is_not_a_run(tmp_path):
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "a.txt").write_text("not a run")
     proc = subprocess.run([sys.executable, "-m", "aecli.evaluate", str(tmp_path / "notes")],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr.startswith(f"aecli: error: RUN_DIR: {tmp_path / 'notes'} is not a run dir")
     assert "fix:" in proc.stderr and "Traceback" not in proc.stderr

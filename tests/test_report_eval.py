@@ -81,7 +81,7 @@ def test_log_axis_for_keys_searched_on_a_log_scale(tmp_path):
         {"hydra": {"sweeper": {"params": None}, "overrides": {"task": ["model.beta=tag(log, choice(0.6,3.0,1.2))"]}}}))
     assert report.log_scaled_keys(tmp_path, jobs) == {"optim.lr", "model.beta"}
     # values spanning 100x are plotted on a log axis whatever the search said
-    wide = [report.Job(Path(f"/x/{i}"), i, {"optim.lr": v}, report.DONE) for i, v in enumerate(["1e-4", "1e-3", "1e-2"])]
+    wide = [report.Job(Path(f"/x/{i}"), i, {"optim.lr": lr}, report.DONE) for i, lr in enumerate(["1e-4", "1e-2"])]
     assert report.x_axis(wide, "optim.lr", set())[2]
 
 
