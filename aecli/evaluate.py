@@ -220,9 +220,10 @@ def representations(run: TrainedRun, data: ImageData, batch: int, opts: Options,
     out: dict[str, Any] = {}
     for name, s in scores.items():
         out.update({f"probe/{name}_accuracy": s["probe"], f"knn/{name}_accuracy": s["knn"], f"dims/{name}": s["dims"]})
-        if not s["probe_converged"]:
-            notes.append(f"the linear probe on {name} stopped at {probes.PROBE_MAX_ITER} lbfgs iterations before "
-                         "converging: its accuracy is that of the early-stopped fit")
+    unconverged = [name for name, s in scores.items() if not s["probe_converged"]]
+    if unconverged:
+        notes.append(f"the linear probe stopped at {probes.PROBE_MAX_ITER} lbfgs iterations before converging on "
+                     f"{', '.join(unconverged)}: the accuracy of that early-stopped fit")
     out.update({"probe_train_images": len(train_idx), "test_images": len(test_idx), "knn_k": k,
                 "chance_accuracy": float(np.bincount(y_test).max() / len(y_test))})
     return out

@@ -4,6 +4,7 @@ SSIM, denoising PSNR, and a VAE's importance-weighted bound on -log p(x)."""
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -68,10 +69,15 @@ def ssim(model: nn.Module, data: ImageData, raw: Tensor, recon: ReconstructionLo
     device = next(model.parameters()).device
     sigma = ssim_sigma(*data.shape[1:])
     total = torch.zeros((), device=device, dtype=torch.float64)
-    for _, b in batches(raw, batch_size, torch.arange(len(raw), device=device)):
-        x = data.as_float(b)
-        per_image = ssim_fn(model.reconstruct(x, recon), x, sigma=sigma, data_range=1.0, reduction="none")
-        total += per_image.double().sum()
+    # SSIM's window is a one-channel conv2d, which torch's oneDNN path runs 3.5x slower than its
+    # native one on the CPU (0.49 vs 0.14 s for 1,024 MNIST-size images, 11x11 window): off here
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the flags' notice about Intel GPUs' TF32
+        with torch.backends.mkldnn.flags(enabled=False):
+            for _, b in batches(raw, batch_size, torch.arange(len(raw), device=device)):
+                x = data.as_float(b)
+                per_image = ssim_fn(model.reconstruct(x, recon), x, sigma=sigma, data_range=1.0, reduction="none")
+                total += per_image.double().sum()
     return total.item() / len(raw)
 
 
