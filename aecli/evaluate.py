@@ -52,7 +52,7 @@ EVENTS_SUFFIX = ".eval"  # the TensorBoard event file of the last evaluation
 TB_PREFIXES = ("test/", "probe/", "knn/", "chance_accuracy")  # what goes to TensorBoard (settings do not)
 NOISE_LEVEL_KEYS = ("p", "sigma")  # a noise config's level key: masking p, Gaussian sigma
 # table column -> eval.json key, in the order shown; columns no run has are left out
-COLUMNS = {"model": "model", "noise": "noise", "mse/px": "test/mse_per_pixel", "psnr_db": "test/psnr_db",
+COLUMNS = {"model": "model", "train noise": "noise", "mse/px": "test/mse_per_pixel", "psnr_db": "test/psnr_db",
            "ssim": "test/ssim", "-elbo nats": "test/neg_elbo_nats_per_image",
            "iw bound nats": "test/iw_bound_nats_per_image", "noisy psnr": "test/noisy_input_psnr_db",
            "denoised psnr": "test/denoised_psnr_db", "probe codes": "probe/codes_accuracy",
@@ -110,7 +110,7 @@ def evaluate(run: TrainedRun, opts: Options) -> dict[str, Any]:
     data = run.data(opts.data_root)
     batch = opts.batch_size or int(run.cfg.trainer.eval_batch_size)
     noise = eval_noise(run, opts)
-    result: dict[str, Any] = {"run_dir": str(run.run_dir), "checkpoint": run.checkpoint_name,
+    result: dict[str, Any] = {"run_dir": str(run.run_dir.absolute()), "checkpoint": run.checkpoint_name,
                               "step": run.state["step"], "epoch": run.state["epoch"],
                               "model": type(run.model).__name__, "loss": run.recon.name, "noise": repr(run.noise)}
     notes: list[str] = []

@@ -124,7 +124,7 @@ def test_several_runs_make_one_table_in_their_common_parent(results, runs):
     assert float(rows[1]["denoised psnr"]) == pytest.approx(results["dae"]["test/denoised_psnr_db"])
     assert rows[0]["iw bound nats"] == "" and float(rows[2]["iw bound nats"]) > 0
     md = (parent / "eval.md").read_text()
-    assert "| run | model | noise | mse/px |" in md and "5-NN accuracy; fit on 1258 train images" in md
+    assert "| run | model | train noise | mse/px |" in md and "5-NN accuracy; fit on 1258 train images" in md
 
 
 def test_a_dataset_without_labels_gets_reconstruction_only(runs):
