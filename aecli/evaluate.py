@@ -451,8 +451,9 @@ def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Options]:
     p.add_argument("--out", type=Path, default=None,
                    help="where several runs' eval.md / eval.csv go (default: the runs' common parent dir)")
     a = p.parse_args(argv)
-    opts = Options(a.checkpoint, a.device, a.iw_samples, a.noise, a.noise_level, a.batch_size, a.probe_images,
-                   a.knn, a.seed, a.data_root)
+    opts = Options(checkpoint=a.checkpoint, device=a.device, iw_samples=a.iw_samples, noise=a.noise,
+                   noise_level=a.noise_level, batch_size=a.batch_size, probe_images=a.probe_images, knn_k=a.knn,
+                   seed=a.seed, data_root=a.data_root)
     return a, opts
 
 
