@@ -56,7 +56,9 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
         if (p / "checkpoints").is_dir() or (p / ".hydra").is_dir() and not (p / "multirun.yaml").is_file():
             out.append(p)
             continue
-        jobs = sorted((d for d in p.iterdir() if (d / ".hydra").is_dir()), key=_job_number) if p.is_dir() else []
+        # a sweep's job dirs are named by Hydra: <num>_<overrides> (or <num>); other dirs are not jobs
+        jobs = sorted((d for d in p.iterdir() if (d / ".hydra").is_dir() and d.name.split("_", 1)[0].isdigit()),
+                      key=_job_number) if p.is_dir() else []
         if not jobs:
             raise ConfigError("RUN_DIR", f"{p} is not a run dir (no checkpoints/) nor a multirun dir (no job dirs)",
                               "pass the dir that python -m aecli.train printed ('run dir: ...'), or a sweep's dir")

@@ -52,6 +52,16 @@ OmegaConf.register_new_resolver("aecli_run_dir", run_dir_of, replace=True)
 OmegaConf.register_new_resolver("aecli_now", launch_time, replace=True)
 
 
+def job_tag(num: int | None) -> str:
+    """``[job N]`` in a sweep job's log lines (joblib interleaves parallel jobs' lines on the
+    terminal); nothing for a single run, which has no job number. The resolver
+    ``aecli_job_tag`` in ``hydra.job_logging``."""
+    return "" if num is None else f"[job {num}]"
+
+
+OmegaConf.register_new_resolver("aecli_job_tag", job_tag, replace=True)
+
+
 def continue_command(run_dir: Path) -> str:
     """A command that continues the run in ``run_dir``, safe to paste into a shell (the dir's
     name may hold Hydra's '=' and ',': the value is quoted for Hydra, the whole for the shell)."""

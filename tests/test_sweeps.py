@@ -135,10 +135,10 @@ def test_report_on_the_joblib_sweep(joblib_sweep):
     table = [line for line in proc.stdout.splitlines() if line.startswith("| ") and not line.startswith("| job")]
     assert len(table) == 6
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in table]
-    # done jobs first, grouped by the objective's unit, best first; then the failed ones
+    # done jobs first, best test MSE per pixel first (comparable across models); then the failed ones
     assert [c[3] for c in cells] == ["done"] * 4 + ["failed"] * 2
-    assert [c[5] for c in cells[:4]] == ["per_image", "per_image", "per_pixel", "per_pixel"]
-    assert {c[1] for c in cells[:2]} == {"vae"} and {c[1] for c in cells[4:]} == {"broken"}
+    assert {c[5] for c in cells[:4]} == {"val/loss_per_image", "val/loss_per_pixel"}  # the objective's key
+    assert {c[1] for c in cells[4:]} == {"broken"}
     assert all("no_such_argument" in c[-1] for c in cells[4:])
     assert (sweep / "report.md").read_text().count("| failed |") == 2
 
@@ -148,8 +148,8 @@ def test_report_on_the_joblib_sweep(joblib_sweep):
     for r in rows[:4]:
         assert float(r["objective"]) == json.loads((sweep / r["dir"] / "job_status.json").read_text())["return_value"]
         assert float(r["test/mse_per_pixel"]) == read_metrics(sweep / r["dir"])["test/mse_per_pixel"]
-    for unit_rows in (rows[:2], rows[2:4]):
-        assert float(unit_rows[0]["objective"]) <= float(unit_rows[1]["objective"])
+    mse = [float(r["test/mse_per_pixel"]) for r in rows[:4]]
+    assert mse == sorted(mse)
 
     png = Image.open(sweep / "report.png")
     assert png.format == "PNG" and png.size == (1000, 600)
@@ -174,7 +174,7 @@ def test_optuna_search_returns_the_best_trial_and_survives_a_failed_one(tmp_path
     assert "model.latent_dim: 0 is out of range" in status[2]["error"]
 
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
-    values = [read_metrics(p)["val/loss_per_image"] for p in jobs[:2]]
+    values = [read_metrics(p)["val/neg_elbo_nats_per_image"] for p in jobs[:2]]  # the search's objective
     assert results["best_value"] == min(values) == min(s["return_value"] for s in status[:2])
     best = results["best_params"]
     assert set(best) == {"optim.lr", "model.latent_dim", "model.beta"}
@@ -234,9 +234,8 @@ def test_report_lists_running_jobs_and_plots_values_per_key(tmp_path):
 def test_report_refuses_a_dir_without_jobs(tmp_path, capsys):
     assert report.main([str(tmp_path / "nope")]) == 1
     assert "aecli: error: SWEEP_DIR:" in capsys.readouterr().err
-    (tmp_path / "multirun" / "d" / "t").mkdir(parents=True)
-    (tmp_path / "multirun" / "d" / "t" / "multirun.yaml").write_text("{}")
-    assert report.main([str(tmp_path / "multirun")]) == 1
+    fake_job(tmp_path / "multirun" / "d" / "t", 0, ["model=ae"], "COMPLETED", {"val/loss_per_pixel": 0.1})
+    assert report.main([str(tmp_path / "multirun")]) == 1  # a date dir's parent: the sweep is further down
     err = capsys.readouterr().err
     assert "holds no job dirs" in err and str(tmp_path / "multirun" / "d" / "t") in err and "fix:" in err
     fake_job(tmp_path, 0, ["model=ae"], "COMPLETED", {"val/loss_per_pixel": 0.1})

@@ -85,3 +85,9 @@ class Autoencoder(nn.Module):
     def extra_metrics(self, means: dict[str, float], recon: ReconstructionLoss) -> dict[str, float]:
         """Metrics derived from the mean loss terms of an evaluation pass (keys name units)."""
         return {}
+
+    def neg_log_likelihood_bound(self, x: Tensor, recon: ReconstructionLoss, k: int) -> Tensor | None:
+        """Per image, an upper bound on -log p(x) in nats from ``k`` importance samples (the
+        bound of Burda et al. 2016; ``k = 1`` is the negative ELBO), shape (N,). None: the model
+        (or this loss) defines no likelihood, as for every autoencoder without a prior."""
+        return None

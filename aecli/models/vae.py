@@ -58,6 +58,26 @@ class GaussianVAE(Autoencoder):
         """Codes from the prior N(0, I)."""
         return torch.randn(n, self.latent_dim, generator=generator)
 
+    def neg_log_likelihood_bound(self, x: Tensor, recon: ReconstructionLoss, k: int) -> Tensor | None:
+        """-log of the mean of ``k`` importance weights p(x, z_i) / q(z_i | x), z_i ~ q(z | x):
+        an upper bound on -log p(x) in nats per image that tightens as ``k`` grows and is, in
+        expectation, never above the negative ELBO (Burda et al. 2016, "Importance Weighted
+        Autoencoders", eq. 8 and theorem 1). Needs a likelihood loss (bce); all k samples of
+        the batch are decoded at once, so the caller sizes the batch (N x k decoded images)."""
+        if not recon.log_likelihood:
+            return None
+        mu, logvar = self.encode_stats(x)
+        eps = torch.randn(k, *mu.shape, device=mu.device, dtype=mu.dtype)
+        z = mu + eps * (0.5 * logvar).exp()  # (k, N, latent_dim)
+        half_log_2pi = 0.5 * math.log(2 * math.pi)
+        log_q = -(0.5 * eps.pow(2) + 0.5 * logvar + half_log_2pi).sum(-1)  # log N(z; mu, sigma)
+        log_prior = -(0.5 * z.pow(2) + half_log_2pi).sum(-1)  # log N(z; 0, I)
+        logits = self.decode(z.flatten(0, 1))  # (k N, C, H, W)
+        target = x.unsqueeze(0).expand(k, *x.shape).flatten(0, 1)
+        log_px_z = -recon.elementwise(logits, target).flatten(1).sum(1).view(k, -1)
+        log_w = (log_px_z + log_prior - log_q).double()
+        return math.log(k) - torch.logsumexp(log_w, dim=0)
+
     def extra_metrics(self, means: dict[str, float], recon: ReconstructionLoss) -> dict[str, float]:
         """With a likelihood loss (bce) recon + KL is the negative ELBO, in nats per image."""
         if not recon.log_likelihood or "recon" not in means or "kl" not in means:
