@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
@@ -76,3 +77,22 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 def without_timing(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if k not in ("images_per_sec", "first_step_seconds")}
+
+
+@pytest.fixture(scope="session")
+def initial_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+@pytest.fixture(autouse=True)
+def torch_threads(initial_threads):
+    """After each test, the process's first thread count again: a run with
+    trainer.num_threads=N sets torch's for the whole process, and results computed with other
+    thread counts differ in their last bits (the resume tests compare an in-process run with
+    subprocesses bit for bit)."""
+    import torch
+
+    yield
+    torch.set_num_threads(initial_threads)
