@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -226,3 +227,30 @@ def test_skip_batch_when_everything_diverges_is_one_message(tmp_path, model):
     with pytest.raises(RunFailed) as e:
         run(cfg, tmp_path)
     assert e.value.key == "trainer.on_nan" and "non-finite" in e.value.problem and "optim.lr" in e.value.fix
+
+
+@pytest.mark.parametrize("kind,words", [
+    ("truncated", "is not a checkpoint"),
+    ("random bytes", "is not a checkpoint"),
+    ("foreign", "is not an aecli checkpoint"),
+    ("pickled code", "holds objects other than tensors and plain data"),
+    ("older format", "an older aecli wrote it"),
+])
+def test_bad_checkpoint_files_are_refused_and_nothing_is_touched(copy, kind, words):
+    file = copy / "checkpoints" / "last.pt"
+    data = file.read_bytes()
+    if kind == "truncated":
+        file.write_bytes(data[: len(data) // 2])
+    elif kind == "random bytes":
+        file.write_bytes(bytes(range(256)) * (len(data) // 256))
+    elif kind == "foreign":
+        torch.save({"state_dict": {"w": torch.zeros(3)}}, file)
+    elif kind == "pickled code":
+        torch.save({"format": checkpoint.FORMAT, "evil": subprocess.Popen}, file)
+    else:
+        torch.save({"format": "aecli-checkpoint-1", "model": {}}, file)
+    before = snapshot(copy)
+    with pytest.raises(ConfigError) as e:
+        prepare(make_cfg("trainer.epochs=2", "resume=auto"), copy, overrides=["resume=auto"])
+    assert e.value.key == "resume" and words in e.value.problem and "weights_only" not in str(e.value)
+    assert snapshot(copy) == before
