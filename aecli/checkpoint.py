@@ -85,18 +85,21 @@ def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
         raise
 
 
-def save(state: dict[str, Any], path: Path) -> None:
-    """Write a checkpoint atomically; a failure is a ``RunFailed`` naming the file and the free
-    space, and leaves the previous checkpoint there intact."""
-    path = Path(path)
-    try:
-        atomic_write(path, lambda f: torch.save({"format": FORMAT, **state}, f))
-    except (OSError, RuntimeError) as e:  # torch's zip writer reports a full disk as RuntimeError
-        free_mb = shutil.disk_usage(path.parent).free / 2**20 if path.parent.exists() else 0.0
-        run_dir = path.parent.parent
-        raise RunFailed("hydra.run.dir", f"could not write {path} ({str(e)[:200]}; {free_mb:.1f} MB free on that "
-                        "disk); the previous checkpoint there is intact",
-                        f"free disk space or fix the dir's permissions, then continue with resume={run_dir}") from None
+def save(state: dict[str, Any], *paths: Path) -> None:
+    """Write a checkpoint atomically to each of ``paths`` (serialized once; last.pt and best.pt
+    hold the same bytes); a failure is a ``RunFailed`` naming the file and the free space, and
+    leaves the previous checkpoint there intact."""
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, **state}, buffer)
+    data = buffer.getvalue()
+    for path in map(Path, paths):
+        try:
+            atomic_write(path, lambda f: f.write(data))
+        except OSError as e:
+            free_mb = shutil.disk_usage(path.parent).free / 2**20 if path.parent.exists() else 0.0
+            raise RunFailed("hydra.run.dir", f"could not write {path} ({str(e)[:200]}; {free_mb:.1f} MB free on "
+                            "that disk); the previous checkpoint there is intact", "free disk space or fix the "
+                            f"dir's permissions, then continue with resume={path.parent.parent}") from None
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -261,16 +264,28 @@ def load_model(path: str | Path, name: str = BEST, trusted_targets: Iterable[str
     >>> model = load_model("outputs/2026-11-24/10-00-00-123456")   # doctest: +SKIP
     """
     file = find(path, name)
-    last_file = file.parent / LAST
-    if file.name == BEST and last_file.is_file():
-        last = read(last_file, key="path")
-        # best.pt is written right after last.pt: a crash between the two leaves it stale or absent
-        if last["best_step"] == last["step"] and (not file.is_file() or read(file, key="path")["step"] != last["step"]):
-            log.warning("%s is missing or older than the best model, which %s holds (step %d): using that one",
-                        file, last_file, last["step"])
-            return build_model(last, trusted_targets)
-    state = read(file, key="path")
+    state = best_state(file, key="path")[0] if file.name == BEST else read(file, key="path")
     return build_model(state, trusted_targets)
+
+
+def best_state(file: Path, key: str) -> tuple[dict[str, Any], Path]:
+    """The verified checkpoint of the best model: ``best.pt`` (``file``), or ``last.pt`` next to
+    it when that records the best model as its own and best.pt is older or missing (best.pt is
+    written right after last.pt: a crash between the two), with a warning."""
+    last_file = file.parent / LAST
+    if not last_file.is_file():
+        return read(file, key=key), file
+    last = read(last_file, key=key)
+    if not file.is_file() and last["best_step"] in (None, last["step"]):  # none validated yet, or a crash
+        log.warning("%s is missing; using %s (step %d), %s", file, last_file, last["step"],
+                    "the best model" if last["best_step"] is not None else "no model was validated yet")
+        return last, last_file
+    best = read(file, key=key)
+    if last["best_step"] == last["step"] and best["step"] != last["step"]:
+        log.warning("%s is older than the best model, which %s holds (step %d): using that one",
+                    file, last_file, last["step"])
+        return last, last_file
+    return best, file
 
 
 def build_model(state: dict[str, Any], trusted_targets: Iterable[str] = ()) -> torch.nn.Module:

@@ -183,9 +183,7 @@ class Checkpointing(Hook):
             return
         snapshot = run.state.to_dict(run.data.shape, run.config, epoch_state, rng_ranks)
         directory = run.run_dir / "checkpoints"
-        checkpoint.save(snapshot, directory / checkpoint.LAST)
-        if best:
-            checkpoint.save(snapshot, directory / checkpoint.BEST)
+        checkpoint.save(snapshot, directory / checkpoint.LAST, *([directory / checkpoint.BEST] if best else []))
 
     def on_step_end(self, run: Run, terms: dict[str, Tensor] | None) -> None:
         es = run.state.epoch_state

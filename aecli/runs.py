@@ -90,12 +90,12 @@ def open_run(path: str | Path, which: str = "best", device: str = "auto",
                           "its first checkpoint)", "pass the dir of a run that trained at least one epoch")
     name = checkpoint.BEST if which == "best" else checkpoint.LAST
     file = checkpoint.find(p, name)
-    if which == "best" and not file.is_file() and (file.parent / checkpoint.LAST).is_file():
-        file = file.parent / checkpoint.LAST  # no validated model yet (stopped in the first epoch)
-    state = checkpoint.read(file, key="RUN_DIR")
+    # best: best.pt, or last.pt where best.pt is stale or there is no validated model yet
+    state, file = checkpoint.best_state(file, "RUN_DIR") if file.name == checkpoint.BEST \
+        else (checkpoint.read(file, key="RUN_DIR"), file)
     checkpoint.check_targets(state["config"], trusted_targets, source=str(file), key="RUN_DIR")
     target = torch.device(resolve_device(device))
-    model = checkpoint.load_model(file, file.name, trusted_targets).to(target)
+    model = checkpoint.build_model(state, trusted_targets).to(target)
     from aecli.resume import saved_config
 
     cfg = saved_config(state["config"], key="RUN_DIR")
