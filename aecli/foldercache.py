@@ -179,15 +179,11 @@ def _write(path: Path, records: list[Record], problems: list[str], images: Tenso
             "names": list(names), "sizes": torch.tensor(sizes, dtype=torch.int64),
             "mtimes": torch.tensor(mtimes, dtype=torch.int64), "problems": list(problems), "rows": rows,
             "images": images, "crc32": _crc(images) if images is not None else None}
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    from aecli.checkpoint import atomic_write
+
     try:
         path.parent.mkdir(exist_ok=True)
-        torch.save(data, temp)
-        os.replace(temp, path)
+        atomic_write(path, lambda f: torch.save(data, f))
     except OSError as e:
-        try:
-            temp.unlink(missing_ok=True)
-        except OSError:
-            pass
         log.warning("could not write the decoded-image cache %s (%s); the next run decodes again "
                     "(dataset.cache=false: do not try)", path, e.strerror or e)
