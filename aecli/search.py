@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from aecli import commands, inference, rundir
+from aecli import commands, inference, probes, rundir
 from aecli.data import ImageData
 from aecli.errors import ConfigError
 from aecli.images import image_grid, save_png
@@ -81,17 +81,15 @@ def measure(run: TrainedRun, data: ImageData, args: argparse.Namespace) -> None:
     if data.labels is None:
         raise ConfigError("--measure", "this run's dataset has no labels, so precision by label cannot be measured",
                           "train on a labelled dataset (digits, mnist, ..., a folder with one sub-folder per class)")
-    from sklearn.decomposition import PCA
-
     check_k(args.k, len(data.test))
     labels = data.labels["test"].to(run.device)
     dim = run.model.latent_dim
-    pixels = data.as_float(data.test[:]).flatten(1)
-    train = data.as_float(data.train[:]).flatten(1).cpu().numpy()
-    pca = PCA(n_components=min(dim, *train.shape), random_state=0).fit(train)
+    every = {split: torch.arange(len(data.split(split))) for split in ("train", "test")}
+    pixels = probes.Features(*(probes.pixels(data, data.split(s), every[s], inference.BATCH) for s in every))
+    pca = probes.pca(pixels, dim, seed=0)  # fit on the train pixels, as aecli.evaluate's baseline
     features = {f"codes ({dim})": inference.codes(run, data.test, data.max_value),
-                f"pixels ({pixels.shape[1]})": pixels,
-                f"PCA of the pixels ({pca.n_components_})": torch.from_numpy(pca.transform(pixels.cpu().numpy()))}
+                f"pixels ({pixels.dims})": torch.from_numpy(pixels.test),
+                f"PCA of the pixels ({pca.dims})": torch.from_numpy(pca.test)}
     scores = {name: precision_at_k(f.to(run.device, torch.float32), labels, args.k) for name, f in features.items()}
     counts = torch.bincount(labels).double()
     chance = float((counts * (counts - 1)).sum() / (len(labels) * (len(labels) - 1)))  # a random other image
