@@ -53,9 +53,6 @@ class EpochState:
             self.sums[k] = self.sums[k] + v.float() * n if k in self.sums else v.float() * n
         self.seen += n
 
-    def means(self) -> dict[str, float]:
-        return {k: v.item() / max(self.seen, 1) for k, v in self.sums.items()}
-
     def to_dict(self) -> dict[str, Any]:
         return {"perm": self.perm, "batch": self.batch, "seen": self.seen, "sums": self.sums, "skipped": self.skipped}
 

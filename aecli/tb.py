@@ -107,12 +107,11 @@ class ImageGrids(Hook):
     def on_fit_start(self, run: Run) -> None:
         gen = torch.Generator().manual_seed(self.seed)
         self.clean = run.data.as_float(run.data.val[: self.n_images].to(run.device))
-        noisy = self.clean + 0  # corrupted once, with its own generator: the run's RNG is not drawn from
-        if run.noise.corrupts:
+        self.noisy = None
+        if run.noise.corrupts:  # corrupted once, under its own seed: the run's RNG is not drawn from
             with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):
                 torch.manual_seed(self.seed)
-                noisy = run.noise(noisy)
-        self.noisy = noisy if run.noise.corrupts else None
+                self.noisy = run.noise(self.clean.clone())
         z = run.model.sample_latents(16, gen)
         self.prior_z = None if z is None else z.to(run.device)
 

@@ -62,7 +62,8 @@ def run(cfg: DictConfig, run_dir: str | Path, *, choices: dict[str, str] | None 
                 state.restore(prepared.state, len(parts.data.train), cfg.trainer.batch_size, parts.device,
                               world.rank, world.size)
         except ConfigError:
-            discard_new_run_dir(prepared)
+            if world.main:
+                discard_new_run_dir(prepared)
             raise
         if SIGNALS.requested is not None and not world.distributed:  # before the first step: nothing to save
             return RunResult("stopped", state.step, signal=SIGNALS.name())
@@ -114,7 +115,6 @@ def finish(run_: hooks.Run, all_hooks: hooks.Hooks, parts: Parts, cfg: DictConfi
     """The best model (best.pt; the final one if there is no best yet) on every split:
     ``metrics.json``, the hooks' ``on_fit_end`` (HParams, PNGs), the objective."""
     state, unit = run_.state, parts.model.loss_unit
-    final_weights = {k: v.clone() for k, v in parts.model.state_dict().items()}
     best = run_.run_dir / "checkpoints" / checkpoint.BEST
     if state.best_step is not None and state.best_step != state.step and best.is_file():
         parts.model.load_state_dict(checkpoint.read(best)["model"])
@@ -130,7 +130,6 @@ def finish(run_: hooks.Run, all_hooks: hooks.Hooks, parts: Parts, cfg: DictConfi
                 "best_val_loss": state.best_val if math.isfinite(state.best_val) else None,
                 "torch_threads": torch.get_num_threads()})
     all_hooks.on_fit_end(run_, out)
-    parts.model.load_state_dict(final_weights)
     if run_.world.main:
         rundir.write_json(run_.run_dir / "metrics.json", out)
     key = cfg.get("objective") or f"val/loss_{unit}"
@@ -186,7 +185,7 @@ def describe(parts: Parts, prepared: Prepared) -> None:
 def discard_new_run_dir(prepared: Prepared) -> None:
     """A new run refused while building (its data, its model): remove the dir it made, which holds
     only Hydra's record of the command and aecli's lock, so no FAILED dir is left behind."""
-    if prepared.created is None or prepared.state is not None or not WORLD.main:
+    if prepared.created is None or prepared.state is not None:
         return
     leftovers = set(rundir.foreign_files(prepared.run_dir)) - {".hydra", "train.log", rundir.STATUS_FILE}
     if not leftovers:
