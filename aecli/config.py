@@ -437,3 +437,20 @@ def _tilde_override(text: str) -> ConfigError | None:
 def _key_in(text: str) -> str | None:
     match = re.search(r"(?:override|key|Key)\s+'?\+*([A-Za-z_][\w.]*)", text)
     return match.group(1) if match else None
+
+
+def plain(cfg: DictConfig) -> dict[str, Any]:
+    """The config as plain data (resolved, enums by name, without Hydra's own node)."""
+    return {k: OmegaConf.to_container(cfg[k], resolve=True, enum_to_str=True) if OmegaConf.is_config(cfg[k])
+            else (cfg[k].name if hasattr(cfg[k], "name") and not isinstance(cfg[k], str) else cfg[k])
+            for k in cfg if k != "hydra"}
+
+
+def saved_config(saved: dict[str, Any], key: str = "resume") -> DictConfig:
+    """A checkpoint's config (checked with ``checkpoint.check_targets`` first) on the typed schema."""
+    try:
+        return OmegaConf.merge(OmegaConf.structured(TrainConfig),
+                               {k: v for k, v in saved.items() if k != "callbacks"})
+    except Exception as e:  # noqa: BLE001 - a stored config that does not fit the schema
+        raise ConfigError(key, f"the checkpoint's config does not fit this aecli ({str(e).splitlines()[0]})",
+                          "use the aecli version that wrote it") from None

@@ -5,7 +5,7 @@
   written before (the last good checkpoint) is intact.
 
 The CLI prints the message alone (no traceback) and exits with status 1; library callers of
-``aecli.trainer.run`` get the exception.
+``aecli.training.run.run`` get the exception.
 """
 from __future__ import annotations
 

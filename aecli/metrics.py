@@ -1,5 +1,5 @@
 """Metrics of a model on a split, each one batched pass on the training device: reconstruction
-(loss terms, MSE, PSNR; every epoch and in ``metrics.json``), and what ``aecli.evaluate`` adds:
+(loss terms, MSE, PSNR; every epoch and in ``metrics.json``), and what ``aecli.use.evaluate`` adds:
 SSIM, denoising PSNR, and a VAE's importance-weighted bound on -log p(x)."""
 from __future__ import annotations
 

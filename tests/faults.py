@@ -9,7 +9,7 @@ import time
 import torch
 from torch import Tensor
 
-from aecli.hooks import Hook
+from aecli.training.hooks import Hook
 
 MARKER = "aecli-test: paused"
 PAUSE_LIMIT_S = 60.0  # a paused run that nobody kills ends itself (a broken test must not hang CI)
@@ -19,7 +19,7 @@ def pause(where: str) -> None:
     """Announce the pause and wait until a stop signal arrives (or the limit: then exit 3)."""
     import os
 
-    from aecli.signals import SIGNALS
+    from aecli.training.signals import SIGNALS
 
     print(f"{MARKER} {where} (pid {os.getpid()})", file=sys.stderr, flush=True)
     deadline = time.monotonic() + PAUSE_LIMIT_S
@@ -79,7 +79,7 @@ class NaNNoise:
 def pause_in_checkpoint_write(n: int) -> None:
     """Make the ``n``-th checkpoint write pause after its temp file is written, before the rename
     (where a kill leaves a half-finished write behind)."""
-    from aecli import checkpoint
+    from aecli.store import checkpoint
 
     original, count = checkpoint.atomic_write, [0]
 
@@ -100,9 +100,9 @@ def pause_in_checkpoint_write(n: int) -> None:
     checkpoint.atomic_write = atomic_write
 
 
-if __name__ == "__main__":  # python -m tests.faults N ARGS...: aecli.train ARGS, pausing in write N
+if __name__ == "__main__":  # python -m tests.faults N ARGS...: aecli.training.app ARGS, pausing in write N
     pause_in_checkpoint_write(int(sys.argv[1]))
     sys.argv = ["aecli.train", *sys.argv[2:]]
-    from aecli.train import main
+    from aecli.training.app import main
 
     main()

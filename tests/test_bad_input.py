@@ -5,7 +5,7 @@ import torch
 
 from aecli.data import load_digits
 from aecli.errors import ConfigError
-from aecli.trainer import run
+from aecli.training.run import run
 
 from .conftest import quick_cfg, run_cli
 

@@ -6,11 +6,11 @@ import re
 import pytest
 import torch
 
-from aecli import bench
 from aecli.data import ImageData
-from aecli.hooks import Hook
 from aecli.losses import BinaryCrossEntropy
 from aecli.models import VAE, ConvAutoencoder
+from aecli.training import bench
+from aecli.training.hooks import Hook
 
 from .conftest import make_cfg
 

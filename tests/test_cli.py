@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from aecli.checkpoint import load_model, read
-from aecli.hooks import Hook
-from aecli.trainer import run
+from aecli.store.checkpoint import load_model, read
+from aecli.training.hooks import Hook
+from aecli.training.run import run
 
 from .conftest import quick_cfg, read_events, read_metrics, run_cli, without_timing
 

@@ -6,12 +6,12 @@ from importlib.resources import files
 import pytest
 from hydra.utils import instantiate
 
+from aecli.components import load_data
 from aecli.config import Precision, check, explain
 from aecli.data import ImageData
 from aecli.errors import ConfigError
 from aecli.losses import BinaryCrossEntropy, SquaredError
 from aecli.noise import GaussianNoise, MaskingNoise, NoNoise
-from aecli.setup import load_data
 
 from .conftest import make_cfg
 

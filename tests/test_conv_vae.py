@@ -10,7 +10,7 @@ from aecli.data import load_sample_patches
 from aecli.errors import ConfigError
 from aecli.losses import BinaryCrossEntropy
 from aecli.models import ConvVAE
-from aecli.trainer import run
+from aecli.training.run import run
 from tests.conftest import make_cfg, read_events, read_metrics
 
 # 32 px patches, a narrow conv VAE, batches of 32 (many small steps learn fastest per image)
@@ -51,7 +51,7 @@ def test_conv_vae_trains_on_photos(trained):
 
 
 def test_the_run_opens_for_use(trained):
-    from aecli.runs import open_run
+    from aecli.use.trained import open_run
 
     done = open_run(trained, device="cpu")
     data = done.data()
@@ -68,7 +68,7 @@ def test_prior_samples_are_written(trained):
 def test_resume_continues_exactly(tmp_path):
     """1 epoch, then resumed to 2, ends where 2 epochs straight end (BatchNorm's running
     statistics are in the checkpoint)."""
-    from aecli.hooks import Hook
+    from aecli.training.hooks import Hook
 
     class Steps(Hook):
         count = 0

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from aecli.checkpoint import read
-from aecli.trainer import run
+from aecli.store.checkpoint import read
+from aecli.training.run import run
 
 from .conftest import cli_env, make_cfg, read_events, read_metrics, without_timing
 from .faults import MARKER

@@ -1,4 +1,4 @@
-"""``aecli.evaluate`` on runs trained in-process on the bundled digits: numbers that can fail
+"""``aecli.use.evaluate`` on runs trained in-process on the bundled digits: numbers that can fail
 (probe accuracy above chance, IW bound below -ELBO, PSNR gained by a denoiser, SSIM in
 [0, 1]), the files it writes read back, and its refusals."""
 import csv
@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from aecli import evaluate, metrics
+from aecli import metrics
 from aecli.models.base import Autoencoder
-from aecli.runs import open_run
-from aecli.trainer import run
+from aecli.training.run import run
+from aecli.use import evaluate
+from aecli.use.trained import open_run
 
 from .conftest import make_cfg, read_events, snapshot
 

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from aecli.loop import optimizer_for
-from aecli.trainer import run
+from aecli.training.run import run
+from aecli.training.step import optimizer_for
 
 from .conftest import quick_cfg, read_events, read_metrics
 from .test_data import make_folder
@@ -63,7 +63,7 @@ def test_channels_last_conv_trains_like_the_default_layout(tmp_path):
 
 def test_set_memory_layout_converts_conv_models_only_where_asked():
     from aecli.models import ConvAutoencoder
-    from aecli.setup import set_memory_layout
+    from aecli.training.build import set_memory_layout
 
     model = ConvAutoencoder((1, 12, 12), channels=[4, 8], latent_dim=4)
     cpu = torch.device("cpu")

@@ -12,8 +12,9 @@ import torch
 from hydra.errors import OverrideParseException
 from PIL import Image
 
-from aecli import config, decode, foldercache
-from aecli.data import ImageFiles, load_folder
+from aecli import config
+from aecli.data import ImageFiles, decode, load_folder
+from aecli.data import cache as foldercache
 from aecli.errors import ConfigError
 from tests.conftest import make_cfg
 
@@ -75,7 +76,7 @@ def test_unreadable_files_are_skipped_named_and_counted(damaged, caplog):
 def test_fail_mode_names_the_file_and_not_the_config(damaged):
     cfg = make_cfg("dataset=folder", f"dataset.root={damaged}", "dataset.on_bad_image=fail",
                    "dataset.image_size=8", "dataset.cache=false")
-    from aecli.setup import load_data
+    from aecli.components import load_data
 
     with pytest.raises(ConfigError) as e:
         load_data(cfg)  # as the trainer builds it: the loader's own message passes through
@@ -257,7 +258,7 @@ def test_quoted_tilde_loads_the_home_folder(tmp_path, monkeypatch):
     write_pngs(tmp_path / "pictures", 10)
     cfg = make_cfg("dataset=folder", 'dataset.root="~/pictures"', "dataset.image_size=8")  # as the shell passes it
     assert cfg.dataset.root == "~/pictures"
-    from aecli.setup import load_data
+    from aecli.components import load_data
 
     assert load_data(cfg).shape == (3, 8, 8)
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from aecli.errors import RunFailed
-from aecli.hooks import Hook
 from aecli.noise import GaussianNoise, MaskingNoise
-from aecli.trainer import run
+from aecli.training.hooks import Hook
+from aecli.training.run import run
 
 from .conftest import make_cfg, popen_cli, read_events, read_metrics, without_timing
 from .faults import MARKER

@@ -8,7 +8,7 @@ from torch.distributions import Normal, kl_divergence
 from aecli.losses import BCEWithLogitsFloat32CPU, BinaryCrossEntropy, SquaredError
 from aecli.models import VAE, ConvAutoencoder, StackedAutoencoder
 from aecli.models.vae import kl_to_standard_normal
-from aecli.trainer import run
+from aecli.training.run import run
 
 from .conftest import quick_cfg, read_events, read_metrics
 

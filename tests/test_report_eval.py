@@ -10,8 +10,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from aecli import report
-from aecli.trainer import run
+from aecli.training.run import run
+from aecli.use import report
 
 from .conftest import make_cfg, run_cli
 

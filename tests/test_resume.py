@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from aecli.checkpoint import load_model, read
 from aecli.errors import RunFailed
-from aecli.trainer import run
+from aecli.store.checkpoint import load_model, read
+from aecli.training.run import run
 
 from .conftest import cli_env, make_cfg, popen_cli, read_events, read_metrics, run_cli, without_timing
 from .faults import MARKER

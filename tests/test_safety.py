@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from aecli import checkpoint, report, rundir
-from aecli.checkpoint import load_model, read
 from aecli.errors import ConfigError, RunFailed
-from aecli.resume import prepare
-from aecli.trainer import run
+from aecli.store import checkpoint, rundir
+from aecli.store.checkpoint import load_model, read
+from aecli.training.plan import prepare
+from aecli.training.run import run
+from aecli.use import report
 
 from .conftest import make_cfg, popen_cli, quick_cfg, read_events, run_cli, snapshot
 from .faults import MARKER

@@ -1,5 +1,5 @@
 """Sweeps with Hydra's plugins (joblib, submitit_local, Optuna), job status files and
-``aecli.report``. Each real sweep runs once per module, on 1-epoch digits runs."""
+``aecli.use.report``. Each real sweep runs once per module, on 1-epoch digits runs."""
 import csv
 import json
 import pickle
@@ -11,11 +11,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from aecli import report
 from aecli.config import check
 from aecli.errors import ConfigError
-from aecli.placement import cores_available, gpu_for_job, jobs_at_once, threads_per_job
-from aecli.train import picklable
+from aecli.training.app import picklable
+from aecli.training.placement import cores_available, gpu_for_job, jobs_at_once, threads_per_job
+from aecli.use import report
 
 from .conftest import make_cfg, read_metrics, run_cli
 

@@ -12,12 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from aecli import denoise, encode, finetune, sample, score, search
-from aecli import map as map_
 from aecli.data import keep_classes, load_digits
 from aecli.errors import ConfigError
-from aecli.runs import open_run
-from aecli.trainer import run as train
+from aecli.training.run import run as train
+from aecli.use import denoise, encode, finetune, sample, score, search
+from aecli.use import map as map_
+from aecli.use.trained import open_run
 
 from .conftest import make_cfg
 

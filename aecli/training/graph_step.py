@@ -27,9 +27,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from aecli.loop import Precision, Step
 from aecli.losses import ReconstructionLoss
-from aecli.state import EpochState, Phase
+from aecli.training.state import EpochState, Phase
+from aecli.training.step import Precision, Step
 
 WARMUP_STEPS = 3  # eager steps on a side stream before capture (PyTorch's recipe for whole-step graphs)
 

@@ -9,11 +9,11 @@ from omegaconf import DictConfig, open_dict, read_write
 
 from aecli.errors import AecliError
 
-PREPARED: dict[Path, Any] = {}  # run dir -> aecli.resume.Prepared, from RunGuard to the task
+PREPARED: dict[Path, Any] = {}  # run dir -> aecli.training.plan.Prepared, from RunGuard to the task
 
 
 class Refused(BaseException):
-    """Carries a refusal out of a Hydra callback to ``aecli.train.main`` (Hydra turns a
+    """Carries a refusal out of a Hydra callback to ``aecli.training.app.main`` (Hydra turns a
     callback's ``Exception`` into a warning and carries on)."""
 
     def __init__(self, error: AecliError) -> None:
@@ -23,13 +23,13 @@ class Refused(BaseException):
 
 class RunGuard(Callback):
     """Before a single run's dir is created or ``.hydra/`` written: every check that can refuse
-    the run (``aecli.resume.prepare``), and the run dir's lock. A refused run leaves nothing
+    the run (``aecli.training.plan.prepare``), and the run dir's lock. A refused run leaves nothing
     behind. A resumed run keeps the ``.hydra/`` of the run it continues (its original command
     and overrides), which Hydra would otherwise overwrite with the resume command's."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from aecli.distributed import WORLD
-        from aecli.resume import prepare
+        from aecli.training.distributed import WORLD
+        from aecli.training.plan import prepare
 
         run_dir = Path(config.hydra.run.dir).absolute()
         overrides = list(config.hydra.overrides.task)

@@ -5,7 +5,7 @@ once; submitit: local processes or SLURM jobs); they do not share out the machin
 jobs that each take all cores oversubscribe the CPU (N jobs x all-core thread pools), so each
 job takes its share here, read from the launcher config Hydra hands the job. Pure functions
 plus one reader of ``HydraConfig``; no torch import, so the config check stays fast.
-(``place_job`` in ``aecli.setup`` applies them.)
+(``place_job`` in ``aecli.training.build`` applies them.)
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """A finished (or interrupted) run, opened for use: ``open_run(RUN_DIR)``.
 
-The commands that measure or use a trained model (``aecli.evaluate``, ``aecli.encode``, ...)
+The commands that measure or use a trained model (``aecli.use.evaluate``, ``aecli.use.encode``, ...)
 start here. Everything comes from the run dir as data: the checkpoint is verified
-(``aecli.checkpoint.read``), its config may name only aecli's own classes and loaders (or the
+(``aecli.store.checkpoint.read``), its config may name only aecli's own classes and loaders (or the
 ``trusted_targets`` the caller names), and the model is rebuilt from aecli's registry.
 """
 from __future__ import annotations
@@ -15,9 +15,12 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from aecli import checkpoint
+from aecli.components import build, load_data
+from aecli.config import saved_config
 from aecli.data import ImageData
+from aecli.device import resolve_device
 from aecli.errors import ConfigError
+from aecli.store import checkpoint
 
 log = logging.getLogger("aecli")
 
@@ -40,7 +43,6 @@ class TrainedRun:
         """The run's dataset (same splits), on ``device``; ``root``: where the data lies now,
         if it moved since training."""
         if self._data is None:
-            from aecli.setup import load_data
 
             cfg = self.cfg
             if root is not None:
@@ -75,8 +77,6 @@ def open_run(path: str | Path, which: str = "best", device: str = "auto",
              trusted_targets: tuple[str, ...] = ()) -> TrainedRun:
     """Open ``path`` (a run dir, or a checkpoint file in one) with its ``best`` or ``last``
     checkpoint. ``device``: auto | cpu | cuda | mps."""
-    from aecli.device import resolve_device
-    from aecli.setup import build
 
     if which not in ("best", "last"):
         raise ConfigError("--checkpoint", f"{which!r} is not best or last",
@@ -96,7 +96,6 @@ def open_run(path: str | Path, which: str = "best", device: str = "auto",
     checkpoint.check_targets(state["config"], trusted_targets, source=str(file), key="RUN_DIR")
     target = torch.device(resolve_device(device))
     model = checkpoint.build_model(state, trusted_targets).to(target)
-    from aecli.resume import saved_config
 
     cfg = saved_config(state["config"], key="RUN_DIR")
     return TrainedRun(file.parent.parent, cfg, state, model, build(cfg, "loss"), build(cfg, "noise"), target, file.name)

@@ -3,7 +3,7 @@
 ``python -m aecli.train`` installs the handlers first thing, before Hydra or torch load: a
 signal then only sets ``SIGNALS.requested``, and the run stops at its next safe point (after
 the current training step, with a checkpoint; before training starts, with nothing to save). A
-second Ctrl-C exits at once. Library callers of ``aecli.trainer.run`` get the handlers for the
+second Ctrl-C exits at once. Library callers of ``aecli.training.run.run`` get the handlers for the
 duration of the run (``installed``), their own restored afterwards.
 """
 from __future__ import annotations

@@ -8,10 +8,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from aecli.commands import progress, warn
 from aecli.data import ImageFiles, batches
 from aecli.errors import ConfigError
-from aecli.runs import TrainedRun
+from aecli.use.commandline import progress, warn
+from aecli.use.trained import TrainedRun
 
 BATCH = 1024
 

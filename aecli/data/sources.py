@@ -20,6 +20,8 @@ import torch
 from torch import Tensor
 
 from aecli.errors import ConfigError
+from aecli.data.cache import decoded_folder
+from aecli.data.decode import decode_image
 
 log = logging.getLogger("aecli")
 
@@ -46,7 +48,6 @@ class ImageFiles(torch.utils.data.Dataset):
     def __getitem__(self, index: int | slice) -> Tensor:
         if isinstance(index, slice):
             return torch.stack([self[i] for i in range(*index.indices(len(self)))])
-        from aecli.decode import decode_image
 
         try:
             array = decode_image(self.files[index], self.image_size, self.channels)
@@ -145,7 +146,7 @@ def labelled(labels: list[Tensor] | None) -> dict[str, Tensor] | None:
 def keep_classes(data: ImageData, classes: list[int] | None) -> ImageData:
     """``data`` with its train and val splits cut to the labels in ``classes`` (``dataset.classes``;
     None: every class). The test split keeps every class, so the reconstruction error of a model
-    trained on some classes can be measured against the held-out ones (``aecli.score``)."""
+    trained on some classes can be measured against the held-out ones (``aecli.use.score``)."""
     if classes is None:
         return data
     if data.labels is None:
@@ -262,13 +263,13 @@ def load_folder(
     cache: bool = True,
 ) -> ImageData:
     """The user's own images: every image file under ``root`` (flat or in class sub-folders;
-    hidden files and folders left out), decoded by ``aecli.decode``'s colour policy to
+    hidden files and folders left out), decoded by ``aecli.data.decode``'s colour policy to
     ``image_size`` x ``image_size`` with ``channels`` 1 (grey) or 3 (RGB).
 
     Files that cannot be read are left out with a warning naming them
     (``on_bad_image=fail``: refused instead). ``num_workers`` processes decode the files; with
     ``cache`` the decoded images are kept in ``root/.aecli-cache/`` for the next run
-    (``aecli.foldercache``). Held in memory (and on the training device) when they fit
+    (``aecli.data.cache``). Held in memory (and on the training device) when they fit
     ``max_memory_mb``; streamed from disk by ``num_workers`` DataLoader workers otherwise.
     """
     _check_fraction("dataset.val_fraction", val_fraction)
@@ -289,7 +290,6 @@ def load_folder(
                           "pass dataset.root=/path/to/your/images (with ~: dataset.root=$HOME/...)")
     files = image_files(folder)
     _check_count(folder, len(files), "")
-    from aecli.foldercache import decoded_folder
 
     streamed = len(files) * channels * image_size**2 > max_memory_mb * 2**20
     decoded = decoded_folder(folder, files, image_size, channels, num_workers, pixels=not streamed, use_cache=cache)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from aecli.errors import ConfigError
+from aecli.store.atomic import atomic_write
 
 LOCK_FILE = ".aecli.lock"
 STATUS_FILE = "job_status.json"
@@ -106,7 +107,6 @@ def is_run_dir(run_dir: Path) -> bool:
 
 def write_json(path: Path, data: Any) -> None:
     """Write ``data`` as JSON, atomically (a crash or full disk leaves the old file whole)."""
-    from aecli.checkpoint import atomic_write
 
     text = (json.dumps(data, indent=2) + "\n").encode()
     atomic_write(Path(path), lambda f: f.write(text))

@@ -1,34 +1,23 @@
-"""The inner loop: one training step, and one pass over the training set.
-
-Batches are sliced from the uint8 dataset tensor on the training device; loss terms stay on
-the device and are summed there. The host waits for the device only every
-``trainer.log_every_n_steps`` steps and at the epoch's end (to notice a non-finite loss and to
-log), so the GPU is never idle waiting on Python. ``Step`` is the seam where a step is run
-eagerly or replayed as a CUDA graph (``aecli.graph``).
-"""
+"""One training step, from a raw uint8 batch to an optimizer update: the precision it runs
+at (``Precision``), the eager step (``Step``; ``graph_step.GraphStep`` replays the same step as
+a CUDA graph), the optimizer (``optimizer_for``), and the non-finite check (``check_finite``)."""
 from __future__ import annotations
 
 import logging
-import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from aecli.config import Precision as PrecisionName
-from aecli.data import batches
-from aecli.distributed import World, epoch_totals
 from aecli.errors import ConfigError
 from aecli.losses import ReconstructionLoss
-from aecli.state import EpochState, Phase
+from aecli.training.distributed import World
+from aecli.training.state import EpochState, Phase
 
-if TYPE_CHECKING:
-    from aecli.hooks import Hooks, Run
-
-log = logging.getLogger("aecli")
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -117,13 +106,6 @@ class Step:
         return terms
 
 
-@dataclass
-class EpochResult:
-    means: dict[str, float]  # mean loss terms over the epoch's images
-    images_per_sec: float
-    stopped: bool = False  # ended early: a stop was requested, or trainer.max_steps reached
-
-
 def check_finite(es: EpochState, world: World = World()) -> None:
     """Raise ``NonFiniteLoss`` if a step of this epoch had a non-finite loss, on any rank (one sync)."""
     if es.first_bad is None:
@@ -132,79 +114,6 @@ def check_finite(es: EpochState, world: World = World()) -> None:
     bad = int(world.min(torch.where(es.first_bad < 0, torch.full_like(es.first_bad, never), es.first_bad)).item())
     if bad != never:
         raise NonFiniteLoss(bad)
-
-
-def train_epoch(run: Run, step_fn: Step, hooks: Hooks, sync_every: int) -> EpochResult:
-    """Train ``run.phase`` for one pass over the training set (or the rest of the pass that
-    ``run.state.epoch_state`` describes). Hooks see every step; a hook that sets
-    ``run.stop_requested`` ends the epoch after that step (the epoch state then says where).
-
-    A non-finite loss raises ``NonFiniteLoss``: noticed on the device and reported at the next
-    sync (every ``sync_every`` steps and at the epoch's end), so no sync per step; or, with
-    ``on_nan=skip_batch``, the step skips the batch (a sync per step).
-    """
-    state, es = run.state, run.state.epoch_state
-    mine = run.world.shard(es.perm)  # DDP: this rank's part of the epoch (all of it otherwise)
-    n_batches = math.ceil(len(mine) / run.batch_size)
-    step_fn.begin_epoch(es, state.step)
-    seen_at_start, t0 = es.seen, time.perf_counter()
-    for _, raw in batches(run.data.train, run.batch_size, mine, start=es.batch):
-        state.step += 1
-        es.batch += 1
-        terms = step_fn(raw, es, state.step)
-        if terms is None:
-            es.skipped += 1
-            log.warning("step %d: non-finite loss, batch skipped (trainer.on_nan=skip_batch)", state.step)
-        if state.step % sync_every == 0 or es.batch == n_batches:  # the only host syncs in an epoch
-            check_finite(es, run.world)
-        hooks.on_step_end(run, terms)
-        if run.stop_requested:
-            break
-    sums, seen = epoch_totals(run.world, es.sums, es.seen, es.perm.device)  # a sync: honest timing
-    elapsed = time.perf_counter() - t0
-    means = {k: v / seen for k, v in sums.items()} if seen else {}
-    speed = (es.seen - seen_at_start) * run.world.size / max(elapsed, 1e-9)
-    return EpochResult(means, speed, stopped=es.batch < n_batches)
-
-
-def epoch_permutation(n: int, seed: int, phase: int, epoch: int, device: torch.device) -> Tensor:
-    """The order of an epoch's images: the same on every rank (its own generator, seeded by the
-    run's seed, the phase and the epoch, as DistributedSampler seeds by epoch)."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + phase * 10_007 + epoch)
-    return torch.randperm(n, generator=generator).to(device)
-
-
-def run_epochs(run: Run, make_step: Callable[[Phase], Step], hooks: Hooks, sync_every: int,
-               validate: Callable[[], dict[str, float]]) -> bool:
-    """Every remaining epoch of every remaining phase, from ``run.state``'s position; False if a
-    stop ended it early. After each epoch of the main phase: validation, then the hooks."""
-    state = run.state
-    for index, phase in enumerate(state.phases):
-        if index < state.phase:
-            continue
-        if index > state.phase:
-            state.phase, state.epoch = index, 0
-        run.phase, step_fn = phase, make_step(phase)
-        while state.epoch < phase.epochs and not run.stop_requested:
-            if state.epoch_state is None:
-                perm = epoch_permutation(len(run.data.train), run.cfg.seed, index, state.epoch, run.device)
-                state.epoch_state = EpochState(perm=perm)
-            hooks.on_epoch_start(run)
-            result = train_epoch(run, step_fn, hooks, sync_every)
-            if result.stopped:
-                return False
-            if result.means.get("loss") is None:
-                raise NonFiniteLoss(state.step, f"every batch of epoch {state.epoch + 1} (all skipped)")
-            state.epoch, state.epoch_state = state.epoch + 1, None
-            val = validate() if phase.main else None
-            if val is not None:
-                state.val, run.last_epoch = val, result
-                if val[f"loss_{phase.unit}"] < state.best_val:
-                    state.best_val, state.best_step = val[f"loss_{phase.unit}"], state.step
-            hooks.on_epoch_end(run, result, val)
-            if run.stop_requested:
-                return False
-    return not run.stop_requested
 
 
 def optimizer_for(params: Any, lr: float, weight_decay: float, fused: Any, device: torch.device,

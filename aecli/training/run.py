@@ -1,7 +1,7 @@
 """A training run, top to bottom: ``run(cfg, run_dir)``.
 
 prepare (every check; the run dir's lock; the checkpoint to continue) -> build (device, data,
-model, phases: ``aecli.setup``) -> fit (the phases' epochs, ``aecli.loop``, with hooks for
+model, phases: ``aecli.training.build``) -> fit (the phases' epochs, ``aecli.training.loop``, with hooks for
 checkpoints, TensorBoard, progress and stop signals) -> finish (the best model evaluated on
 every split, ``metrics.json``, HParams).
 
@@ -22,15 +22,20 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from aecli import checkpoint, hooks, metrics, rundir, tb
-from aecli.config import value
-from aecli.distributed import WORLD, World
+from aecli import metrics
+from aecli.components import build
+from aecli.config import plain, value
 from aecli.errors import ConfigError, RunFailed
-from aecli.loop import NonFiniteLoss, run_epochs
-from aecli.placement import JobSlot
-from aecli.resume import Prepared, plain, prepare
-from aecli.setup import Parts, build, build_parts, make_step, new_state
-from aecli.signals import SIGNALS
+from aecli.store import checkpoint, rundir
+from aecli.training import callbacks, hooks
+from aecli.training import tensorboard as tb
+from aecli.training.build import Parts, build_parts, make_step, new_state
+from aecli.training.distributed import WORLD, World
+from aecli.training.loop import run_epochs
+from aecli.training.placement import JobSlot
+from aecli.training.plan import Prepared, prepare
+from aecli.training.signals import SIGNALS
+from aecli.training.step import NonFiniteLoss
 
 log = logging.getLogger("aecli")
 
@@ -50,7 +55,7 @@ def run(cfg: DictConfig, run_dir: str | Path, *, choices: dict[str, str] | None 
         extra_hooks: list[hooks.Hook] | None = None, prepared: Prepared | None = None,
         world: World = WORLD) -> RunResult:
     """Train as ``cfg`` says, writing everything into ``run_dir``. ``prepared``: the result of
-    ``aecli.resume.prepare`` when the caller ran it already (the CLI, before Hydra writes).
+    ``aecli.training.plan.prepare`` when the caller ran it already (the CLI, before Hydra writes).
     ``world``: this process's place in a DDP run (``torchrun``; rank 0 writes)."""
     prepared = prepared or prepare(cfg, Path(run_dir))
     cfg, run_dir = prepared.cfg, prepared.run_dir
@@ -149,12 +154,12 @@ def default_hooks(cfg: DictConfig, writer: Any, choices: dict[str, str], mine: l
     other than 0 keep only those that take part in collectives (they log to a ``NullWriter``)."""
     tc = cfg.trainer
     bar = value(tc.progress) == "bar" or (value(tc.progress) == "auto" and _stderr_is_tty())
-    ends = [hooks.StopOnSignal(SIGNALS, tc.log_every_n_steps)]
-    ends += [hooks.MaxSteps(tc.max_steps)] if tc.max_steps is not None else []
+    ends = [callbacks.StopOnSignal(SIGNALS, tc.log_every_n_steps)]
+    ends += [callbacks.MaxSteps(tc.max_steps)] if tc.max_steps is not None else []
     logs = [tb.EpochScalars(writer), tb.ImageGrids(writer, tc.grid_images, cfg.seed),
-            hooks.ProgressReport(bar, tc.log_every_n_steps)] if world.main else []
-    return [hooks.FirstStepTime(), *mine, *ends, tb.StepScalars(writer, tc.log_every_n_steps), *logs,
-            hooks.Checkpointing(tc.checkpoint_every_n_steps, flush=writer.flush),
+            callbacks.ProgressReport(bar, tc.log_every_n_steps)] if world.main else []
+    return [callbacks.FirstStepTime(), *mine, *ends, tb.StepScalars(writer, tc.log_every_n_steps), *logs,
+            callbacks.Checkpointing(tc.checkpoint_every_n_steps, flush=writer.flush),
             *([tb.HParams(writer, cfg, choices)] if world.main else [])]
 
 

@@ -16,14 +16,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from aecli.distributed import epoch_totals
-from aecli.hooks import Hook, Run
 from aecli.images import image_grid, save_png
+from aecli.training.distributed import epoch_totals
+from aecli.training.hooks import EpochResult, Hook, Run
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
 
-    from aecli.loop import EpochResult
 
 log = logging.getLogger("aecli")
 

@@ -3,7 +3,7 @@
 ``TrainState`` holds the model, the phases (each with its optimizer), the gradient scaler, the
 position (phase, epochs done, global step), the partial epoch, the validation results, and the
 state of the hooks that keep some (the per-step TensorBoard window). ``to_dict`` is the
-checkpoint's content; ``restore`` puts a verified checkpoint back (``aecli.checkpoint``
+checkpoint's content; ``restore`` puts a verified checkpoint back (``aecli.store.checkpoint``
 verifies the file; ``restore`` checks that it fits this model and data).
 """
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Everything a run builds from its config before it trains, shared by ``aecli.trainer.run`` and
-``aecli.bench``: the device and threads, the seed, the data, the model, loss and noise, the
+"""Everything a run builds from its config before it trains, shared by ``aecli.training.run.run`` and
+``aecli.training.bench``: the device and threads, the seed, the data, the model, loss and noise, the
 precision, the phases with their optimizers, and each phase's training step."""
 from __future__ import annotations
 
@@ -9,49 +9,26 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor
 
+from aecli.components import build, load_data
 from aecli.config import value
-from aecli.data import ImageData, keep_classes
+from aecli.data import ImageData
 from aecli.device import resolve_device
-from aecli.distributed import World
-from aecli.errors import AecliError, ConfigError
-from aecli.loop import Precision, Step, optimizer_for
+from aecli.errors import ConfigError
 from aecli.losses import ReconstructionLoss
-from aecli.placement import JobSlot, cores_available, gpu_for_job, threads_per_job
-from aecli.state import Phase, TrainState, seed_everything
+from aecli.training.distributed import World
+from aecli.training.graph_step import GraphStep
+from aecli.training.placement import JobSlot, cores_available, gpu_for_job, threads_per_job
+from aecli.training.state import Phase, TrainState, seed_everything
+from aecli.training.step import Precision, Step, optimizer_for
 
 log = logging.getLogger("aecli")
 
 
-def build(cfg: DictConfig, group: str, **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate(cfg[group])``, with config mistakes re-worded for the user
-    (Hydra's own message hides the cause behind 'see chained exception above')."""
-    try:
-        return instantiate(cfg[group], **kwargs)
-    except InstantiationException as e:
-        cause = e.__cause__
-        if isinstance(cause, AecliError):
-            raise cause from None
-        target = OmegaConf.select(cfg, f"{group}._target_")
-        fix = f"check the keys of conf/{group}/ against {target}'s arguments" if isinstance(cause, TypeError) \
-            else f"{target} failed on its inputs (above): check them"  # the data, not the config
-        raise ConfigError(group, f"cannot build {target}: {cause or e}", fix) from None
-
-
-def load_data(cfg: DictConfig) -> ImageData:
-    """The dataset ``cfg.dataset`` names, its train and val splits cut to ``dataset.classes``
-    when that is set (``aecli.data.keep_classes``; the loaders never see the key)."""
-    node = OmegaConf.to_container(cfg.dataset, resolve=True)
-    classes = node.pop("classes", None)
-    return keep_classes(build(OmegaConf.create({"dataset": node}), "dataset"), classes)
-
-
 def place_job(cfg: DictConfig, slot: JobSlot, world: World = World()) -> tuple[torch.device, str]:
-    """Thread count and device for this job of a sweep (``aecli.placement``), and a line that
+    """Thread count and device for this job of a sweep (``aecli.training.placement``), and a line that
     says so (logged once the run is built)."""
     cores = cores_available()
     threads = threads_per_job(cfg.trainer.get("num_threads"), cores, slot.jobs_at_once)
@@ -157,11 +134,10 @@ def uses_cuda_graph(cfg: DictConfig, device: torch.device, world: World = World(
 
 
 def make_step(phase: Phase, parts: Parts, state: TrainState, cfg: DictConfig, world: World = World()) -> Step:
-    """The training step for ``phase``: replayed as a CUDA graph (``aecli.graph``) when
+    """The training step for ``phase``: replayed as a CUDA graph (``aecli.training.graph_step``) when
     ``uses_cuda_graph``, else eager, its loss ``torch.compile``'d when ``trainer.compile``."""
     args = (phase, parts.recon, parts.precision, state.scaler, parts.data.as_float)
     if uses_cuda_graph(cfg, parts.device, world):
-        from aecli.graph import GraphStep
 
         return GraphStep(*args)
     compute = torch.compile(phase.module.loss, mode=cfg.trainer.compile_mode) if cfg.trainer.compile else None

@@ -1,5 +1,5 @@
-"""What every command on a trained run shares (``aecli.encode``, ``aecli.map``, ``aecli.search``,
-``aecli.denoise``, ``aecli.sample``, ``aecli.score``, ``aecli.finetune``): the command line
+"""What every command on a trained run shares (``aecli.use.encode``, ``aecli.use.map``, ``aecli.use.search``,
+``aecli.use.denoise``, ``aecli.use.sample``, ``aecli.use.score``, ``aecli.use.finetune``): the command line
 (``RUN``, ``--checkpoint``, ``--device``, ``--out``), opening the run, where outputs go, progress
 bars, and bad input as one ``aecli: error: KEY: ...`` message with exit status 1.
 
@@ -11,12 +11,11 @@ import argparse
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from aecli.errors import AecliError, ConfigError
-
-if TYPE_CHECKING:
-    from aecli.runs import TrainedRun
+from aecli.use.trained import TrainedRun
+from aecli.use.trained import open_run as open_
 
 T = TypeVar("T")
 
@@ -50,7 +49,6 @@ def main(p: argparse.ArgumentParser, recipe: Callable[[argparse.Namespace], None
 
 def open_run(args: argparse.Namespace) -> TrainedRun:
     """The run ``RUN`` names, with the ``--checkpoint`` model on ``--device``."""
-    from aecli.runs import open_run as open_
 
     return open_(args.run, args.checkpoint, args.device)
 

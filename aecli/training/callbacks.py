@@ -1,132 +1,27 @@
-"""Hooks: what happens around training, apart from training itself.
-
-A hook subclasses ``Hook`` and overrides any of its methods; each gets the ``Run`` (the config,
-the run dir, the data, the model, the ``TrainState``). The loop calls them in list order:
-
-- ``on_fit_start(run)``: once, before the first step (also after a resume);
-- ``on_epoch_start(run)``: before each epoch (or the rest of one, after a resume);
-- ``on_step_end(run, terms)``: after every optimizer step; ``terms`` are the step's loss terms
-  as device tensors (None: the batch was skipped). Reading them (``.item()``) makes the host
-  wait for the device: do it every N steps, not every step;
-- ``on_epoch_end(run, result, val)``: after each epoch; ``val`` is the validation of the main
-  phase (None during pre-training); ``result.means`` the epoch's mean training loss terms;
-- ``on_stop(run)``: training ends before its schedule (a signal, ``trainer.max_steps``);
-- ``on_fit_end(run, metrics)``: after the final evaluation, with what goes to ``metrics.json``.
-
-Setting ``run.stop_requested`` (to a reason) ends training after the current step. A hook with a
-``state_key`` has its ``state_dict()`` saved in each checkpoint and given back to
-``load_state_dict`` on resume. Your own hooks go in the config (``callbacks``):
-``+callbacks.mine._target_=my_pkg.MyHook``.
-"""
+"""The built-in hooks every run has (``training.hooks`` says what a hook is): checkpointing,
+progress lines, stop on a signal, ``trainer.max_steps``, and the first step's time.
+TensorBoard's hooks live in ``training.tensorboard``."""
 from __future__ import annotations
 
 import logging
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-from omegaconf import DictConfig
 from torch import Tensor
 
-from aecli import checkpoint
-from aecli.data import ImageData
-from aecli.distributed import World, epoch_totals, gather
-from aecli.losses import ReconstructionLoss
-from aecli.state import TrainState
+from aecli.store import checkpoint
+from aecli.store.atomic import remove_stale_temps
+from aecli.training.distributed import epoch_totals, gather
+from aecli.training.hooks import EpochResult, Hook, Run
+from aecli.training.signals import seconds_since_process_start
+from aecli.training.state import rng_state
+from aecli.training.step import check_finite
 
-if TYPE_CHECKING:
+log = logging.getLogger(__name__)
 
-    from aecli.loop import EpochResult
-    from aecli.state import Phase
-
-log = logging.getLogger("aecli")
-
-
-@dataclass
-class Run:
-    """What hooks may look at (and ``stop_requested``, which they may set)."""
-
-    cfg: DictConfig
-    run_dir: Path
-    state: TrainState
-    data: ImageData
-    model: torch.nn.Module
-    recon: ReconstructionLoss
-    noise: Any
-    device: torch.device
-    batch_size: int
-    hooks: Hooks
-    config: dict[str, Any] = field(default_factory=dict)  # the config a checkpoint records
-    phase: Phase | None = None
-    stop_requested: str | None = None  # why training should end after this step
-    last_epoch: EpochResult | None = None  # the main phase's last epoch in this process
-    world: World = field(default_factory=World)  # DDP: this process's rank (rank 0 writes)
-
-
-class Hook:
-    """Base class: every method does nothing."""
-
-    state_key: str | None = None  # set to keep state in checkpoints
-
-    def on_fit_start(self, run: Run) -> None: ...
-    def on_epoch_start(self, run: Run) -> None: ...
-    def on_step_end(self, run: Run, terms: dict[str, Tensor] | None) -> None: ...
-    def on_epoch_end(self, run: Run, result: EpochResult, val: dict[str, float] | None) -> None: ...
-    def on_stop(self, run: Run) -> None: ...
-    def on_fit_end(self, run: Run, metrics: dict[str, Any]) -> None: ...
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-
-class Hooks:
-    """The run's hooks, called in order. ``on_step_end`` goes only to hooks that override it
-    (it runs every step)."""
-
-    def __init__(self, hooks: list[Hook]) -> None:
-        self.hooks = list(hooks)
-        self._per_step = [h for h in self.hooks if type(h).on_step_end is not Hook.on_step_end]
-
-    def __iter__(self):
-        return iter(self.hooks)
-
-    def on_fit_start(self, run: Run) -> None:
-        for h in self.hooks:
-            if h.state_key is not None and h.state_key in run.state.hooks:
-                h.load_state_dict(run.state.hooks[h.state_key])
-            h.on_fit_start(run)
-
-    def on_epoch_start(self, run: Run) -> None:
-        for h in self.hooks:
-            h.on_epoch_start(run)
-
-    def on_step_end(self, run: Run, terms: dict[str, Tensor] | None) -> None:
-        for h in self._per_step:
-            h.on_step_end(run, terms)
-
-    def on_epoch_end(self, run: Run, result: EpochResult, val: dict[str, float] | None) -> None:
-        for h in self.hooks:
-            h.on_epoch_end(run, result, val)
-
-    def on_stop(self, run: Run) -> None:
-        for h in self.hooks:
-            h.on_stop(run)
-
-    def on_fit_end(self, run: Run, metrics: dict[str, Any]) -> None:
-        for h in self.hooks:
-            h.on_fit_end(run, metrics)
-
-    def states(self) -> dict[str, Any]:
-        return {h.state_key: h.state_dict() for h in self.hooks if h.state_key is not None}
-
-
-# --- built-in hooks ------------------------------------------------------------------------
 
 class Checkpointing(Hook):
     """``checkpoints/last.pt`` at every epoch's end, every ``every_n_steps`` steps and on a stop;
@@ -140,7 +35,7 @@ class Checkpointing(Hook):
         if not run.world.main:
             return
         directory = run.run_dir / "checkpoints"
-        for stale in checkpoint.remove_stale_temps(directory):
+        for stale in remove_stale_temps(directory):
             log.info("removed %s, left by a process killed while writing it", stale)
         directory.mkdir(parents=True, exist_ok=True)
         self.repair_best(run)
@@ -164,7 +59,6 @@ class Checkpointing(Hook):
     def save(self, run: Run, best: bool = False) -> None:
         """Write last.pt (and best.pt); in a DDP run every rank takes part (the epoch's sums and
         the RNG states are gathered), rank 0 writes."""
-        from aecli.loop import check_finite
 
         es, world = run.state.epoch_state, run.world
         if es is not None:
@@ -173,7 +67,6 @@ class Checkpointing(Hook):
         run.state.hooks = run.hooks.states()
         epoch_state = rng_ranks = None
         if world.distributed:
-            from aecli.state import rng_state
 
             rng_ranks = gather(world, rng_state())
             if es is not None:
@@ -253,7 +146,7 @@ class ProgressReport(Hook):
 
 
 class StopOnSignal(Hook):
-    """A stop signal (SIGTERM, SIGINT; ``aecli.signals``) ends training after the current step.
+    """A stop signal (SIGTERM, SIGINT; ``aecli.training.signals``) ends training after the current step.
     In a DDP run a signal to any rank stops every rank, at the same step: the ranks agree every
     ``every`` steps (the loop's sync points) and at epoch ends."""
 
@@ -301,7 +194,6 @@ class FirstStepTime(Hook):
         if self.seconds is None:
             if run.device.type == "cuda":
                 torch.cuda.synchronize(run.device)
-            from aecli.signals import seconds_since_process_start
 
             self.seconds = seconds_since_process_start()
 

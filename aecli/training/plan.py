@@ -18,8 +18,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from aecli import checkpoint, config, rundir
+from aecli import config
+from aecli.config import plain, saved_config
 from aecli.errors import ConfigError
+from aecli.store import checkpoint, rundir
 
 MAY_CHANGE = (
     "trainer.epochs", "trainer.max_steps", "trainer.progress", "trainer.num_threads", "trainer.log_every_n_steps",
@@ -59,13 +61,6 @@ def may_change(key: str) -> bool:
     return any(key == k or key.startswith(k + ".") for k in MAY_CHANGE)
 
 
-def plain(cfg: DictConfig) -> dict[str, Any]:
-    """The config as plain data (resolved, enums by name, without Hydra's own node)."""
-    return {k: OmegaConf.to_container(cfg[k], resolve=True, enum_to_str=True) if OmegaConf.is_config(cfg[k])
-            else (cfg[k].name if hasattr(cfg[k], "name") and not isinstance(cfg[k], str) else cfg[k])
-            for k in cfg if k != "hydra"}
-
-
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(node, dict) and node:
         out: dict[str, Any] = {}
@@ -99,16 +94,6 @@ def mismatches(current: dict[str, Any], saved: dict[str, Any], keys: list[str] |
         k for k in set(a) | set(b) if any(k == t or k.startswith(t + ".") for t in keys))
     return [f"{k}: {a.get(k)!r} here, {b.get(k)!r} in the checkpoint" for k in names
             if not may_change(k) and a.get(k) != b.get(k)]
-
-
-def saved_config(saved: dict[str, Any], key: str = "resume") -> DictConfig:
-    """A checkpoint's config (checked with ``checkpoint.check_targets`` first) on the typed schema."""
-    try:
-        return OmegaConf.merge(OmegaConf.structured(config.TrainConfig),
-                               {k: v for k, v in saved.items() if k != "callbacks"})
-    except Exception as e:  # noqa: BLE001 - a stored config that does not fit the schema
-        raise ConfigError(key, f"the checkpoint's config does not fit this aecli ({str(e).splitlines()[0]})",
-                          "use the aecli version that wrote it") from None
 
 
 def effective_config(cfg: DictConfig, saved: dict[str, Any], keys: list[str] | None) -> DictConfig:

@@ -2,7 +2,7 @@
 
 ``decoded_folder`` returns every file's decoded image (or its problem), reading what it can
 from ``ROOT/.aecli-cache/<size>px-<grey|rgb>.pt`` and decoding the rest in parallel
-(``aecli.decode``). A file is known by its path under the root, its size and its mtime: a
+(``aecli.data.decode``). A file is known by its path under the root, its size and its mtime: a
 changed, added or removed file is decoded (or dropped) alone, the others come from the cache.
 
 The cache is data, never trusted blindly: it is read with ``weights_only`` (no code), every
@@ -23,8 +23,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from aecli import decode
+from aecli.data import decode
 from aecli.errors import ConfigError
+from aecli.store.atomic import atomic_write
 
 log = logging.getLogger("aecli")
 
@@ -179,7 +180,6 @@ def _write(path: Path, records: list[Record], problems: list[str], images: Tenso
             "names": list(names), "sizes": torch.tensor(sizes, dtype=torch.int64),
             "mtimes": torch.tensor(mtimes, dtype=torch.int64), "problems": list(problems), "rows": rows,
             "images": images, "crc32": _crc(images) if images is not None else None}
-    from aecli.checkpoint import atomic_write
 
     try:
         path.parent.mkdir(exist_ok=True)

@@ -1,0 +1,2 @@
+"""The store wing: what aecli keeps on disk. Atomic writes (``atomic``), the checkpoint format
+(``checkpoint``) and the run dir (``rundir``: lock, status, JSON)."""

@@ -1,0 +1,352 @@
+"""``python -m aecli.bench``: aecli's training path against the classic PyTorch loop.
+
+In one process, on the same images, from the same initial weights, for each case:
+
+- **baseline**: the loop of pytorch/examples (vae/main.py) as people write it: a Dataset that
+  makes a PIL image per item and ``transforms.ToTensor()`` it, ``DataLoader(shuffle=True)``,
+  ``loss.item()`` every step, ``torch.optim.Adam`` with its defaults;
+- **aecli**: ``aecli.training.loop.train_epoch`` with the model, optimizer, step and data built by the
+  same code as ``python -m aecli.train`` (``aecli.training.build``: one uint8 tensor on the device, sliced
+  per batch; on CUDA the whole step replayed as one CUDA graph).
+
+Each path trains one warm-up epoch, then ``--epochs`` timed epochs, alternating between the
+two paths so both see the same machine load. Printed per path: images/s (median of the timed
+epochs), the test loss after the same number of epochs, the speed ratio, and the fraction of
+the fp32 roofline: FLOPs of a training step (counted by ``torch.utils.flop_counter``) per image
+x images/s / fp32 matmul GFLOP/s measured here. Then the time from starting
+``python -m aecli.train trainer.max_steps=1`` to the end of its first training step (the
+run's own ``first_step_seconds`` in ``metrics.json``).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from aecli.data import ImageData, load_digits, load_torchvision
+from aecli.device import resolve_device
+from aecli.losses import ReconstructionLoss
+from aecli.metrics import reconstruction
+from aecli.models import VAE, Autoencoder
+from aecli.noise import NoNoise
+from aecli.training.build import build_parts, make_step, new_state
+from aecli.training.hooks import Hooks, Run
+from aecli.training.loop import train_epoch
+from aecli.training.state import EpochState
+
+# name -> (overrides composed into aecli's config, batch size, the classic counterpart: "vae" is
+# pytorch/examples' own VAE network, "any" the same aecli model trained by the classic loop)
+CASES = {
+    "mlp-vae-128": (["experiment=mnist_vae"], 128, "vae"),
+    "mlp-vae-512": (["experiment=mnist_vae", "trainer.batch_size=512"], 512, "vae"),
+    "conv-ae-128": (["model=conv", "loss=mse", "noise=none"], 128, "any"),
+}
+
+
+# --- the baseline, as pytorch/examples writes it --------------------------------------------
+
+class ClassicImages(torch.utils.data.Dataset):
+    """What ``torchvision.datasets.MNIST`` does per item: uint8 array -> PIL image -> transform."""
+
+    def __init__(self, raw: Tensor) -> None:
+        from torchvision import transforms
+
+        self.raw = raw.cpu()
+        self.transform = transforms.ToTensor()
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        from PIL import Image
+
+        img = Image.fromarray(self.raw[i, 0].numpy(), mode="L")
+        return self.transform(img), 0
+
+
+class ClassicVAE(nn.Module):
+    """pytorch/examples' MNIST VAE, generalised only in its input size."""
+
+    def __init__(self, n_in: int = 784, hidden: int = 400, latent: int = 20) -> None:
+        super().__init__()
+        self.n_in = n_in
+        self.fc1 = nn.Linear(n_in, hidden)
+        self.fc21 = nn.Linear(hidden, latent)
+        self.fc22 = nn.Linear(hidden, latent)
+        self.fc3 = nn.Linear(latent, hidden)
+        self.fc4 = nn.Linear(hidden, n_in)
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h1 = F.relu(self.fc1(x))
+        return self.fc21(h1), self.fc22(h1)
+
+    def reparameterize(self, mu: Tensor, logvar: Tensor) -> Tensor:
+        std = torch.exp(0.5 * logvar)
+        eps = torch.randn_like(std)
+        return mu + eps * std
+
+    def decode(self, z: Tensor) -> Tensor:
+        h3 = F.relu(self.fc3(z))
+        return torch.sigmoid(self.fc4(h3))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        mu, logvar = self.encode(x.view(-1, self.n_in))
+        z = self.reparameterize(mu, logvar)
+        return self.decode(z), mu, logvar
+
+    def loss(self, x: Tensor) -> Tensor:
+        """The example's ``loss_function``: BCE summed over pixels and batch + KL."""
+        recon_x, mu, logvar = self(x)
+        bce = F.binary_cross_entropy(recon_x, x.view(-1, self.n_in), reduction="sum")
+        kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+        return bce + kld
+
+    @classmethod
+    def from_aecli(cls, vae: VAE) -> ClassicVAE:
+        """The same network with the same weights as an aecli ``VAE(hidden_dims=[h])``."""
+        enc, dec = vae.encoder[0], vae.decoder
+        out = cls(enc.in_features, enc.out_features, vae.latent_dim)
+        (w_mu, w_lv), (b_mu, b_lv) = vae.to_stats.weight.chunk(2), vae.to_stats.bias.chunk(2)
+        pairs = [(out.fc1, enc.weight, enc.bias), (out.fc21, w_mu, b_mu), (out.fc22, w_lv, b_lv),
+                 (out.fc3, dec[0].weight, dec[0].bias), (out.fc4, dec[2].weight, dec[2].bias)]
+        with torch.no_grad():
+            for layer, w, b in pairs:
+                layer.weight.copy_(w)
+                layer.bias.copy_(b)
+        return out.to(vae.to_stats.weight.device)
+
+    def to_aecli(self, vae: VAE) -> VAE:
+        """Copy these weights back into aecli's ``vae`` (to evaluate both the same way)."""
+        enc, dec = vae.encoder[0], vae.decoder
+        with torch.no_grad():
+            for dst, src in [(enc, self.fc1), (dec[0], self.fc3), (dec[2], self.fc4)]:
+                dst.weight.copy_(src.weight)
+                dst.bias.copy_(src.bias)
+            vae.to_stats.weight.copy_(torch.cat([self.fc21.weight, self.fc22.weight]))
+            vae.to_stats.bias.copy_(torch.cat([self.fc21.bias, self.fc22.bias]))
+        return vae
+
+
+class ClassicAE(nn.Module):
+    """Any aecli model trained the classic way: ``F.mse_loss(model(x), x)``."""
+
+    def __init__(self, model: Autoencoder) -> None:
+        super().__init__()
+        self.model = model
+
+    def loss(self, x: Tensor) -> Tensor:
+        return F.mse_loss(self.model(x), x)
+
+
+def classic_loader(raw: Tensor, batch_size: int, device: torch.device,
+                   sampler: Iterable[int] | None = None) -> torch.utils.data.DataLoader:
+    """The example's loader: ``shuffle=True``; ``num_workers=1, pin_memory=True`` on CUDA.
+    ``sampler`` (tests only) fixes the order to compare with aecli's path step by step."""
+    cuda = {"num_workers": 1, "pin_memory": True} if device.type == "cuda" else {}
+    if sampler is not None:
+        return torch.utils.data.DataLoader(ClassicImages(raw), batch_size=batch_size, sampler=sampler,
+                                           generator=torch.Generator(), **cuda)
+    return torch.utils.data.DataLoader(ClassicImages(raw), batch_size=batch_size, shuffle=True, **cuda)
+
+
+def classic_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: torch.utils.data.DataLoader,
+                  device: torch.device, on_step: Callable[[float], None] | None = None) -> float:
+    """The example's ``train(epoch)``; returns the mean loss per image (the example's unit)."""
+    model.train()
+    train_loss = 0.0
+    for data, _ in loader:
+        data = data.to(device)
+        optimizer.zero_grad()
+        loss = model.loss(data)
+        loss.backward()
+        train_loss += loss.item()
+        optimizer.step()
+        if on_step is not None:
+            on_step(loss.item())
+    return train_loss / len(loader.dataset)
+
+
+# --- measurements -----------------------------------------------------------------------------
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_gflops(device: torch.device, n: int = 2048, repeats: int = 10) -> float:
+    """Best-of-``repeats`` fp32 GFLOP/s of an n x n matrix product: the roofline."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a @ b  # warm-up (threads, kernels)
+    best = math.inf
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def step_flops_per_image(module: Autoencoder, x: Tensor, recon: ReconstructionLoss) -> float:
+    """FLOPs (matmuls and convolutions, forward + backward) of one training step, per image."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = copy.deepcopy(module)  # the backward pass must not leave gradients on the real one
+    with FlopCounterMode(display=False) as counter:
+        model.loss(x, x, recon)["loss"].backward()
+    return counter.get_total_flops() / x.shape[0]
+
+
+@dataclass
+class PathResult:
+    images_per_sec: float
+    test_loss: float
+
+
+def aecli_epoch(cfg: Any, data: ImageData, device: torch.device, hooks: list[Any] = ()
+                ) -> tuple[Autoencoder, ReconstructionLoss, Callable[..., None]]:
+    """aecli's side, built by ``aecli.training.build`` exactly as a run builds it (noise off, as in the
+    baseline): the model, its loss, and a function that trains one epoch (in the order ``perm``,
+    else a fresh random one). ``hooks``: see every step (tests)."""
+    parts = build_parts(cfg, data=data)
+    parts.noise = NoNoise()
+    state = new_state(parts, cfg)
+    phase = state.phases[-1]
+    step = make_step(phase, parts, state, cfg)
+    run = Run(cfg, Path("."), state, parts.data, parts.model, parts.recon, parts.noise, parts.device,
+              cfg.trainer.batch_size, Hooks(list(hooks)), phase=phase)
+
+    def one_epoch(perm: torch.Tensor | None = None) -> None:
+        perm = torch.randperm(len(parts.data.train), device=device) if perm is None else perm.to(device)
+        state.epoch_state = EpochState(perm=perm)
+        train_epoch(run, step, run.hooks, sync_every=10**9)
+
+    return parts.model, parts.recon, one_epoch
+
+
+def bench_case(name: str, data: ImageData, device: torch.device, epochs: int,
+               extra: list[str] = ()) -> tuple[PathResult, PathResult, float, str]:
+    """Baseline and aecli for one case: their results, FLOPs per image, the test loss's unit.
+    ``extra``: more overrides for aecli's side (a speed knob to measure, e.g. trainer.compile=true)."""
+    from hydra import compose, initialize_config_module
+
+    overrides, batch_size, counterpart = CASES[name]
+    with initialize_config_module(config_module="aecli.conf", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[*overrides, f"device={device.type}",
+                                                      f"trainer.batch_size={batch_size}", *extra])
+    model, recon, aecli_one_epoch = aecli_epoch(cfg, data, device)
+    classic = ClassicVAE.from_aecli(model) if counterpart == "vae" else ClassicAE(copy.deepcopy(model))
+    classic_opt = torch.optim.Adam(classic.parameters(), lr=cfg.optim.lr)  # the example's optimizer
+    loader = classic_loader(data.train, batch_size, device)
+    flops = step_flops_per_image(model, data.as_float(data.train[:batch_size]), recon)
+
+    paths = {"baseline": lambda: classic_epoch(classic, classic_opt, loader, device), "aecli": aecli_one_epoch}
+    speeds: dict[str, list[float]] = {path: [] for path in paths}
+    for epoch in range(epochs + 1):  # epoch 0 warms up (and captures the CUDA graph); alternate paths
+        for path, train_one_epoch in paths.items():
+            sync(device)
+            t0 = time.perf_counter()
+            train_one_epoch()
+            sync(device)
+            if epoch > 0:
+                speeds[path].append(len(data.train) / (time.perf_counter() - t0))
+
+    # Both evaluated by the same code on the same images (the VAE's loss samples: same seed).
+    def test_loss(m: Autoencoder) -> float:
+        torch.manual_seed(0)
+        return reconstruction(m, data, data.test, recon, 1024)[f"loss_{m.loss_unit}"]
+
+    baseline_model = classic.to_aecli(copy.deepcopy(model)) if counterpart == "vae" else classic.model
+    unit = "nats/image" if model.loss_unit == "per_image" else "MSE/pixel"
+    return (PathResult(statistics.median(speeds["baseline"]), test_loss(baseline_model)),
+            PathResult(statistics.median(speeds["aecli"]), test_loss(model)), flops, unit)
+
+
+def startup_seconds(repeats: int = 3, device: str = "cpu") -> list[float]:
+    """``first_step_seconds`` of ``python -m aecli.train trainer.max_steps=1`` (default dataset
+    and model): from the process's start to the end of its first training step."""
+    import json
+
+    times = []
+    with tempfile.TemporaryDirectory() as cwd:
+        for i in range(repeats):
+            run_dir = Path(cwd) / f"run{i}"
+            proc = subprocess.run([sys.executable, "-m", "aecli.train", "trainer.max_steps=1", "trainer.progress=log",
+                                   f"device={device}", f"hydra.run.dir={run_dir}"], cwd=cwd,
+                                  capture_output=True, text=True, timeout=300)
+            if proc.returncode != 0:
+                raise RuntimeError(f"the startup run failed:\n{proc.stderr[-2000:]}")
+            times.append(json.loads((run_dir / "metrics.json").read_text())["first_step_seconds"])
+    return times
+
+
+# --- the command ----------------------------------------------------------------------------
+
+def load_data(name: str, root: str, repeat: int) -> tuple[ImageData, str]:
+    """MNIST (official train / test splits) or the bundled digits upsampled to MNIST's 28 x 28,
+    the training split tiled ``repeat`` times so an epoch is long enough to time."""
+    if name == "mnist":
+        d = load_torchvision("mnist", root, download=False)
+        train = torch.cat([d.train, d.val])
+        return ImageData(train, d.test, d.test), f"MNIST ({len(train):,} train / {len(d.test):,} test, 28x28)"
+    d = load_digits()
+    up = lambda t: (F.interpolate(t.float(), size=(28, 28), mode="bilinear", align_corners=False)  # noqa: E731
+                    * (255.0 / d.max_value)).round().clamp(0, 255).to(torch.uint8)
+    train = up(d.train).repeat(repeat, 1, 1, 1)
+    return (ImageData(train, up(d.val), up(d.test)),
+            f"scikit-learn digits upsampled to 28x28 ({len(d.train):,} train x{repeat} per epoch / "
+            f"{len(d.test):,} test)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m aecli.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", choices=["digits", "mnist"], default="digits")
+    parser.add_argument("--root", default="data", help="where MNIST was downloaded (--dataset mnist)")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per path, after one warm-up epoch")
+    parser.add_argument("--repeat", type=int, default=8, help="digits only: tile the training split this often")
+    parser.add_argument("--aecli", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides for aecli's side, e.g. trainer.compile=true optim.fused=false")
+    parser.add_argument("--startup-runs", type=int, default=3, help="0: skip the startup measurement")
+    args = parser.parse_args(argv)
+    if args.epochs < 1 or args.repeat < 1:
+        parser.error("--epochs and --repeat must be at least 1")
+
+    device = resolve_device(args.device)
+    data, described = load_data(args.dataset, args.root, args.repeat)
+    data = data.to(device)
+    gflops = matmul_gflops(device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    print(f"aecli bench: {described}; {device} ({where}); torch {torch.__version__}; "
+          f"fp32 matmul {gflops:.1f} GFLOP/s; {args.epochs} timed epochs after 1 warm-up, median"
+          + (f"; aecli with {' '.join(args.aecli)}" if args.aecli else ""))
+    print(f"| case | path | images/s | test loss after {args.epochs + 1} epochs | speed-up | roofline |")
+    print("|---|---|---:|---:|---:|---:|")
+    for name in args.cases:
+        base, fast, flops, unit = bench_case(name, data, device, args.epochs, args.aecli)
+        for path, r in (("baseline", base), ("aecli", fast)):
+            print(f"| {name} | {path} | {r.images_per_sec:,.0f} | {r.test_loss:.4g} {unit} | "
+                  f"{r.images_per_sec / base.images_per_sec:.2f}x | "
+                  f"{flops * r.images_per_sec / (gflops * 1e9):.0%} |", flush=True)
+        gap = fast.test_loss / base.test_loss - 1
+        print(f"  {name}: {flops / 1e6:.2f} MFLOP per image per step; aecli's test loss {gap:+.2%} vs baseline")
+    if args.startup_runs:
+        times = startup_seconds(args.startup_runs, device.type)
+        print(f"startup: `python -m aecli.train trainer.max_steps=1` to the end of its first step: "
+              f"{statistics.median(times):.2f} s (median of {len(times)}: {', '.join(f'{t:.2f}' for t in times)})")

@@ -1,0 +1,4 @@
+"""The use wing: commands on a trained run. ``trained`` opens one, ``inference`` runs its model
+over many images, ``probes`` and ``report`` measure and tabulate; each command (``evaluate``,
+``encode``, ``map``, ``search``, ``denoise``, ``sample``, ``score``, ``finetune``) is one
+module with one recipe, sharing ``commandline``'s options. Never imports the training wing."""

@@ -1,0 +1,107 @@
+"""``python -m aecli.sample RUN``: new images from a trained model.
+
+- ``--n 64``: codes drawn from a VAE's prior N(0, I), decoded (a plain autoencoder has no prior:
+  its codes follow no known distribution, so it is told what to use instead);
+- ``--interpolate A B --steps 10``: the straight line between the codes of test images A and B,
+  decoded (any model), between the two images themselves;
+- ``--manifold``: a ``latent_dim=2`` VAE's decoder over the plane, as in Kingma & Welling (2014),
+  Fig. 4: a grid of equally likely codes, the inverse normal CDF of evenly spaced quantiles.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from aecli.errors import ConfigError
+from aecli.images import image_grid, save_png
+from aecli.use import commandline as commands
+from aecli.use import inference
+from aecli.use.trained import TrainedRun
+
+
+def recipe(args: argparse.Namespace) -> None:
+    for key, value, least in (("--n", args.n, 1), ("--steps", args.steps, 2), ("--side", args.side, 2)):
+        if value < least:
+            raise ConfigError(key, f"{value} is below {least}", f"pass {key} {max(least, 10)}")
+    run = commands.open_run(args)
+    if args.interpolate is not None:
+        data = run.data()
+        a, b = (commands.test_index(i, len(data.test), "--interpolate") for i in args.interpolate)
+        ends = data.as_float(inference.pick(data.test, [a, b], run.device))
+        rows, name = [torch.cat([ends[:1], walk(run, ends[0], ends[1], args.steps), ends[1:]])], f"interpolate_{a}_{b}"
+    elif args.manifold:
+        rows, name = manifold(run, args.side), "manifold"
+    else:
+        rows, name = as_rows(prior_samples(run, args.n, args.seed)), "prior"
+    path = commands.out_dir(args, run) / f"sample_{name}.png"
+    save_png(image_grid(rows), path)
+    commands.wrote(path)
+
+
+@torch.no_grad()
+def prior_samples(run: TrainedRun, n: int, seed: int) -> Tensor:
+    """``n`` images decoded from codes drawn from the model's prior (``model.sample_latents``)."""
+    z = run.model.sample_latents(n, torch.Generator().manual_seed(seed))
+    if z is None:
+        raise ConfigError("--n", f"{type(run.model).__name__} has no prior to draw codes from (an autoencoder's "
+                          "codes follow no known distribution)", "use --interpolate A B (decodes the line between "
+                          "two test images' codes; any model), or train a VAE (model=vae) to sample")
+    return run.recon.output(run.model.decode(z.to(run.device)))
+
+
+@torch.no_grad()
+def walk(run: TrainedRun, a: Tensor, b: Tensor, steps: int) -> Tensor:
+    """``steps`` images decoded along the straight line from image ``a``'s code to ``b``'s; the
+    ends are the model's reconstructions of ``a`` and ``b``."""
+    za, zb = run.model.encode(torch.stack([a, b]))
+    t = torch.linspace(0.0, 1.0, steps, device=za.device)[:, None]
+    return run.recon.output(run.model.decode((1 - t) * za + t * zb))
+
+
+@torch.no_grad()
+def manifold(run: TrainedRun, side: int) -> list[Tensor]:
+    """The decoder over a ``side`` x ``side`` grid of a 2-D prior's quantiles (5% to 95%),
+    first code number left to right, second bottom to top; one row per tensor."""
+    model = run.model
+    if model.sample_latents(1, torch.Generator()) is None or model.latent_dim != 2:
+        raise ConfigError("--manifold", f"the manifold needs a VAE with latent_dim=2 (this run: "
+                          f"{type(model).__name__}, latent_dim={model.latent_dim})",
+                          "train model=vae model.latent_dim=2; for a 2-D autoencoder, python -m aecli.map RUN "
+                          "--method code plots its codes")
+    grid = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, side)).to(run.device)
+    rows = []
+    for y in grid.flip(0):  # top row: the largest second code number
+        z = torch.stack([grid, y.expand(side)], dim=1)
+        rows.append(run.recon.output(model.decode(z)))
+    return rows
+
+
+def as_rows(images: Tensor) -> list[Tensor]:
+    """Images in a near-square grid (the last row padded with black)."""
+    cols = math.ceil(math.sqrt(len(images)))
+    pad = -len(images) % cols
+    images = torch.cat([images, images.new_zeros(pad, *images.shape[1:])])
+    return list(images.split(cols))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = commands.parser("sample", "New images from a trained model: prior samples (VAE), interpolations "
+                        "(any model), the 2-D manifold (VAE).", "writes sample_prior.png, "
+                        "sample_interpolate_A_B.png (A, the walk, B) or sample_manifold.png\ninto the run dir "
+                        "(or --out)")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--interpolate", nargs=2, metavar=("A", "B"), help="walk between test images A and B")
+    what.add_argument("--manifold", action="store_true", help="decoded grid over a latent_dim=2 VAE's prior")
+    p.add_argument("--n", type=int, default=64, help="prior samples (default 64)")
+    p.add_argument("--steps", type=int, default=10, help="images along an interpolation (default 10)")
+    p.add_argument("--side", type=int, default=20, help="the manifold's grid is SIDE x SIDE (default 20)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the prior draws (default 0)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return commands.main(build_parser(), recipe, argv)
