@@ -164,6 +164,7 @@ def test_a_run_without_checkpoint_is_refused(tmp_path, capsys):
     assert err.startswith("aecli: error: RUN_DIR:") and "holds no checkpoints/" in err and "fix:" in err
 
 
+@pytest.mark.integration
 def test_cli_refuses_a_dir_that_is_not_a_run(tmp_path):
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "a.txt").write_text("not a run")

@@ -142,6 +142,7 @@ def test_vae_search_objective_is_the_elbo_at_beta_one(tmp_path):
 
 # joblib runs the jobs in parallel (the case the prefix is for) but starts worker processes
 # (~10-25 s here); the basic launcher runs them one after another, through the same job logging
+@pytest.mark.integration
 @pytest.mark.parametrize("launcher", ["basic", pytest.param("joblib", marks=pytest.mark.slow)])
 def test_sweep_jobs_log_lines_carry_their_number_single_runs_do_not(tmp_path, launcher):
     sweep = tmp_path / "sweep"

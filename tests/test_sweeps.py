@@ -19,6 +19,8 @@ from aecli.use import report
 
 from .conftest import make_cfg, read_metrics, run_cli
 
+pytestmark = pytest.mark.integration  # every test here starts processes
+
 TINY = ("trainer.epochs=1", "trainer.progress=log")
 JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
 SUBMITIT = "hydra_plugins.hydra_submitit_launcher.submitit_launcher."

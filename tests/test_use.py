@@ -241,6 +241,7 @@ def test_measure_on_an_unlabelled_dataset_is_refused(tmp_path, capsys):
     assert not list(run_dir.glob("search_*"))
 
 
+@pytest.mark.integration
 def test_not_a_run_dir_exits_1_with_one_message(tmp_path):
     result = run_cli_module("aecli.encode", str(tmp_path / "nowhere"), cwd=tmp_path)
     assert result.returncode == 1 and result.stdout == ""
