@@ -19,8 +19,6 @@ from aecli.use import report
 
 from .conftest import make_cfg, read_metrics, run_cli
 
-pytestmark = pytest.mark.integration  # every test here starts processes
-
 TINY = ("trainer.epochs=1", "trainer.progress=log")
 JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
 SUBMITIT = "hydra_plugins.hydra_submitit_launcher.submitit_launcher."
@@ -102,6 +100,7 @@ def joblib_sweep(tmp_path_factory):
     return sweep, proc
 
 
+@pytest.mark.integration
 def test_joblib_sweep_runs_every_job_and_records_the_failed_ones(joblib_sweep):
     sweep, proc = joblib_sweep
     # Hydra raises the first failure after the whole batch: exit 1, with our one-line error
@@ -129,6 +128,7 @@ def test_joblib_sweep_runs_every_job_and_records_the_failed_ones(joblib_sweep):
         assert f"torch threads: {threads} (trainer.num_threads=auto; " in (p / "train.log").read_text()
 
 
+@pytest.mark.integration
 def test_report_on_the_joblib_sweep(joblib_sweep):
     sweep, _ = joblib_sweep
     proc = subprocess.run([sys.executable, "-m", "aecli.report", str(sweep)], capture_output=True, text=True,
@@ -160,6 +160,7 @@ def test_report_on_the_joblib_sweep(joblib_sweep):
 
 # --- Optuna -------------------------------------------------------------------------------
 
+@pytest.mark.integration
 def test_optuna_search_returns_the_best_trial_and_survives_a_failed_one(tmp_path):
     sweep = tmp_path / "sweep"
     # the YAML's search space, with latent_dim narrowed to (2, 0): the seeded TPE draws 0 (out
@@ -185,6 +186,7 @@ def test_optuna_search_returns_the_best_trial_and_survives_a_failed_one(tmp_path
 
 # --- submitit (local) ---------------------------------------------------------------------
 
+@pytest.mark.integration
 def test_submitit_local_runs_two_jobs(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli("-m", "model=ae,conv", *TINY, "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep}",
