@@ -19,7 +19,7 @@ from aecli.training.run import run as train
 from aecli.use import finetune, sample
 from aecli.use.trained import open_run
 
-from .conftest import make_cfg
+from .conftest import make_cfg, run_cli
 
 TILE = 58  # an 8x8 digit in a grid: upscaled 7x to 56 pixels, plus a 1-pixel border each side
 HELD_OUT = 9  # the class dataset.classes leaves out of training
@@ -242,16 +242,8 @@ def test_measure_on_an_unlabelled_dataset_is_refused(tmp_path, capsys):
 
 
 def test_not_a_run_dir_exits_1_with_one_message(tmp_path):
-    result = run_cli_module("aecli.encode", str(tmp_path / "nowhere"), cwd=tmp_path)
+    result = run_cli(str(tmp_path / "nowhere"), cwd=tmp_path, module="aecli.encode")  # the shim
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.strip().splitlines()[0] == f"aecli: error: RUN: {tmp_path / 'nowhere'} does not exist"
     assert len(result.stderr.strip().splitlines()) == 2 and "fix:" in result.stderr
 
-
-def run_cli_module(module: str, *args: str, cwd):
-    import os
-    import subprocess
-    import sys
-
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "PYTHONUNBUFFERED": "1"})
