@@ -174,3 +174,18 @@ def test_cli_refuses_a_dir_that_is_not_a_run(tmp_path):
     assert proc.stderr.startswith(f"aecli: error: RUN: {tmp_path / 'notes'} is not a run dir")
     assert "fix:" in proc.stderr and "Traceback" not in proc.stderr
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.txt", "notes"]
+
+
+def test_out_means_write_the_outputs_into_dir(runs, tmp_path, capsys):
+    """--out DIR as in every command: the outputs go there and the run dirs stay as they were."""
+    before = {name: snapshot(runs[name]) for name in ("ae", "dae")}
+    fast = ["--probe-images", "0", "--iw-samples", "0", "--device", "cpu"]
+    assert cli.main(["evaluate", str(runs["ae"]), "--out", str(tmp_path / "one"), *fast]) == 0
+    one = json.loads((tmp_path / "one" / "eval.json").read_text())
+    assert one["run_dir"] == str(runs["ae"].absolute()) and one["test/psnr_db"] > 10
+    assert list((tmp_path / "one").glob("events.out.tfevents.*.eval"))
+    assert cli.main(["evaluate", str(runs["ae"]), str(runs["dae"]), "--out", str(tmp_path / "two"), *fast]) == 0
+    assert json.loads((tmp_path / "two" / "dae" / "eval.json").read_text())["test/psnr_db"] > 10
+    assert (tmp_path / "two" / "ae" / "eval.json").is_file() and (tmp_path / "two" / "eval.md").is_file()
+    assert {name: snapshot(runs[name]) for name in ("ae", "dae")} == before
+    capsys.readouterr()

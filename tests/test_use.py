@@ -247,3 +247,24 @@ def test_not_a_run_dir_exits_1_with_one_message(tmp_path):
     assert result.stderr.strip().splitlines()[0] == f"aecli: error: RUN: {tmp_path / 'nowhere'} does not exist"
     assert len(result.stderr.strip().splitlines()) == 2 and "fix:" in result.stderr
 
+
+
+def test_a_moved_dataset_is_found_with_data_root(tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    digits = load_digits()
+    for i in range(40):
+        save_digit(digits.train[i], images / f"{i}.png")
+    run_dir = tmp_path / "run"
+    train(make_cfg("dataset=folder", f"dataset.root={images}", "dataset.image_size=8", "dataset.channels=1",
+                   "trainer.epochs=1", "trainer.progress=log", "trainer.num_threads=1"), run_dir)
+    expected = (run_dir / "scores_test.csv")
+    images.rename(tmp_path / "moved")
+    capsys.readouterr()
+    assert cli.main(["score", str(run_dir), "test"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("aecli: error: --data-root: no folder at") and "--data-root DIR" in err[1]
+    assert not expected.exists()
+    assert cli.main(["score", str(run_dir), "test", "--data-root", str(tmp_path / "moved")]) == 0
+    rows = list(csv.DictReader(expected.open()))
+    assert len(rows) == len(open_run(run_dir, device="cpu").data(str(tmp_path / "moved")).test) > 0

@@ -47,7 +47,13 @@ class TrainedRun:
             cfg = self.cfg
             if root is not None:
                 cfg = OmegaConf.merge(cfg, {"dataset": {"root": root}})
-            self._data = load_data(cfg).to(self.device)
+            try:
+                self._data = load_data(cfg).to(self.device)
+            except ConfigError as e:  # the training key, dataset.root, is the flag --data-root here
+                if e.key != "dataset.root":
+                    raise
+                raise ConfigError("--data-root", e.problem, "pass --data-root DIR: where the run's dataset "
+                                  "lies now") from None
         return self._data
 
 
