@@ -82,6 +82,21 @@ def noise_option(text: str) -> NoiseOption:
 
 # --- the shared options ---------------------------------------------------------------------
 
+def at_least(least: int, flag: str) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number >= ``least``, else one ``flag`` message (raised out of
+    ``parse_args``: argparse passes on exceptions other than its own)."""
+    def number(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise ConfigError(flag, f"{text!r} is not a whole number", f"pass {flag} {max(least, 1)}") from None
+        if value < least:
+            raise ConfigError(flag, f"{value} is below {least}", f"pass {flag} {least} or more")
+        return value
+    number.__name__ = "int"  # argparse names the type in its messages
+    return number
+
+
 def _parent() -> argparse.ArgumentParser:
     return argparse.ArgumentParser(add_help=False)
 
@@ -171,7 +186,7 @@ def _map(p: argparse.ArgumentParser) -> None:
 def _search(p: argparse.ArgumentParser) -> None:
     p.add_argument("--query", metavar="INDEX|IMAGE_FILE",
                    help="a test image's index, or an image file (converted and resized as the model takes it)")
-    p.add_argument("--k", type=int, default=8, help="how many neighbours (default 8)")
+    p.add_argument("--k", type=at_least(1, "--k"), default=8, help="how many neighbours (default 8)")
     p.add_argument("--measure", action="store_true",
                    help="precision@k by label over the whole test split: codes vs pixels vs PCA of the same size")
 
@@ -187,9 +202,11 @@ def _sample(p: argparse.ArgumentParser) -> None:
     what = p.add_mutually_exclusive_group()
     what.add_argument("--interpolate", nargs=2, metavar=("A", "B"), help="walk between test images A and B")
     what.add_argument("--manifold", action="store_true", help="decoded grid over a latent_dim=2 VAE's prior")
-    p.add_argument("--n", type=int, default=64, help="prior samples (default 64)")
-    p.add_argument("--steps", type=int, default=10, help="images along an interpolation (default 10)")
-    p.add_argument("--side", type=int, default=20, help="the manifold's grid is SIDE x SIDE (default 20)")
+    p.add_argument("--n", type=at_least(1, "--n"), default=64, help="prior samples (default 64)")
+    p.add_argument("--steps", type=at_least(2, "--steps"), default=10, help="images along an interpolation, "
+                   "both ends included (default 10)")
+    p.add_argument("--side", type=at_least(2, "--side"), default=20, help="the manifold's grid is SIDE x SIDE "
+                   "(default 20)")
 
 
 def _score(p: argparse.ArgumentParser) -> None:
@@ -197,12 +214,13 @@ def _score(p: argparse.ArgumentParser) -> None:
 
 
 def _finetune(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--labels-per-class", type=int, default=10, metavar="N",
+    p.add_argument("--labels-per-class", type=at_least(1, "--labels-per-class"), default=10, metavar="N",
                    help="labelled train images per class (default 10)")
-    p.add_argument("--steps", type=int, default=300, help="Adam steps for every variant (default 300)")
+    p.add_argument("--steps", type=at_least(1, "--steps"), default=300, help="Adam steps for every variant "
+                   "(default 300)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate for every variant (default 1e-3)")
-    p.add_argument("--seeds", type=int, default=3, help="repeats with other labelled images and inits, seeds "
-                   "--seed, --seed + 1, ... (default 3)")
+    p.add_argument("--seeds", type=at_least(1, "--seeds"), default=3,
+                   help="repeats with other labelled images and inits, seeds --seed, --seed + 1, ... (default 3)")
 
 
 def _bench(p: argparse.ArgumentParser) -> None:
@@ -212,11 +230,14 @@ def _bench(p: argparse.ArgumentParser) -> None:
     device_option(p, default="cpu")
     p.add_argument("--cases", nargs="+", metavar="CASE", default=None,
                    help="which cases (default: all; names as in the table, e.g. mlp-vae-128)")
-    p.add_argument("--epochs", type=int, default=3, help="timed epochs per path, after one warm-up epoch")
-    p.add_argument("--repeat", type=int, default=8, help="digits only: tile the training split this often")
+    p.add_argument("--epochs", type=at_least(1, "--epochs"), default=3, help="timed epochs per path, after one "
+                   "warm-up epoch")
+    p.add_argument("--repeat", type=at_least(1, "--repeat"), default=8, help="digits only: tile the training "
+                   "split this often")
     p.add_argument("--aecli", nargs="*", default=[], metavar="KEY=VALUE",
                    help="config overrides for aecli's side, e.g. trainer.compile=true optim.fused=false")
-    p.add_argument("--startup-runs", type=int, default=3, help="0: skip the startup measurement")
+    p.add_argument("--startup-runs", type=at_least(0, "--startup-runs"), default=3,
+                   help="0: skip the startup measurement")
 
 
 COMMANDS = (
@@ -321,8 +342,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         import argcomplete
 
         argcomplete.autocomplete(parser)
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
         check(args)
         command = BY_NAME[args.command]
         # the one import of torch and the rest: a function-local import, so that --help, tab

@@ -33,7 +33,8 @@ def test_help_and_refusals_answer_without_importing_torch(tmp_path):
     answered (exit 0, or 1 with one message) and torch is still not imported."""
     calls = [["--help"], *([c, "--help"] for c in cli.BY_NAME),
              *([c, str(tmp_path / "nowhere")] for c in USE_COMMANDS if c != "score"),
-             ["score", str(tmp_path / "nowhere"), "test"], ["denoise", str(tmp_path), "--noise", "salt:0.1"],
+             ["score", str(tmp_path / "nowhere"), "test"], ["sample", str(tmp_path), "--n", "0"],
+             ["denoise", str(tmp_path), "--noise", "salt:0.1"],
              ["evaluate", str(tmp_path), "--data-root", str(tmp_path / "moved")]]
     code = f"""
 import contextlib, io, json, sys
@@ -64,6 +65,7 @@ print(json.dumps({{"torch": "torch" in sys.modules, "answers": answers}}))
             assert len(lines) == 2 and lines[0].startswith("aecli: error: ") and lines[1].startswith("  fix: "), argv
     errors = [err for _, _, _, err in found["answers"]]
     assert f"aecli: error: RUN: {tmp_path / 'nowhere'} does not exist\n" in errors[1 + len(cli.BY_NAME)]
+    assert errors[-3] == "aecli: error: --n: 0 is below 1\n  fix: pass --n 1 or more\n"
     assert errors[-2].startswith("aecli: error: --noise: 'salt' names no noise")
     assert errors[-1].startswith(f"aecli: error: --data-root: {tmp_path / 'moved'} is no folder")
 
@@ -80,7 +82,8 @@ def test_an_option_has_one_name_grammar_and_meaning_in_every_subcommand():
     for name, sub in subparsers().items():
         for action in sub._actions:
             for flag in action.option_strings:
-                grammar = (action.dest, action.metavar, action.type, action.choices, action.nargs, action.const)
+                kind = getattr(action.type, "__name__", action.type)  # at_least(N): an int, bounds may differ
+                grammar = (action.dest, action.metavar, kind, action.choices, action.nargs, action.const)
                 assert seen.setdefault(flag, grammar) == grammar, (name, flag, seen[flag], grammar)
     shared = {"--checkpoint", "--device", "--out", "--data-root"}
     for name in USE_COMMANDS:

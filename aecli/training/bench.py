@@ -319,8 +319,6 @@ def recipe(args: argparse.Namespace) -> None:
     unknown = [c for c in cases if c not in CASES]
     if unknown:
         raise ConfigError("--cases", f"{', '.join(unknown)}: no such case", f"pick from {', '.join(CASES)}")
-    if args.epochs < 1 or args.repeat < 1:
-        raise ConfigError("--epochs", "--epochs and --repeat must be at least 1", "pass --epochs 3 --repeat 8")
     device = resolve_device(args.device)
     data, described = load_data(args.dataset, args.data_root, args.repeat)
     data = data.to(device)

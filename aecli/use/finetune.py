@@ -41,9 +41,6 @@ class Classifier(nn.Module):
 
 
 def recipe(args: argparse.Namespace) -> None:
-    if args.labels_per_class < 1 or args.steps < 1 or args.seeds < 1:
-        raise ConfigError("--labels-per-class", "--labels-per-class, --steps and --seeds must be >= 1",
-                          "pass e.g. --labels-per-class 10 --steps 300 --seeds 3")
     run = commands.open_run(args)
     data = run.data(args.data_root)
     if data.labels is None:

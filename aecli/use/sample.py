@@ -23,9 +23,6 @@ from aecli.use.trained import TrainedRun
 
 
 def recipe(args: argparse.Namespace) -> None:
-    for key, value, least in (("--n", args.n, 1), ("--steps", args.steps, 2), ("--side", args.side, 2)):
-        if value < least:
-            raise ConfigError(key, f"{value} is below {least}", f"pass {key} {max(least, 10)}")
     run = commands.open_run(args)
     if args.interpolate is not None:
         data = run.data(args.data_root)
