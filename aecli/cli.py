@@ -156,12 +156,14 @@ class Command:
 
 def _evaluate(p: argparse.ArgumentParser) -> None:
     # the defaults (None here) are aecli.use.evaluate.Options's
-    p.add_argument("--iw-samples", type=int, default=None, metavar="K",
+    p.add_argument("--iw-samples", type=at_least(0, "--iw-samples"), default=None, metavar="K",
                    help="importance samples for the VAE's -log p(x) bound (default 100; 0: skip)")
-    p.add_argument("--probe-images", type=int, default=None, metavar="N",
+    p.add_argument("--probe-images", type=at_least(0, "--probe-images"), default=None, metavar="N",
                    help="train images the probes are fit on (default 10,000; 0: no probes)")
-    p.add_argument("--knn", type=int, default=None, metavar="K", help="neighbours of the k-NN vote (default 5)")
-    p.add_argument("--batch-size", type=int, default=None, help="default: the run's trainer.eval_batch_size")
+    p.add_argument("--knn", type=at_least(1, "--knn"), default=None, metavar="K",
+                   help="neighbours of the k-NN vote (default 5)")
+    p.add_argument("--batch-size", type=at_least(1, "--batch-size"), default=None, metavar="N",
+                   help="default: the run's trainer.eval_batch_size")
 
 
 def _report(p: argparse.ArgumentParser) -> None:

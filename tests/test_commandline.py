@@ -34,6 +34,7 @@ def test_help_and_refusals_answer_without_importing_torch(tmp_path):
     calls = [["--help"], *([c, "--help"] for c in cli.BY_NAME),
              *([c, str(tmp_path / "nowhere")] for c in USE_COMMANDS if c != "score"),
              ["score", str(tmp_path / "nowhere"), "test"], ["sample", str(tmp_path), "--n", "0"],
+             ["evaluate", str(tmp_path), "--knn", "0"],
              ["denoise", str(tmp_path), "--noise", "salt:0.1"],
              ["evaluate", str(tmp_path), "--data-root", str(tmp_path / "moved")]]
     code = f"""
@@ -65,7 +66,8 @@ print(json.dumps({{"torch": "torch" in sys.modules, "answers": answers}}))
             assert len(lines) == 2 and lines[0].startswith("aecli: error: ") and lines[1].startswith("  fix: "), argv
     errors = [err for _, _, _, err in found["answers"]]
     assert f"aecli: error: RUN: {tmp_path / 'nowhere'} does not exist\n" in errors[1 + len(cli.BY_NAME)]
-    assert errors[-3] == "aecli: error: --n: 0 is below 1\n  fix: pass --n 1 or more\n"
+    assert errors[-4] == "aecli: error: --n: 0 is below 1\n  fix: pass --n 1 or more\n"
+    assert errors[-3] == "aecli: error: --knn: 0 is below 1\n  fix: pass --knn 1 or more\n"
     assert errors[-2].startswith("aecli: error: --noise: 'salt' names no noise")
     assert errors[-1].startswith(f"aecli: error: --data-root: {tmp_path / 'moved'} is no folder")
 

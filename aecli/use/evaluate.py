@@ -69,7 +69,7 @@ COLUMNS = {"model": "model", "train noise": "noise", "mse/px": "test/mse_per_pix
 
 @dataclass
 class Options:
-    """What to measure and how (the command line's options)."""
+    """What to measure and how (the command line's options; ``aecli.cli`` checks their bounds)."""
 
     checkpoint: str = "best"
     device: str = "auto"
@@ -90,7 +90,6 @@ def evaluate_paths(paths: Sequence[str | Path], opts: Options, out: Path | None 
     """Evaluate every run under ``paths``: ``eval.json`` and TensorBoard scalars in each run dir,
     ``eval.md``/``eval.csv`` for several runs; returns each run's results. Every input is
     checked (all runs opened) before anything is measured or written."""
-    check_options(opts)
     runs, skipped = open_runs(paths, opts)
     check_likelihood(runs, opts)
     start = time.perf_counter()
@@ -230,16 +229,6 @@ def representations(run: TrainedRun, data: ImageData, batch: int, opts: Options,
 
 
 # --- opening runs, and the checks before any work --------------------------------------------
-
-def check_options(opts: Options) -> None:
-    """Numbers out of range are refused before any run is opened."""
-    for flag, value, ok, must in (("--iw-samples", opts.iw_samples, lambda v: v is None or v >= 0, ">= 0"),
-                                  ("--probe-images", opts.probe_images, lambda v: v >= 0, ">= 0"),
-                                  ("--knn", opts.knn_k, lambda v: v >= 1, ">= 1"),
-                                  ("--batch-size", opts.batch_size, lambda v: v is None or v >= 1, ">= 1")):
-        if not ok(value):
-            raise ConfigError(flag, f"{value} is not {must}", f"pass {flag} with a value {must}, or leave it out")
-
 
 def open_runs(paths: Sequence[str | Path], opts: Options) -> tuple[list[TrainedRun], list[str]]:
     """Every run under ``paths``, opened. A run dir named on the command line must open; a job
