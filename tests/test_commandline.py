@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -150,3 +151,11 @@ def test_python_m_aecli_train_is_the_hydra_app(tmp_path):
                            env=cli_env(), capture_output=True, text=True, timeout=120)
     assert train.returncode == 0, train.stderr
     assert "_target_: aecli.models.VAE" in train.stdout
+
+
+def test_one_console_script_and_python_m_aecli():
+    root = Path(cli.__file__).parent.parent
+    text = (root / "pyproject.toml").read_text()
+    scripts = text.split("[project.scripts]\n", 1)[1].split("\n\n", 1)[0]  # tomllib: Python 3.11+
+    assert scripts == 'aecli = "aecli.cli:main"'
+    assert "from aecli.cli import main" in (root / "aecli" / "__main__.py").read_text()
