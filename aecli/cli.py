@@ -152,6 +152,7 @@ class Command:
     options: Callable[[argparse.ArgumentParser], None] = lambda p: None
     parents: Callable[[], list[argparse.ArgumentParser]] = lambda: []
     module: str = ""  # aecli.use.NAME unless given
+    check: Callable[[argparse.Namespace], None] = lambda args: None  # the command's own cheap checks
 
 
 def _evaluate(p: argparse.ArgumentParser) -> None:
@@ -200,6 +201,12 @@ def _denoise(p: argparse.ArgumentParser) -> None:
                    help="corrupt the test split with the run's noise (or --noise), report PSNR before and after")
 
 
+def _check_denoise(args: argparse.Namespace) -> None:
+    if not args.synthetic and (args.input_dir is None or args.output_dir is None):
+        raise ConfigError("INPUT_DIR", "denoise needs a folder of images and a folder for the results",
+                          "pass RUN INPUT_DIR OUTPUT_DIR, or RUN --synthetic to measure on the test split")
+
+
 def _sample(p: argparse.ArgumentParser) -> None:
     what = p.add_mutually_exclusive_group()
     what.add_argument("--interpolate", nargs=2, metavar=("A", "B"), help="walk between test images A and B")
@@ -213,6 +220,12 @@ def _sample(p: argparse.ArgumentParser) -> None:
 
 def _score(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", metavar="INPUT", help="a folder of images, or test (the run's test split)")
+
+
+def _check_score(args: argparse.Namespace) -> None:
+    if args.input != "test" and not Path(args.input).is_dir():
+        raise ConfigError("INPUT", f"{args.input!r} is neither 'test' nor a folder",
+                          "pass a folder of images, or test for the run's test split")
 
 
 def _finetune(p: argparse.ArgumentParser) -> None:
@@ -270,14 +283,14 @@ COMMANDS = (
             ("aecli denoise RUN my_scans/ cleaned/", "aecli denoise RUN --synthetic",
              "aecli denoise RUN --synthetic --noise gaussian:0.3"),
             _denoise, lambda: [run_options(), data_options(), seed_options("the synthetic corruption"),
-                               noise_options("the noise --synthetic applies")]),
+                               noise_options("the noise --synthetic applies")], check=_check_denoise),
     Command("sample", "new images: prior samples (VAE), interpolations (any model), the 2-D manifold (VAE)",
             ("aecli sample RUN --n 64", "aecli sample RUN --interpolate 3 7 --steps 10",
              "aecli sample RUN --manifold --side 20"),
             _sample, lambda: [run_options(), data_options(), seed_options("the prior draws")]),
     Command("score", "anomaly scores: each image's reconstruction error, as a CSV",
             ("aecli score RUN test", "aecli score RUN incoming/ --out scores/"),
-            _score, lambda: [run_options(), data_options()]),
+            _score, lambda: [run_options(), data_options()], check=_check_score),
     Command("finetune", "few labels: the pre-trained encoder + a linear head vs the same network from scratch",
             ("aecli finetune RUN", "aecli finetune RUN --labels-per-class 1 --seeds 10"),
             _finetune, lambda: [run_options(), data_options(), seed_options("the first repeat")]),
@@ -308,8 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
 # --- checks before any import of torch ------------------------------------------------------
 
 def check(args: argparse.Namespace) -> None:
-    """The cheap checks: --noise's grammar and bounds, that RUN and --data-root exist. Turns
-    ``args.noise`` into a ``NoiseOption``."""
+    """The cheap checks: --noise's grammar and bounds, that RUN and --data-root exist, and the
+    command's own. Turns ``args.noise`` into a ``NoiseOption``."""
     if getattr(args, "noise", None) is not None:
         args.noise = noise_option(args.noise)
     runs = getattr(args, "run", None)
@@ -322,6 +335,7 @@ def check(args: argparse.Namespace) -> None:
     root = getattr(args, "data_root", None)
     if root is not None and args.command != "bench" and not Path(root).is_dir():
         raise ConfigError("--data-root", f"{root} is no folder", "pass the folder where the run's dataset lies now")
+    BY_NAME[args.command].check(args)
 
 
 def train(argv: Sequence[str]) -> int:

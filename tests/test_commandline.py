@@ -30,14 +30,21 @@ def subparsers() -> dict:
 
 
 def test_help_and_refusals_answer_without_importing_torch(tmp_path):
-    """``aecli --help``, each ``aecli CMD --help``, a missing run dir and a bad --noise: each is
-    answered (exit 0, or 1 with one message) and torch is still not imported."""
-    calls = [["--help"], *([c, "--help"] for c in cli.BY_NAME),
-             *([c, str(tmp_path / "nowhere")] for c in USE_COMMANDS if c != "score"),
-             ["score", str(tmp_path / "nowhere"), "test"], ["sample", str(tmp_path), "--n", "0"],
-             ["evaluate", str(tmp_path), "--knn", "0"],
-             ["denoise", str(tmp_path), "--noise", "salt:0.1"],
-             ["evaluate", str(tmp_path), "--data-root", str(tmp_path / "moved")]]
+    """``aecli --help``, each ``aecli CMD --help``, a missing run dir, bad numbers, a bad --noise,
+    ...: each is answered (exit 0, or 1 with one message) and torch is still not imported."""
+    fake = tmp_path / "fake"  # passes the RUN check: a dir with checkpoints/
+    (fake / "checkpoints").mkdir(parents=True)
+    missing = f"RUN: {tmp_path / 'nowhere'} does not exist"
+    refusals = {**{(c, str(tmp_path / "nowhere")): missing for c in USE_COMMANDS if c != "score"},
+                ("score", str(tmp_path / "nowhere"), "test"): missing,
+                ("sample", str(fake), "--n", "0"): "--n: 0 is below 1",
+                ("evaluate", str(fake), "--knn", "0"): "--knn: 0 is below 1",
+                ("score", str(fake), "nothing"): "INPUT: 'nothing' is neither 'test' nor a folder",
+                ("denoise", str(fake), str(tmp_path)): "INPUT_DIR: denoise needs a folder of images and a folder",
+                ("denoise", str(fake), "--noise", "salt:0.1"): "--noise: 'salt' names no noise",
+                ("evaluate", str(fake), "--data-root", str(tmp_path / "moved")):
+                    f"--data-root: {tmp_path / 'moved'} is no folder"}
+    calls = [["--help"], *([c, "--help"] for c in cli.BY_NAME), *map(list, refusals)]
     code = f"""
 import contextlib, io, json, sys
 from aecli import cli
@@ -65,12 +72,7 @@ print(json.dumps({{"torch": "torch" in sys.modules, "answers": answers}}))
             assert status == 1 and out == "", argv
             lines = err.strip().splitlines()
             assert len(lines) == 2 and lines[0].startswith("aecli: error: ") and lines[1].startswith("  fix: "), argv
-    errors = [err for _, _, _, err in found["answers"]]
-    assert f"aecli: error: RUN: {tmp_path / 'nowhere'} does not exist\n" in errors[1 + len(cli.BY_NAME)]
-    assert errors[-4] == "aecli: error: --n: 0 is below 1\n  fix: pass --n 1 or more\n"
-    assert errors[-3] == "aecli: error: --knn: 0 is below 1\n  fix: pass --knn 1 or more\n"
-    assert errors[-2].startswith("aecli: error: --noise: 'salt' names no noise")
-    assert errors[-1].startswith(f"aecli: error: --data-root: {tmp_path / 'moved'} is no folder")
+            assert lines[0].startswith(f"aecli: error: {refusals[tuple(argv)]}"), (argv, lines)
 
 
 def test_every_subcommand_opens_its_help_with_examples_of_itself():

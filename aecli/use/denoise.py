@@ -27,9 +27,6 @@ GRID_IMAGES = 8
 
 
 def recipe(args: argparse.Namespace) -> None:
-    if not args.synthetic and (args.input_dir is None or args.output_dir is None):
-        raise ConfigError("INPUT_DIR", "denoise needs a folder of images and a folder for the results",
-                          "pass RUN INPUT_DIR OUTPUT_DIR, or RUN --synthetic to measure on the test split")
     run = commands.open_run(args)
     if args.synthetic:
         synthetic(run, commands.noise(run, args.noise), args)

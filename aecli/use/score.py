@@ -37,10 +37,7 @@ def recipe(args: argparse.Namespace) -> None:
             columns["label"] = data.labels["test"].tolist()
         stem = "test"
     else:
-        folder = Path(args.input)
-        if not folder.is_dir():
-            raise ConfigError("INPUT", f"{args.input!r} is neither 'test' nor a folder",
-                              "pass a folder of images, or test for the run's test split")
+        folder = Path(args.input)  # aecli.cli checked that it is one
         files, images = inference.read_images(inference.image_files(folder, "INPUT"), run.model.input_shape)
         if not files:
             raise ConfigError("INPUT", f"no readable image in {folder}",
