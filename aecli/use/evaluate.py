@@ -177,7 +177,7 @@ def denoising(run: TrainedRun, data: ImageData, batch: int, noise: Any, opts: Op
     """PSNR of the corrupted test images and of their reconstructions."""
 
     if noise is None:
-        notes.append("no denoising measured: " + ("--noise none" if opts.noise is not None else
+        notes.append("no denoising measured: " + (f"--noise {opts.noise}" if opts.noise is not None else
                      "the run trained without noise (pass --noise binomial or --noise gaussian to measure it)"))
         return {}
     with seeded(opts.seed, run.device):
