@@ -11,6 +11,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from aecli import cli
 from aecli.config import check
 from aecli.errors import ConfigError
 from aecli.training.app import picklable
@@ -236,12 +237,12 @@ def test_report_lists_running_jobs_and_plots_values_per_key(tmp_path):
 
 
 def test_report_refuses_a_dir_without_jobs(tmp_path, capsys):
-    assert report.main([str(tmp_path / "nope")]) == 1
+    assert cli.main(["report", str(tmp_path / "nope")]) == 1
     assert "aecli: error: SWEEP_DIR:" in capsys.readouterr().err
     fake_job(tmp_path / "multirun" / "d" / "t", 0, ["model=ae"], "COMPLETED", {"val/loss_per_pixel": 0.1})
-    assert report.main([str(tmp_path / "multirun")]) == 1  # a date dir's parent: the sweep is further down
+    assert cli.main(["report", str(tmp_path / "multirun")]) == 1  # a date dir's parent: the sweep is further down
     err = capsys.readouterr().err
     assert "holds no job dirs" in err and str(tmp_path / "multirun" / "d" / "t") in err and "fix:" in err
     fake_job(tmp_path, 0, ["model=ae"], "COMPLETED", {"val/loss_per_pixel": 0.1})
-    assert report.main([str(tmp_path), "--sort", "nonsense"]) == 1
+    assert cli.main(["report", str(tmp_path), "--sort", "nonsense"]) == 1
     assert "aecli: error: --sort:" in capsys.readouterr().err
