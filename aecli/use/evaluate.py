@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     import torch
 
 
-log = logging.getLogger("aecli")
+log = logging.getLogger(__name__)
 
 # Importance samples per image: the bound moves by ~0.02 nats from k = 100 to 1000 on a digits
 # VAE, and k = 100 takes ~0.1 s for the 360 test digits and ~5 s for 10,000 MNIST-size images

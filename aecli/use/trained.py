@@ -22,7 +22,7 @@ from aecli.device import resolve_device
 from aecli.errors import ConfigError
 from aecli.store import checkpoint
 
-log = logging.getLogger("aecli")
+log = logging.getLogger(__name__)
 
 
 @dataclass
