@@ -126,6 +126,23 @@ def test_denoising_a_trained_dae_gains_psnr(dae, tmp_path):
     png(tmp_path / "denoise_synthetic.png", 3, 8)
 
 
+def test_denoise_synthetic_is_evaluates_measurement(dae, tmp_path, monkeypatch):
+    """One implementation of denoising PSNR: ``aecli.metrics.denoising``, the numbers
+    ``aecli.use.evaluate`` reports for the same noise and seed."""
+    from aecli import metrics
+    from aecli.use import evaluate
+
+    calls, real_denoising = [], metrics.denoising
+    monkeypatch.setattr(metrics, "denoising", lambda *a, **k: calls.append(a) or real_denoising(*a, **k))
+    assert denoise.main([str(dae), "--synthetic", "--seed", "3", "--out", str(tmp_path), "--device", "cpu"]) == 0
+    assert len(calls) == 1
+    psnr = json.loads((tmp_path / "denoise_synthetic.json").read_text())["psnr_db"]
+    result = evaluate.evaluate(open_run(dae, device="cpu"), evaluate.Options(seed=3, probe_images=0, iw_samples=0))
+    assert psnr["noisy"] == pytest.approx(result["test/noisy_input_psnr_db"], rel=1e-9)
+    assert psnr["denoised"] == pytest.approx(result["test/denoised_psnr_db"], rel=1e-9)
+    assert psnr["clean input, reconstructed"] == pytest.approx(result["test/psnr_db"], rel=1e-9)
+
+
 def test_denoise_own_images_skips_and_names_unreadable_files(dae, tmp_path, capsys):
     inp, out = tmp_path / "in", tmp_path / "out"
     (inp / "sub").mkdir(parents=True)

@@ -23,11 +23,10 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aecli import config, metrics
 from aecli.components import build
@@ -36,12 +35,8 @@ from aecli.data import ImageData
 from aecli.errors import ConfigError
 from aecli.losses import BinaryCrossEntropy
 from aecli.store import rundir
-from aecli.use import probes, report
+from aecli.use import inference, probes, report
 from aecli.use.trained import TrainedRun, find_runs, open_run
-
-if TYPE_CHECKING:
-    import torch
-
 
 log = logging.getLogger(__name__)
 
@@ -135,23 +130,13 @@ def timed(result: dict[str, Any], name: str, section: Callable[[], dict[str, Any
     result[f"seconds/{name}"] = round(time.perf_counter() - start, 3)
 
 
-@contextmanager
-def seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Torch's RNG seeded for one section, and put back afterwards."""
-    import torch
-
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        yield
-
-
 # --- the sections ----------------------------------------------------------------------------
 
 def reconstruction(run: TrainedRun, data: ImageData, batch: int, opts: Options) -> dict[str, Any]:
     """The training loss terms, MSE, PSNR (``aecli.metrics.reconstruction``, which also gives a
     VAE's -ELBO) and SSIM of the test split's reconstructions."""
 
-    with seeded(opts.seed, run.device):  # a VAE's loss terms sample z
+    with inference.seeded(opts.seed, run.device):  # a VAE's loss terms sample z
         out: dict[str, Any] = {f"test/{k}": v for k, v in
                                metrics.reconstruction(run.model, data, data.test, run.recon, batch).items()}
     out["test/ssim"] = metrics.ssim(run.model, data, data.test, run.recon, batch)
@@ -169,7 +154,7 @@ def likelihood(run: TrainedRun, data: ImageData, opts: Options, notes: list[str]
         if opts.iw_samples is not None or "VAE metric" not in why_no_likelihood(run):
             notes.append(f"no likelihood bound: {why_no_likelihood(run)}")
         return {}
-    with seeded(opts.seed, run.device):
+    with inference.seeded(opts.seed, run.device):
         bound = metrics.neg_log_likelihood(run.model, data, data.test, run.recon, k, opts.progress)
     return {"test/iw_bound_nats_per_image": bound, "iw_samples": k}
 
@@ -182,7 +167,7 @@ def denoising(run: TrainedRun, data: ImageData, batch: int, noise: Any, opts: Op
         notes.append("no denoising measured: " + ("--noise none" if opts.noise == "none" else
                      "the run trained without noise (pass --noise binomial or --noise gaussian to measure it)"))
         return {}
-    with seeded(opts.seed, run.device):
+    with inference.seeded(opts.seed, run.device):
         out = metrics.denoising(run.model, data, data.test, run.recon, noise, batch)
     return {"denoise_noise": repr(noise), **{f"test/{k}": v for k, v in out.items()}}
 

@@ -3,6 +3,7 @@ per-image reconstruction errors; and the user's own image files, read as the mod
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -23,6 +24,15 @@ def float_batches(run: TrainedRun, images: Tensor | ImageFiles, max_value: float
     n = -(-len(images) // BATCH)
     for _, b in progress(batches(images, BATCH, order), n, desc):
         yield b.to(run.device, torch.float32) / max_value
+
+
+@contextmanager
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Torch's RNG seeded for one measurement (the same noise, the same samples every time),
+    and put back afterwards."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
 
 
 def pick(images: Tensor | ImageFiles, indices: Sequence[int] | Tensor, device: torch.device) -> Tensor:
