@@ -212,10 +212,16 @@ def test_score_of_an_image_folder(dae, tmp_path):
     assert error["noise.png"] > 3 * error["digit.png"]
 
 
-def test_finetune_reports_accuracies_above_chance(dae, tmp_path, capsys):
+def test_finetune_reports_accuracies_above_chance(dae, tmp_path, capsys, monkeypatch):
+    from aecli.use import probes
+
+    probed, real_probe = [], probes.linear_probe  # the one linear probe (evaluate's), with its one cap
+    monkeypatch.setattr(probes, "linear_probe", lambda *a: probed.append(a[0].dims) or real_probe(*a))
     argv = [str(dae), "--labels-per-class", "5", "--steps", "60", "--seeds", "1", "--out", str(tmp_path)]
     assert finetune.main(argv) == 0
+    assert probed == [16, 64]  # the codes, then the pixels
     record = json.loads((tmp_path / "finetune_5_per_class.json").read_text())
+    assert record["probe_max_iter"] == probes.PROBE_MAX_ITER and record["probe_unconverged"] == []
     assert record["labelled_images"] == 50
     accuracy = {k: v[0] for k, v in record["test_accuracy"].items()}
     assert set(accuracy) == {*finetune.TRAINED, *finetune.PROBES}

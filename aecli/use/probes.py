@@ -26,6 +26,8 @@ REPRESENTATIONS = ("codes", "pixels", "pca")
 # lbfgs iterations of the probe: scikit-learn's default. Measured on Fashion-MNIST pixels
 # (10,000 train images, 784 dims): 100 iterations 0.809 test accuracy in 2-4 s, 300 iterations
 # 0.802 in 6-60 s (this VM's timings swing), so the probe is the early-stopped fit, said so.
+# aecli.use.finetune's few-label references use it too: on digits with 1, 5 and 10 labels per
+# class (10 seeds each) every pixel fit converges within 100, at the accuracy 2,000 gave.
 PROBE_MAX_ITER = 100
 
 
