@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import socket
 import time
@@ -103,6 +104,23 @@ def is_run_dir(run_dir: Path) -> bool:
     """A dir that aecli made: its lock file, or Hydra's ``.hydra`` next to aecli's job status."""
     d = Path(run_dir)
     return (d / LOCK_FILE).is_file() or ((d / ".hydra").is_dir() and (d / STATUS_FILE).is_file())
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """The job dirs of a multirun (sweep) dir: its sub-dirs where Hydra recorded the job's
+    overrides (``.hydra/overrides.yaml``), in the sweep's order: by job number (the leading
+    digits of the name, as aecli's ``hydra.sweep.subdir`` ``<num>_<overrides>`` writes it), then
+    by name. [] for a dir without jobs, or no dir. The one finder of ``aecli.use.evaluate``,
+    ``aecli.use.report`` and the commands that open a run."""
+    if not Path(sweep_dir).is_dir():
+        return []
+    jobs = [d for d in Path(sweep_dir).iterdir() if (d / ".hydra" / "overrides.yaml").is_file()]
+    return sorted(jobs, key=_job_number)
+
+
+def _job_number(d: Path) -> tuple[float, str]:
+    head = d.name.split("_", 1)[0]
+    return (int(head) if head.isdigit() else math.inf, d.name)
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from aecli.errors import ConfigError
-from aecli.store.rundir import read_json
+from aecli.store.rundir import job_dirs, read_json
 
 DONE, FAILED, STOPPED, BROKEN, RUNNING = "done", "failed", "stopped", "broken", "running (or killed)"
 FILES = ("report.md", "report.csv", "report.png")
@@ -127,18 +127,18 @@ def _yaml_get(path: Path, *keys: str) -> Any:
 
 
 def read_sweep(sweep_dir: Path) -> list[Job]:
-    """Every job dir (a subdir with ``.hydra/overrides.yaml``) of ``sweep_dir``, in the sweep's
-    order (job number); a clear ``ConfigError`` when there is none."""
+    """Every job dir of ``sweep_dir`` (``aecli.store.rundir.job_dirs``: a subdir with
+    ``.hydra/overrides.yaml``), in the sweep's order; a clear ``ConfigError`` when there is none."""
     if not sweep_dir.is_dir():
         raise ConfigError("SWEEP_DIR", f"{sweep_dir} is not a directory",
                           "pass the dir of a multirun, e.g. python -m aecli.report multirun/2026-01-01/12-00-00-123456")
-    jobs = [read_job(d) for d in sweep_dir.iterdir() if (d / ".hydra" / "overrides.yaml").is_file()]
+    jobs = [read_job(d) for d in job_dirs(sweep_dir)]
     if not jobs:
         below = sweeps_below(sweep_dir)
         raise ConfigError("SWEEP_DIR", f"{sweep_dir} holds no job dirs (subdirs with .hydra/overrides.yaml)"
                           + (f"; it holds {describe_sweeps(below)}" if below else ""),
                           "pass the dir of one multirun (python -m aecli.train -m ... prints it: 'sweep output dir')")
-    return sorted(jobs, key=lambda j: (j.num if j.num is not None else math.inf, j.dir.name))
+    return jobs
 
 
 def sweeps_below(path: Path) -> list[Path]:

@@ -20,7 +20,7 @@ from aecli.config import saved_config
 from aecli.data import ImageData
 from aecli.device import resolve_device
 from aecli.errors import ConfigError
-from aecli.store import checkpoint
+from aecli.store import checkpoint, rundir
 
 log = logging.getLogger(__name__)
 
@@ -52,25 +52,19 @@ class TrainedRun:
 
 
 def find_runs(paths: list[str | Path]) -> list[Path]:
-    """Run dirs among ``paths``: each one itself, or (a multirun dir) every job dir in it."""
+    """Run dirs among ``paths``: each one itself, or (a multirun dir) every job dir in it
+    (``aecli.store.rundir.job_dirs``)."""
     out: list[Path] = []
     for p in map(Path, paths):
         if (p / "checkpoints").is_dir() or (p / ".hydra").is_dir() and not (p / "multirun.yaml").is_file():
             out.append(p)
             continue
-        # a sweep's job dirs are named by Hydra: <num>_<overrides> (or <num>); other dirs are not jobs
-        jobs = sorted((d for d in p.iterdir() if (d / ".hydra").is_dir() and d.name.split("_", 1)[0].isdigit()),
-                      key=_job_number) if p.is_dir() else []
+        jobs = rundir.job_dirs(p)
         if not jobs:
             raise ConfigError("RUN_DIR", f"{p} is not a run dir (no checkpoints/) nor a multirun dir (no job dirs)",
                               "pass the dir that python -m aecli.train printed ('run dir: ...'), or a sweep's dir")
         out.extend(jobs)
     return out
-
-
-def _job_number(d: Path) -> tuple[int, str]:
-    head = d.name.split("_", 1)[0]
-    return (int(head) if head.isdigit() else 10**9, d.name)
 
 
 def open_run(path: str | Path, which: str = "best", device: str = "auto",
@@ -85,6 +79,10 @@ def open_run(path: str | Path, which: str = "best", device: str = "auto",
     if not p.exists():
         raise ConfigError("RUN_DIR", f"{p} does not exist", "pass the dir that python -m aecli.train printed "
                           "('run dir: ...')")
+    jobs = rundir.job_dirs(p) if p.is_dir() and not (p / "checkpoints").is_dir() else []
+    if jobs:
+        raise ConfigError("RUN_DIR", f"{p} is a sweep (multirun) dir of {len(jobs)} job(s), not one run",
+                          f"pass one of its job dirs, e.g. {jobs[0]}")
     if p.is_dir() and not (p / "checkpoints").is_dir():
         raise ConfigError("RUN_DIR", f"{p} holds no checkpoints/ (not a run dir, or a run that never reached "
                           "its first checkpoint)", "pass the dir of a run that trained at least one epoch")
