@@ -85,6 +85,21 @@ def test_evaluate_report_and_open_run_find_the_same_job_dirs(tmp_path):
         open_run(tmp_path)
 
 
+def test_one_table_writer_for_markdown_and_csv(tmp_path):
+    """The commands' tables, report's and evaluate's are written by aecli.use.tables: cells are
+    escaped and None is empty everywhere, and the CSV holds the same rows in full."""
+    from aecli.use import commandline, tables
+
+    records = [{"run": "a|b", "mse": 0.0123456, "note": None}, {"run": "c", "mse": 2.5, "note": "x " * 100}]
+    lines = tables.markdown_records(records, ["run", "mse", "note"]).splitlines()
+    assert lines[:3] == ["| run | mse | note |", "|---|---|---|", "| a\\|b | 0.012346 |  |"]
+    assert lines[3].endswith("x x… |") and len(lines[3]) < 200
+    tables.write_csv(records, tmp_path / "t.csv")
+    with (tmp_path / "t.csv").open() as f:
+        assert list(csv.DictReader(f)) == [{k: "" if v is None else str(v) for k, v in r.items()} for r in records]
+    assert commandline.table([["a|b", None]], ["x", "y"]) == "| x | y |\n|---|---:|\n| a\\|b |  |"
+
+
 def test_log_axis_for_keys_searched_on_a_log_scale(tmp_path):
     params = {"optim.lr": "tag(log, interval(1e-4, 1e-2))", "model.beta": "interval(0.5, 4.0)",
               "model.latent_dim": "choice(2, 4, 8)"}

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from aecli.errors import AecliError, ConfigError
+from aecli.use import tables
 from aecli.use.trained import TrainedRun
 from aecli.use.trained import open_run as open_
 
@@ -94,7 +95,5 @@ def test_index(value: Any, n: int, key: str) -> int:
 
 
 def table(rows: list[list[Any]], header: list[str]) -> str:
-    """A markdown table (what the README quotes), numbers as given."""
-    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+    """A markdown table (what the README quotes): ``aecli.use.tables.markdown``."""
+    return tables.markdown(rows, header)

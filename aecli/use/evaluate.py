@@ -35,7 +35,7 @@ from aecli.data import ImageData
 from aecli.errors import ConfigError
 from aecli.losses import BinaryCrossEntropy
 from aecli.store import rundir
-from aecli.use import inference, probes, report
+from aecli.use import inference, probes, report, tables
 from aecli.use.trained import TrainedRun, find_runs, open_run
 
 log = logging.getLogger(__name__)
@@ -357,7 +357,7 @@ def write_table(runs: Sequence[TrainedRun], results: Sequence[dict[str, Any]], o
             + (f"\n## Codes vs pixels vs PCA\n\n{representations}" if representations else "")
             + (f"\nNotes:\n{notes}" if notes else ""))
     (out / "eval.md").write_text(text)
-    report.write_csv(rows, out / "eval.csv")
+    tables.write_csv(rows, out / "eval.csv")
     log.info("wrote %s, %s", out / "eval.md", out / "eval.csv")
 
 
@@ -368,13 +368,11 @@ def representation_table(names: Sequence[str], results: Sequence[dict[str, Any]]
     if not have:
         return ""
     k = have[0][1]["knn_k"]
-    head = "| run | code dims | probe: codes | probe: PCA | probe: pixels | " + " | ".join(
-        f"{k}-NN: {rep}" for rep in ("codes", "PCA", "pixels")) + " |"
-    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, r in have:
-        accuracies = [r[f"{kind}/{rep}_accuracy"] for kind in ("probe", "knn") for rep in ("codes", "pca", "pixels")]
-        lines.append(f"| {name} | {r['dims/codes']} | " + " | ".join(f"{a:.3f}" for a in accuracies) + " |")
-    return "\n".join(lines) + "\n"
+    header = ["run", "code dims", "probe: codes", "probe: PCA", "probe: pixels",
+              *(f"{k}-NN: {rep}" for rep in ("codes", "PCA", "pixels"))]
+    rows = [[name, r["dims/codes"], *(f"{r[f'{kind}/{rep}_accuracy']:.3f}" for kind in ("probe", "knn")
+                                      for rep in ("codes", "pca", "pixels"))] for name, r in have]
+    return tables.markdown(rows, header) + "\n"
 
 
 def legend(results: Sequence[dict[str, Any]], skipped: Sequence[str] = ()) -> str:
@@ -396,14 +394,14 @@ def run_table(result: dict[str, Any]) -> str:
     """One run's results as two markdown tables: the test metrics, and codes vs pixels vs PCA."""
     head = (f"{result['run_dir']} ({result['checkpoint']}, step {result['step']}, epoch {result['epoch']}): "
             f"{result['model']}, loss {result['loss']}, noise {result['noise']}")
-    lines = [head, "", "| test metric | value |", "|---|---|"]
-    lines += [f"| {k.removeprefix('test/')} | {v:.5g} |" for k, v in result.items() if k.startswith("test/")]
+    metrics_rows = [[k.removeprefix("test/"), f"{v:.5g}"] for k, v in result.items() if k.startswith("test/")]
     if "denoise_noise" in result:
-        lines.append(f"| denoising noise | {result['denoise_noise']} |")
+        metrics_rows.append(["denoising noise", result["denoise_noise"]])
+    lines = [head, "", tables.markdown(metrics_rows, ["test metric", "value"], numbers_right=False)]
     if "probe/codes_accuracy" in result:
-        lines += ["", f"| representation | dims | linear probe | {result['knn_k']}-NN |", "|---|---:|---:|---:|"]
-        lines += [f"| {name} | {result[f'dims/{name}']} | {result[f'probe/{name}_accuracy']:.3f} | "
-                  f"{result[f'knn/{name}_accuracy']:.3f} |" for name in ("codes", "pixels", "pca")]
+        rows = [[name, result[f"dims/{name}"], f"{result[f'probe/{name}_accuracy']:.3f}",
+                 f"{result[f'knn/{name}_accuracy']:.3f}"] for name in ("codes", "pixels", "pca")]
+        lines += ["", tables.markdown(rows, ["representation", "dims", "linear probe", f"{result['knn_k']}-NN"])]
     lines += ["", legend([result])] + [f"note: {n}" for n in result["notes"]]
     lines.append(f"took {result['seconds/total']:.1f} s")
     return "\n".join(lines)
