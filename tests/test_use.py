@@ -143,6 +143,22 @@ def test_denoise_synthetic_is_evaluates_measurement(dae, tmp_path, monkeypatch):
     assert psnr["clean input, reconstructed"] == pytest.approx(result["test/psnr_db"], rel=1e-9)
 
 
+def test_use_commands_feed_the_model_what_training_fed_it(dae):
+    """One way from raw images to the model: the use commands' batches are ImageData.as_float's
+    inputs bit for bit (x * (1/255), not x / 255: they differ in the last bit for half the
+    values), and evaluate's codes are inference.codes, by index."""
+    from aecli.data import ImageData
+    from aecli.use import inference
+
+    run = open_run(dae, device="cpu")
+    raw = torch.arange(256, dtype=torch.uint8).reshape(4, 1, 8, 8)
+    data = ImageData(raw, raw, raw, max_value=255.0)
+    assert torch.equal(torch.cat(list(inference.float_batches(run, raw, 255.0, "test", batch=3))), data.as_float(raw))
+    with torch.no_grad():
+        expected = run.model.encode(data.as_float(raw[[3, 1]]))
+    assert torch.equal(inference.codes(run, raw, 255.0, torch.tensor([3, 1]), batch=2), expected)
+
+
 def test_denoise_own_images_skips_and_names_unreadable_files(dae, tmp_path, capsys):
     inp, out = tmp_path / "in", tmp_path / "out"
     (inp / "sub").mkdir(parents=True)

@@ -189,8 +189,8 @@ def representations(run: TrainedRun, data: ImageData, batch: int, opts: Options,
     test_idx = torch.arange(len(data.test))
     y_train, y_test = data.labels["train"][train_idx].numpy(), data.labels["test"].numpy()
     k = min(opts.knn_k, len(train_idx))
-    codes = probes.Features(probes.codes(run.model, data, data.train, train_idx, batch),
-                            probes.codes(run.model, data, data.test, test_idx, batch))
+    codes = probes.Features(*(inference.codes(run, split, data.max_value, idx, batch).float().cpu().numpy()
+                              for split, idx in ((data.train, train_idx), (data.test, test_idx))))
     key = (str(plain(run.cfg.dataset)), opts.data_root, len(train_idx), opts.seed, k)
     if key not in opts.cache:
         opts.cache[key] = probes.Features(probes.pixels(data, data.train, train_idx, batch),

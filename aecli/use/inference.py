@@ -17,13 +17,15 @@ from aecli.use.trained import TrainedRun
 BATCH = 1024
 
 
-def float_batches(run: TrainedRun, images: Tensor | ImageFiles, max_value: float, desc: str) -> Iterator[Tensor]:
-    """``images`` (a split's raw uint8 images, or floats with ``max_value`` 1) in order, as float
-    batches in [0, 1] on the run's device, with a progress bar."""
-    order = torch.arange(len(images), device=run.device)
-    n = -(-len(images) // BATCH)
-    for _, b in progress(batches(images, BATCH, order), n, desc):
-        yield b.to(run.device, torch.float32) / max_value
+def float_batches(run: TrainedRun, images: Tensor | ImageFiles, max_value: float, desc: str,
+                  indices: Tensor | None = None, batch: int = BATCH) -> Iterator[Tensor]:
+    """``images`` (a split's raw uint8 images, or floats with ``max_value`` 1), all of them or
+    those at ``indices``, in order, as float batches in [0, 1] on the run's device, with a
+    progress bar. Scaled as ``ImageData.as_float`` scales them for training (by the reciprocal),
+    so a model sees the same inputs bit for bit."""
+    order = torch.arange(len(images)) if indices is None else torch.as_tensor(indices)
+    for _, b in progress(batches(images, batch, order.to(run.device)), -(-len(order) // batch), desc):
+        yield b.to(run.device, torch.float32) * (1.0 / max_value)
 
 
 @contextmanager
@@ -43,9 +45,11 @@ def pick(images: Tensor | ImageFiles, indices: Sequence[int] | Tensor, device: t
 
 
 @torch.no_grad()
-def codes(run: TrainedRun, images: Tensor | ImageFiles, max_value: float) -> Tensor:
-    """``model.encode`` of every image (a VAE's posterior mean): (N, latent_dim) on the device."""
-    return torch.cat([run.model.encode(x) for x in float_batches(run, images, max_value, "encoding")])
+def codes(run: TrainedRun, images: Tensor | ImageFiles, max_value: float, indices: Tensor | None = None,
+          batch: int = BATCH) -> Tensor:
+    """``model.encode`` of every image (or those at ``indices``; a VAE's posterior mean):
+    (N, latent_dim) on the device."""
+    return torch.cat([run.model.encode(x) for x in float_batches(run, images, max_value, "encoding", indices, batch)])
 
 
 @torch.no_grad()
