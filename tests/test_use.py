@@ -177,6 +177,25 @@ def test_denoise_own_images_skips_and_names_unreadable_files(dae, tmp_path, caps
     assert "OUTPUT_DIR" in capsys.readouterr().err
 
 
+def test_own_image_folders_are_listed_as_folder_datasets_are(tmp_path, monkeypatch):
+    """One lister of image folders (aecli.data.sources.image_files): a folder dataset takes the
+    image extensions; denoise and score take every file (naming those they cannot read), both
+    without hidden files and, for denoise, without its own output folder inside the input."""
+    from aecli.data import sources
+    from aecli.use import inference
+
+    for name in ("a.png", "notes.txt", ".hidden/x.png", ".y.png", "out/y.png", "sub/b.jpg"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    calls, real = [], sources.image_files
+    monkeypatch.setattr(sources, "image_files", lambda *a, **k: calls.append(a) or real(*a, **k))
+    listed = inference.image_files(tmp_path, "INPUT_DIR", skip=tmp_path / "out")
+    assert [str(p.relative_to(tmp_path)) for p in listed] == ["a.png", "notes.txt", "sub/b.jpg"] and len(calls) == 1
+    assert [str(p.relative_to(tmp_path)) for p in real(tmp_path)] == ["a.png", "out/y.png", "sub/b.jpg"]
+    with pytest.raises(ConfigError, match="INPUT_DIR: no folder at"):
+        inference.image_files(tmp_path / "nowhere", "INPUT_DIR")
+
+
 def test_interpolation_ends_decode_to_the_two_reconstructions(dae):
     run = open_run(dae, device="cpu")
     data = run.data()

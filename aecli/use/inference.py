@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from aecli.data import ImageFiles, batches
+from aecli.data import ImageFiles, batches, sources
 from aecli.errors import ConfigError
 from aecli.use.commandline import progress, warn
 from aecli.use.trained import TrainedRun
@@ -62,14 +62,12 @@ def errors(run: TrainedRun, images: Tensor | ImageFiles, max_value: float) -> Te
 
 
 def image_files(folder: Path, key: str, skip: Path | None = None) -> list[Path]:
-    """Every file under ``folder`` (sorted; hidden files and ``skip``'s contents left out)."""
+    """Every file under ``folder`` as a folder dataset lists it (``aecli.data.sources.image_files``,
+    any extension: each file that is no image is named when read), ``skip``'s contents left out;
+    no folder there is a ``ConfigError`` naming ``key``."""
     if not folder.is_dir():
         raise ConfigError(key, f"no folder at {folder}", "pass a folder that holds your images")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and not any(s.startswith(".") for s in
-                                                                          p.relative_to(folder).parts))
-    if skip is not None:
-        files = [p for p in files if skip.resolve() not in p.resolve().parents]
-    return files
+    return sources.image_files(folder, extensions=None, skip=skip)
 
 
 def read_images(files: list[Path], shape: tuple[int, ...]) -> tuple[list[Path], Tensor]:
