@@ -14,6 +14,7 @@ from torch import Tensor
 
 from aecli.store import checkpoint
 from aecli.store.atomic import remove_stale_temps
+from aecli.training.best import BestModel
 from aecli.training.distributed import epoch_totals, gather
 from aecli.training.hooks import EpochResult, Hook, Run
 from aecli.training.signals import seconds_since_process_start
@@ -25,11 +26,12 @@ log = logging.getLogger(__name__)
 
 class Checkpointing(Hook):
     """``checkpoints/last.pt`` at every epoch's end, every ``every_n_steps`` steps and on a stop;
-    ``best.pt`` when the validation loss improved (written right after ``last.pt``, which records
-    where the best model is from, so a crash between the two is repaired at the next start)."""
+    ``best.pt`` when ``best`` says the model is the best one (written right after ``last.pt``,
+    which records where the best model is from, so a crash between the two is repaired at the
+    next start: ``BestModel.repair``)."""
 
-    def __init__(self, every_n_steps: int | None, flush: Callable[[], None] = lambda: None) -> None:
-        self.every_n_steps, self.flush = every_n_steps, flush
+    def __init__(self, every_n_steps: int | None, best: BestModel, flush: Callable[[], None] = lambda: None) -> None:
+        self.every_n_steps, self.best, self.flush = every_n_steps, best, flush
 
     def on_fit_start(self, run: Run) -> None:
         if not run.world.main:
@@ -38,23 +40,7 @@ class Checkpointing(Hook):
         for stale in remove_stale_temps(directory):
             log.info("removed %s, left by a process killed while writing it", stale)
         directory.mkdir(parents=True, exist_ok=True)
-        self.repair_best(run)
-
-    def repair_best(self, run: Run) -> None:
-        """If the model in last.pt is the best one and best.pt is not it, write best.pt from it."""
-        last, best = run.run_dir / "checkpoints" / checkpoint.LAST, run.run_dir / "checkpoints" / checkpoint.BEST
-        state = run.state
-        if state.best_step is None or state.best_step != state.step or not last.is_file():
-            return
-        if best.is_file():
-            try:
-                if checkpoint.read(best)["step"] == state.step:
-                    return
-            except Exception:  # noqa: BLE001 - a damaged best.pt is replaced just the same
-                pass
-        log.warning("%s is missing or older than the best model (step %d): writing it from %s", best,
-                    state.step, last)
-        checkpoint.save(checkpoint.read(last), best)
+        self.best.repair(run.run_dir, run.state)
 
     def save(self, run: Run, best: bool = False) -> None:
         """Write last.pt (and best.pt); in a DDP run every rank takes part (the epoch's sums and
@@ -86,7 +72,7 @@ class Checkpointing(Hook):
             self.save(run)
 
     def on_epoch_end(self, run: Run, result: EpochResult, val: dict[str, float] | None) -> None:
-        self.save(run, best=val is not None and run.state.best_step == run.state.step)
+        self.save(run, best=val is not None and self.best.holds(run.state))
 
     def on_stop(self, run: Run) -> None:
         self.save(run)

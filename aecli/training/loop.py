@@ -68,7 +68,8 @@ def epoch_permutation(n: int, seed: int, phase: int, epoch: int, device: torch.d
 def run_epochs(run: Run, make_step: Callable[[Phase], Step], hooks: Hooks, sync_every: int,
                validate: Callable[[], dict[str, float]]) -> bool:
     """Every remaining epoch of every remaining phase, from ``run.state``'s position; False if a
-    stop ended it early. After each epoch of the main phase: validation, then the hooks."""
+    stop ended it early. After each epoch of the main phase: ``validate`` (which also keeps the
+    best model's record), then the hooks."""
     state = run.state
     for index, phase in enumerate(state.phases):
         if index < state.phase:
@@ -90,8 +91,6 @@ def run_epochs(run: Run, make_step: Callable[[Phase], Step], hooks: Hooks, sync_
             val = validate() if phase.main else None
             if val is not None:
                 state.val, run.last_epoch = val, result
-                if val[f"loss_{phase.unit}"] < state.best_val:
-                    state.best_val, state.best_step = val[f"loss_{phase.unit}"], state.step
             hooks.on_epoch_end(run, result, val)
             if run.stop_requested:
                 return False

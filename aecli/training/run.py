@@ -29,6 +29,7 @@ from aecli.errors import ConfigError, RunFailed
 from aecli.store import checkpoint, rundir
 from aecli.training import callbacks, hooks
 from aecli.training import tensorboard as tb
+from aecli.training.best import BestModel
 from aecli.training.build import Parts, build_parts, make_step, new_state
 from aecli.training.distributed import WORLD, World
 from aecli.training.loop import run_epochs
@@ -62,6 +63,8 @@ def run(cfg: DictConfig, run_dir: str | Path, *, choices: dict[str, str] | None 
     with SIGNALS.installed():
         try:
             parts = build_parts(cfg, slot, world=world)
+            best = BestModel(cfg.get("objective"), parts.model.loss_unit)
+            best.check(measure(parts, parts.data.val[:1], 1, cfg.seed))  # its name, before any training
             state = new_state(parts, cfg, world)
             if prepared.state is not None:
                 state.restore(prepared.state, len(parts.data.train), cfg.trainer.batch_size, parts.device,
@@ -75,31 +78,32 @@ def run(cfg: DictConfig, run_dir: str | Path, *, choices: dict[str, str] | None 
         writer = tb.open_writer(run_dir, state.step if prepared.state is not None else None) if world.main \
             else tb.NullWriter()
         mine = user_hooks(cfg) + list(extra_hooks or [])
-        all_hooks = hooks.Hooks(default_hooks(cfg, writer, choices or {}, mine, world))
+        all_hooks = hooks.Hooks(default_hooks(cfg, writer, choices or {}, mine, best, world))
         run_ = hooks.Run(cfg, run_dir, state, parts.data, parts.model, parts.recon, parts.noise, parts.device,
                          cfg.trainer.batch_size, all_hooks, config=plain(cfg), world=world)
         describe(parts, prepared)
         try:
-            finished = fit(run_, all_hooks, parts, cfg)
+            finished = fit(run_, all_hooks, parts, cfg, best)
             if not finished:
                 all_hooks.on_stop(run_)
             if not finished and run_.stop_requested != "max_steps":
                 return RunResult("stopped", state.step, signal=run_.stop_requested)
-            result = finish(run_, all_hooks, parts, cfg)
+            result = finish(run_, all_hooks, parts, cfg, best)
         finally:
             writer.close()
     return result
 
 
-def fit(run_: hooks.Run, all_hooks: hooks.Hooks, parts: Parts, cfg: DictConfig) -> bool:
-    """Every remaining epoch; False if training ended early (a stop signal, ``max_steps``)."""
+def fit(run_: hooks.Run, all_hooks: hooks.Hooks, parts: Parts, cfg: DictConfig, best: BestModel) -> bool:
+    """Every remaining epoch; False if training ended early (a stop signal, ``max_steps``).
+    Each validation goes to ``best``, before the hooks see the epoch's end."""
     tc = cfg.trainer
     all_hooks.on_fit_start(run_)
     if run_.stop_requested:
         return False
     try:
         return run_epochs(run_, lambda phase: make_step(phase, parts, run_.state, cfg, run_.world), all_hooks,
-                          tc.log_every_n_steps, lambda: validate(run_, tc.eval_batch_size))
+                          tc.log_every_n_steps, lambda: validate(run_, parts, cfg, best))
     except NonFiniteLoss as e:
         last = run_.run_dir / "checkpoints" / checkpoint.LAST
         good = f"the last good checkpoint is {last} (untouched)" if last.exists() else "no checkpoint was written"
@@ -108,45 +112,49 @@ def fit(run_: hooks.Run, all_hooks: hooks.Hooks, parts: Parts, cfg: DictConfig) 
                         + (f"; continue with resume={last.parent.parent}" if last.exists() else "")) from None
 
 
-def validate(run_: hooks.Run, batch_size: int) -> dict[str, float]:
-    """The epoch's validation pass; a non-finite validation loss means the model diverged."""
-    val = metrics.reconstruction(run_.model, run_.data, run_.data.val, run_.recon, batch_size)
+def measure(parts: Parts, raw: torch.Tensor, batch_size: int, seed: int) -> dict[str, float]:
+    """``metrics.reconstruction`` of ``raw`` with the RNG seeded by ``seed`` (a VAE's loss draws
+    codes) and the training's RNG left as it was: the same model gives the same numbers at a
+    validation and in ``metrics.json``, and measuring does not change the training's draws."""
+    devices = [parts.device] if parts.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type=parts.device.type):
+        torch.manual_seed(seed)
+        return metrics.reconstruction(parts.model, parts.data, raw, parts.recon, batch_size)
+
+
+def validate(run_: hooks.Run, parts: Parts, cfg: DictConfig, best: BestModel) -> dict[str, float]:
+    """The epoch's validation pass, handed to ``best``; a non-finite validation loss means the model diverged."""
+    val = measure(parts, parts.data.val, cfg.trainer.eval_batch_size, cfg.seed)
     if not math.isfinite(val[f"loss_{run_.phase.unit}"]):
         raise NonFiniteLoss(run_.state.step, "validation loss")
+    best.update(run_.state, val)
     return val
 
 
-def finish(run_: hooks.Run, all_hooks: hooks.Hooks, parts: Parts, cfg: DictConfig) -> RunResult:
-    """The best model (best.pt; the final one if there is no best yet) on every split:
-    ``metrics.json``, the hooks' ``on_fit_end`` (HParams, PNGs), the objective."""
+def finish(run_: hooks.Run, all_hooks: hooks.Hooks, parts: Parts, cfg: DictConfig, best: BestModel) -> RunResult:
+    """The best model (``best`` says which: best.pt, or the final one if none was validated) on
+    every split: ``metrics.json``, the hooks' ``on_fit_end`` (HParams, PNGs), and its objective."""
     state, unit = run_.state, parts.model.loss_unit
-    best = run_.run_dir / "checkpoints" / checkpoint.BEST
-    if state.best_step is not None and state.best_step != state.step and best.is_file():
-        parts.model.load_state_dict(checkpoint.read(best)["model"])
+    chosen = best.load_best(parts.model, run_.run_dir, state)
     splits = {"train": parts.data.train, "val": parts.data.val, "test": parts.data.test}
     out: dict[str, Any] = {f"{split}/{k}": v for split, raw in splits.items()
-                           for k, v in metrics.reconstruction(parts.model, parts.data, raw, parts.recon,
-                                                              cfg.trainer.eval_batch_size).items()}
+                           for k, v in measure(parts, raw, cfg.trainer.eval_batch_size, cfg.seed).items()}
     last = run_.last_epoch
     out.update({f"train_epoch/{k}_{unit}": v for k, v in (last.means if last else {}).items()})
-    out.update({"checkpoint": checkpoint.BEST if state.best_step is not None else "final model",
-                "best_step": state.best_step, "epochs": state.epoch if state.phases[state.phase].main else 0,
+    out.update({"checkpoint": chosen, **best.summary(state),
+                "epochs": state.epoch if state.phases[state.phase].main else 0,
                 "steps": state.step, "images_per_sec": last.images_per_sec if last else None,
-                "best_val_loss": state.best_val if math.isfinite(state.best_val) else None,
                 "torch_threads": torch.get_num_threads()})
     all_hooks.on_fit_end(run_, out)
     if run_.world.main:
         rundir.write_json(run_.run_dir / "metrics.json", out)
-    key = cfg.get("objective") or f"val/loss_{unit}"
-    if key not in out:
-        raise ConfigError("objective", f"{key} is not a metric of this run", f"use one of: {', '.join(sorted(out))}")
     log.info("test (%s): %s", out["checkpoint"], ", ".join(f"{k.removeprefix('test/')} {v:.5g}" for k, v in out.items()
                                                             if k.startswith("test/")))
     log.info("run dir: %s", run_.run_dir)
-    return RunResult("completed", state.step, out, float(out[key]))
+    return RunResult("completed", state.step, out, float(out[best.key]))
 
 
-def default_hooks(cfg: DictConfig, writer: Any, choices: dict[str, str], mine: list[hooks.Hook],
+def default_hooks(cfg: DictConfig, writer: Any, choices: dict[str, str], mine: list[hooks.Hook], best: BestModel,
                   world: World = WORLD) -> list[hooks.Hook]:
     """The hooks in the order they run: the user's (``mine``) first, so what they do in a step is
     in that step's checkpoint; then what ends training, what logs, and the checkpoint (after the
@@ -159,7 +167,7 @@ def default_hooks(cfg: DictConfig, writer: Any, choices: dict[str, str], mine: l
     logs = [tb.EpochScalars(writer), tb.ImageGrids(writer, tc.grid_images, cfg.seed),
             callbacks.ProgressReport(bar, tc.log_every_n_steps)] if world.main else []
     return [callbacks.FirstStepTime(), *mine, *ends, tb.StepScalars(writer, tc.log_every_n_steps), *logs,
-            callbacks.Checkpointing(tc.checkpoint_every_n_steps, flush=writer.flush),
+            callbacks.Checkpointing(tc.checkpoint_every_n_steps, best, flush=writer.flush),
             *([tb.HParams(writer, cfg, choices)] if world.main else [])]
 
 

@@ -75,8 +75,9 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
 
 def open_run(path: str | Path, which: str = "best", device: str = "auto",
              trusted_targets: tuple[str, ...] = ()) -> TrainedRun:
-    """Open ``path`` (a run dir, or a checkpoint file in one) with its ``best`` or ``last``
-    checkpoint. ``device``: auto | cpu | cuda | mps."""
+    """Open ``path`` (a run dir, or a checkpoint file in one) with its ``best`` checkpoint (the
+    model with the best value of the run's ``objective``, by default the validation loss: the one
+    its ``metrics.json`` describes) or its ``last``. ``device``: auto | cpu | cuda | mps."""
 
     if which not in ("best", "last"):
         raise ConfigError("--checkpoint", f"{which!r} is not best or last",
