@@ -234,13 +234,13 @@ def aecli_epoch(cfg: Any, data: ImageData, device: torch.device, hooks: list[Any
     state = new_state(parts, cfg)
     phase = state.phases[-1]
     step = make_step(phase, parts, state, cfg)
-    run = Run(cfg, Path("."), state, parts.data, parts.model, parts.recon, parts.noise, parts.device,
-              cfg.trainer.batch_size, Hooks(list(hooks)), phase=phase)
+    run = Run(cfg=cfg, run_dir=Path("."), state=state, data=parts.data, recon=parts.recon, noise=parts.noise,
+              hooks=Hooks(list(hooks)), step=step)
 
     def one_epoch(perm: torch.Tensor | None = None) -> None:
         perm = torch.randperm(len(parts.data.train), device=device) if perm is None else perm.to(device)
         state.epoch_state = EpochState(perm=perm)
-        train_epoch(run, step, run.hooks, sync_every=10**9)
+        train_epoch(run, run.hooks, sync_every=10**9)
 
     return parts.model, parts.recon, one_epoch
 

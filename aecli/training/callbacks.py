@@ -45,19 +45,20 @@ class Checkpointing(Hook):
     def save(self, run: Run, best: bool = False) -> None:
         """Write last.pt (and best.pt); in a DDP run every rank takes part (the epoch's sums and
         the RNG states are gathered), rank 0 writes."""
-
         es, world = run.state.epoch_state, run.world
         if es is not None:
-            check_finite(es, world)  # never replace a good checkpoint with a diverged model
+            check_finite(run.step, world)  # never replace a good checkpoint with a diverged model
         self.flush()  # events up to this step reach the disk before the checkpoint that resumes after them
         run.state.hooks = run.hooks.states()
         epoch_state = rng_ranks = None
         if world.distributed:
-
             rng_ranks = gather(world, rng_state())
-            if es is not None:
-                sums, seen = epoch_totals(world, es.sums, es.seen, es.perm.device)
-                epoch_state = {**es.to_dict(), "sums": {k: torch.tensor(v) for k, v in sums.items()}, "seen": seen}
+        if es is not None:
+            sums = run.epoch_sums()
+            if world.distributed:
+                totals, seen = epoch_totals(world, sums, es.seen, es.perm.device)
+                sums = {k: torch.tensor(v) for k, v in totals.items()}
+            epoch_state = es.to_dict(sums) | ({"seen": seen} if world.distributed else {})
         if not world.main:
             return
         snapshot = run.state.to_dict(run.data.shape, run.config, epoch_state, rng_ranks)

@@ -51,21 +51,18 @@ class GraphStep(Step):
         device = next(phase.module.parameters()).device
         self.graphs: dict[int, Captured] = {}
         self.pool = torch.cuda.graph_pool_handle()
-        self.sums: dict[str, Tensor] = {}  # the epoch's loss sums, written by the graphs
-        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)  # written by the graphs
         self.step_count = torch.zeros((), dtype=torch.long, device=device)  # the global step, on the device
-        self.es: EpochState | None = None
+        self.carried: dict[str, Tensor] = {}  # the epoch's sums so far, until the first capture names them
 
     def begin_epoch(self, es: EpochState, step: int) -> None:
-        """Point the epoch at the graphs' accumulators, carrying over what it has summed."""
-        self.es = es
+        """The graphs' accumulators (the same tensors every epoch: the graphs write them) start
+        from what ``es`` carries."""
+        self.carried = es.hand_over()
         for k, v in self.sums.items():
-            v.copy_(es.sums[k]) if k in es.sums else v.zero_()
-        if self.sums:
-            es.sums = self.sums
+            v.copy_(self.carried[k]) if k in self.carried else v.zero_()
         self.first_bad.fill_(-1)
         self.step_count.fill_(step)  # steps done; each replay counts its own
-        es.first_bad = self.first_bad
 
     def body(self, raw: Tensor) -> dict[str, Tensor]:
         """Everything one step does (what the graph records)."""
@@ -80,12 +77,10 @@ class GraphStep(Step):
         self.first_bad.copy_(torch.where(bad, self.step_count, self.first_bad))
         return terms
 
-    def __call__(self, raw: Tensor, es: EpochState, step: int) -> dict[str, Tensor]:
-        n = raw.shape[0]
-        captured = self.graphs.get(n) or self.capture(raw)
+    def __call__(self, raw: Tensor, step: int) -> dict[str, Tensor]:
+        captured = self.graphs.get(raw.shape[0]) or self.capture(raw)
         captured.raw.copy_(raw, non_blocking=True)
         captured.graph.replay()
-        es.seen += n
         return captured.terms
 
     def capture(self, raw: Tensor) -> Captured:
@@ -122,11 +117,8 @@ class GraphStep(Step):
                 names = list(self.losses(self.prepare(raw)))
             device = self.first_bad.device
             self.sums = {k: torch.zeros((), device=device) for k in names}
-            for k, v in self.sums.items():
-                if self.es is not None and k in self.es.sums:
-                    v.copy_(self.es.sums[k])
-            if self.es is not None:
-                self.es.sums = self.sums
+            for k in self.sums.keys() & self.carried.keys():  # a resumed epoch's sums so far
+                self.sums[k].copy_(self.carried[k])
         if self.scaler.is_enabled():
             self.scaler.scale(torch.ones((), device=self.first_bad.device))  # creates its scale tensors
         optimizer = self.phase.optimizer

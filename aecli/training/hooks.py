@@ -29,33 +29,55 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
+from aecli.config import plain
 from aecli.data import ImageData
 from aecli.losses import ReconstructionLoss
 from aecli.training.distributed import World
 from aecli.training.state import Phase, TrainState
+from aecli.training.step import Step
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Run:
-    """What hooks may look at (and ``stop_requested``, which they may set)."""
+    """What hooks may look at (and ``stop_requested``, which they may set). Built by keyword."""
 
     cfg: DictConfig
     run_dir: Path
-    state: TrainState
+    state: TrainState  # the model, the phases, the position, the best model's record
     data: ImageData
-    model: torch.nn.Module
     recon: ReconstructionLoss
     noise: Any
-    device: torch.device
-    batch_size: int
     hooks: Hooks
-    config: dict[str, Any] = field(default_factory=dict)  # the config a checkpoint records
-    phase: Phase | None = None
+    world: World = field(default_factory=World)  # DDP: this process's rank (rank 0 writes)
+    step: Step | None = None  # the phase being trained: its step, which holds the epoch's sums
     stop_requested: str | None = None  # why training should end after this step
     last_epoch: EpochResult | None = None  # the main phase's last epoch in this process
-    world: World = field(default_factory=World)  # DDP: this process's rank (rank 0 writes)
+    # derived once (read every step: not from the config or the model each time)
+    batch_size: int = field(init=False)  # trainer.batch_size
+    device: torch.device = field(init=False)  # the training device (the model's)
+    config: dict[str, Any] = field(init=False)  # the config a checkpoint records
+
+    def __post_init__(self) -> None:
+        self.batch_size, self.config = int(self.cfg.trainer.batch_size), plain(self.cfg)
+        self.device = next(self.state.model.parameters()).device
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.state.model
+
+    @property
+    def phase(self) -> Phase | None:
+        return None if self.step is None else self.step.phase
+
+    def epoch_sums(self) -> dict[str, Tensor]:
+        """The partial epoch's loss sums (copies): the step's, or those a checkpoint carried
+        while no step has taken them over yet (a stop before the first step after a resume)."""
+        es = self.state.epoch_state
+        if es is None:
+            return {}
+        return dict(es.carried) if es.carried is not None or self.step is None else self.step.totals()
 
 
 class Hook:

@@ -25,16 +25,16 @@ from aecli.training.step import NonFiniteLoss, Step, check_finite
 log = logging.getLogger(__name__)
 
 
-def train_epoch(run: Run, step_fn: Step, hooks: Hooks, sync_every: int) -> EpochResult:
-    """Train ``run.phase`` for one pass over the training set (or the rest of the pass that
-    ``run.state.epoch_state`` describes). Hooks see every step; a hook that sets
+def train_epoch(run: Run, hooks: Hooks, sync_every: int) -> EpochResult:
+    """Train ``run.phase`` with ``run.step`` for one pass over the training set (or the rest of
+    the pass that ``run.state.epoch_state`` describes). Hooks see every step; a hook that sets
     ``run.stop_requested`` ends the epoch after that step (the epoch state then says where).
 
     A non-finite loss raises ``NonFiniteLoss``: noticed on the device and reported at the next
     sync (every ``sync_every`` steps and at the epoch's end), so no sync per step; or, with
     ``on_nan=skip_batch``, the step skips the batch (a sync per step).
     """
-    state, es = run.state, run.state.epoch_state
+    state, es, step_fn = run.state, run.state.epoch_state, run.step
     mine = run.world.shard(es.perm)  # DDP: this rank's part of the epoch (all of it otherwise)
     n_batches = math.ceil(len(mine) / run.batch_size)
     step_fn.begin_epoch(es, state.step)
@@ -42,16 +42,18 @@ def train_epoch(run: Run, step_fn: Step, hooks: Hooks, sync_every: int) -> Epoch
     for _, raw in batches(run.data.train, run.batch_size, mine, start=es.batch):
         state.step += 1
         es.batch += 1
-        terms = step_fn(raw, es, state.step)
+        terms = step_fn(raw, state.step)
         if terms is None:
             es.skipped += 1
             log.warning("step %d: non-finite loss, batch skipped (trainer.on_nan=skip_batch)", state.step)
+        else:
+            es.seen += raw.shape[0]
         if state.step % sync_every == 0 or es.batch == n_batches:  # the only host syncs in an epoch
-            check_finite(es, run.world)
+            check_finite(step_fn, run.world)
         hooks.on_step_end(run, terms)
         if run.stop_requested:
             break
-    sums, seen = epoch_totals(run.world, es.sums, es.seen, es.perm.device)  # a sync: honest timing
+    sums, seen = epoch_totals(run.world, step_fn.totals(), es.seen, es.perm.device)  # a sync: honest timing
     elapsed = time.perf_counter() - t0
     means = {k: v / seen for k, v in sums.items()} if seen else {}
     speed = (es.seen - seen_at_start) * run.world.size / max(elapsed, 1e-9)
@@ -76,13 +78,13 @@ def run_epochs(run: Run, make_step: Callable[[Phase], Step], hooks: Hooks, sync_
             continue
         if index > state.phase:
             state.phase, state.epoch = index, 0
-        run.phase, step_fn = phase, make_step(phase)
+        run.step = make_step(phase)
         while state.epoch < phase.epochs and not run.stop_requested:
             if state.epoch_state is None:
                 perm = epoch_permutation(len(run.data.train), run.cfg.seed, index, state.epoch, run.device)
                 state.epoch_state = EpochState(perm=perm)
             hooks.on_epoch_start(run)
-            result = train_epoch(run, step_fn, hooks, sync_every)
+            result = train_epoch(run, hooks, sync_every)
             if result.stopped:
                 return False
             if result.means.get("loss") is None:

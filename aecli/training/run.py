@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 
 from aecli import metrics
 from aecli.components import build
-from aecli.config import plain, value
+from aecli.config import value
 from aecli.errors import ConfigError, RunFailed
 from aecli.store import checkpoint, rundir
 from aecli.training import callbacks, hooks
@@ -79,8 +79,8 @@ def run(cfg: DictConfig, run_dir: str | Path, *, choices: dict[str, str] | None 
             else tb.NullWriter()
         mine = user_hooks(cfg) + list(extra_hooks or [])
         all_hooks = hooks.Hooks(default_hooks(cfg, writer, choices or {}, mine, best, world))
-        run_ = hooks.Run(cfg, run_dir, state, parts.data, parts.model, parts.recon, parts.noise, parts.device,
-                         cfg.trainer.batch_size, all_hooks, config=plain(cfg), world=world)
+        run_ = hooks.Run(cfg=cfg, run_dir=run_dir, state=state, data=parts.data, recon=parts.recon,
+                         noise=parts.noise, hooks=all_hooks, world=world)
         describe(parts, prepared)
         try:
             finished = fit(run_, all_hooks, parts, cfg, best)

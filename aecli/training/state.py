@@ -38,28 +38,29 @@ class Phase:
 
 @dataclass
 class EpochState:
-    """Where an epoch stands: enough to checkpoint it mid-way and continue it exactly."""
+    """Where an epoch stands: enough, with the step's sums (``Step.totals``), to checkpoint it
+    mid-way and continue it exactly. The step owns the sums; a checkpoint's partial epoch
+    carries them (``carried``) until the step that continues it takes them (``hand_over``)."""
 
     perm: Tensor  # this epoch's batch order (on the training device)
     batch: int = 0  # batches done
     seen: int = 0  # images trained on
-    sums: dict[str, Tensor] = field(default_factory=dict)  # loss terms x images, on the device
     skipped: int = 0  # non-finite batches skipped (trainer.on_nan=skip_batch)
-    first_bad: Tensor | None = None  # first step with a non-finite loss, -1: none (device scalar)
+    carried: dict[str, Tensor] | None = field(default_factory=dict)  # sums no step has taken yet (None: taken)
 
-    def add(self, terms: dict[str, Tensor], n: int) -> None:
-        """Accumulate a step's loss terms (device tensors, no sync)."""
-        for k, v in terms.items():
-            self.sums[k] = self.sums[k] + v.float() * n if k in self.sums else v.float() * n
-        self.seen += n
+    def hand_over(self) -> dict[str, Tensor]:
+        """The sums so far, for the step that goes on with this epoch (which owns them from then on)."""
+        carried, self.carried = self.carried or {}, None
+        return carried
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"perm": self.perm, "batch": self.batch, "seen": self.seen, "sums": self.sums, "skipped": self.skipped}
+    def to_dict(self, sums: dict[str, Tensor]) -> dict[str, Any]:
+        """The checkpoint's partial epoch, with the epoch's ``sums`` (the step's totals)."""
+        return {"perm": self.perm, "batch": self.batch, "seen": self.seen, "sums": sums, "skipped": self.skipped}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], device: torch.device) -> EpochState:
-        return cls(d["perm"].to(device), d["batch"], d["seen"], {k: v.to(device) for k, v in d["sums"].items()},
-                   d["skipped"])
+        return cls(d["perm"].to(device), d["batch"], d["seen"], d["skipped"],
+                   {k: v.to(device) for k, v in d["sums"].items()})
 
 
 @dataclass
@@ -78,12 +79,11 @@ class TrainState:
     best_step: int | None = None  # where best.pt's model is from
     hooks: dict[str, Any] = field(default_factory=dict)  # hook name -> its state
 
-    def to_dict(self, input_shape: tuple[int, ...], config: dict[str, Any], epoch_state: dict[str, Any] | None = None,
+    def to_dict(self, input_shape: tuple[int, ...], config: dict[str, Any], epoch_state: dict[str, Any] | None,
                 rng_ranks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-        """The checkpoint's content (plain data and tensors). DDP: ``epoch_state`` with the sums
-        over all ranks, and every rank's RNG state (``rng_ranks``)."""
-        if epoch_state is None and self.epoch_state is not None:
-            epoch_state = self.epoch_state.to_dict()
+        """The checkpoint's content (plain data and tensors): ``epoch_state`` is the partial
+        epoch's (``EpochState.to_dict``, with the sums; DDP: over all ranks), ``rng_ranks``
+        every rank's RNG state (DDP)."""
         out = {"model": self.model.state_dict(), "optimizer": self.phases[self.phase].optimizer.state_dict(),
                "scaler": self.scaler.state_dict(), "phase": self.phase, "epoch": self.epoch, "step": self.step,
                "epoch_state": epoch_state, "val": dict(self.val), "best_val": self.best_val,
@@ -122,7 +122,7 @@ class TrainState:
                          f"this one has {world_size}")
         self.epoch_state = None if es is None else EpochState.from_dict(es, device)
         if self.epoch_state is not None and rank > 0:  # rank 0 carries the sums of all ranks so far
-            self.epoch_state.sums = {k: torch.zeros_like(v) for k, v in self.epoch_state.sums.items()}
+            self.epoch_state.carried = {k: torch.zeros_like(v) for k, v in self.epoch_state.carried.items()}
             self.epoch_state.seen = self.epoch_state.skipped = 0
         self.val, self.best_val, self.best_step = dict(d["val"]), float(d["best_val"]), d["best_step"]
         self.hooks = dict(d["hooks"])

@@ -63,7 +63,10 @@ class Step:
     """One eager training step of a phase, from a raw uint8 batch: to float (and the phase's
     inputs), noise, forward and loss (under autocast), backward, optimizer step; then the loss
     terms are added to the epoch's sums and the first non-finite step is noted, all on the
-    device. ``__call__`` returns the step's loss terms (device tensors; None: skipped)."""
+    device. ``__call__`` returns the step's loss terms (device tensors; None: skipped).
+
+    The step owns the epoch's accumulators (the loss sums, the first non-finite step): they
+    start at ``begin_epoch``, ``totals`` reads them (copies), ``first_bad`` is for ``check_finite``."""
 
     def __init__(self, phase: Phase, recon: ReconstructionLoss, precision: Precision, scaler: torch.amp.GradScaler,
                  to_float: Callable[[Tensor], Tensor], compute: Callable[..., dict[str, Tensor]] | None = None,
@@ -72,6 +75,8 @@ class Step:
         self.to_float, self.skip_nan, self.world = to_float, skip_nan, world
         self.compute = compute or phase.module.loss
         self.params = [p for group in phase.optimizer.param_groups for p in group["params"]]
+        self.sums: dict[str, Tensor] = {}  # the epoch's loss terms x images, on the device
+        self.first_bad: Tensor | None = None  # first step with a non-finite loss, -1: none (device scalar)
 
     def prepare(self, raw: Tensor) -> Tensor:
         x = self.to_float(raw)
@@ -88,10 +93,18 @@ class Step:
         self.scaler.update()
 
     def begin_epoch(self, es: EpochState, step: int) -> None:
-        """Before the epoch's first step here (or the first after a resume)."""
-        es.first_bad = torch.full((), -1, dtype=torch.long, device=es.perm.device)
+        """Before the epoch's first step here (or the first after a resume): the sums start from
+        what ``es`` carries (a checkpoint's partial epoch; nothing for a new one), which the step
+        takes over (``step``: the steps done so far)."""
+        device = es.perm.device
+        self.sums = {k: v.to(device) for k, v in es.hand_over().items()}
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
 
-    def __call__(self, raw: Tensor, es: EpochState, step: int) -> dict[str, Tensor] | None:
+    def totals(self) -> dict[str, Tensor]:
+        """The epoch's loss sums so far (loss terms x images; copies, on the device)."""
+        return {k: v.clone() for k, v in self.sums.items()}
+
+    def __call__(self, raw: Tensor, step: int) -> dict[str, Tensor] | None:
         x = self.prepare(raw)
         terms = self.losses(x)
         if self.skip_nan and self.world.any(not torch.isfinite(terms["loss"]).item(), x.device):  # a sync per step
@@ -99,19 +112,21 @@ class Step:
         self.phase.optimizer.zero_grad(set_to_none=True)
         self.update(terms["loss"])
         terms = {k: v.detach() for k, v in terms.items()}
-        es.add(terms, x.shape[0])
+        for k, v in terms.items():  # out of place: a tensor totals() handed out never changes
+            self.sums[k] = self.sums[k] + v.float() * x.shape[0] if k in self.sums else v.float() * x.shape[0]
         if not self.skip_nan:  # remember the first bad step on the device, without a sync
-            es.first_bad.copy_(torch.where((es.first_bad < 0) & ~torch.isfinite(terms["loss"]),
-                                           torch.full_like(es.first_bad, step), es.first_bad))
+            self.first_bad.copy_(torch.where((self.first_bad < 0) & ~torch.isfinite(terms["loss"]),
+                                             torch.full_like(self.first_bad, step), self.first_bad))
         return terms
 
 
-def check_finite(es: EpochState, world: World = World()) -> None:
-    """Raise ``NonFiniteLoss`` if a step of this epoch had a non-finite loss, on any rank (one sync)."""
-    if es.first_bad is None:
+def check_finite(step: Step | None, world: World = World()) -> None:
+    """Raise ``NonFiniteLoss`` if a step of ``step``'s epoch had a non-finite loss, on any rank (one sync)."""
+    if step is None or step.first_bad is None:
         return
     never = torch.iinfo(torch.long).max
-    bad = int(world.min(torch.where(es.first_bad < 0, torch.full_like(es.first_bad, never), es.first_bad)).item())
+    first_bad = step.first_bad
+    bad = int(world.min(torch.where(first_bad < 0, torch.full_like(first_bad, never), first_bad)).item())
     if bad != never:
         raise NonFiniteLoss(bad)
 

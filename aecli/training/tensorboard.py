@@ -49,7 +49,7 @@ class StepScalars(Hook):
         if run.state.step % self.every:
             return
         es = run.state.epoch_state
-        sums, seen_total = epoch_totals(run.world, es.sums, es.seen, es.perm.device)  # DDP: all ranks
+        sums, seen_total = epoch_totals(run.world, run.epoch_sums(), es.seen, es.perm.device)  # DDP: all ranks
         seen = seen_total - self.start_seen
         if seen <= 0:
             return

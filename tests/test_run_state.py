@@ -1,0 +1,50 @@
+"""One owner of each piece of a run's state: the step owns the epoch's sums (and hands out
+copies), the epoch state keeps the position, the hooks' context is built by keyword, and a
+resume is a plan that ``prepare`` makes once and ``run`` follows."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from aecli.training.build import build_parts, make_step, new_state
+from aecli.training.hooks import Hooks, Run
+from aecli.training.state import EpochState
+
+from .conftest import quick_cfg
+
+
+@pytest.fixture(scope="module")
+def built():
+    cfg = quick_cfg("model=ae")
+    parts = build_parts(cfg)
+    return cfg, parts, new_state(parts, cfg)
+
+
+def test_the_step_owns_the_epoch_sums_and_hands_out_copies(built):
+    cfg, parts, state = built
+    step = make_step(state.phases[-1], parts, state, cfg)
+    # a resumed partial epoch carries its sums so far until the step takes them over
+    es = EpochState(perm=torch.arange(len(parts.data.train)), carried={"loss": torch.tensor(5.0)})
+    step.begin_epoch(es, 0)
+    assert es.carried is None and not hasattr(es, "sums")
+    terms = step(parts.data.train[:8], 1)
+    expected = 5.0 + 8 * terms["loss"].item()
+    totals = step.totals()
+    assert totals["loss"].item() == pytest.approx(expected)
+    totals["loss"] += 100.0  # a reader cannot change the step's sums
+    assert step.totals()["loss"].item() == pytest.approx(expected)
+    step.begin_epoch(EpochState(perm=es.perm), 8)  # the next epoch starts from nothing
+    assert step.totals() == {}
+
+
+def test_the_hook_context_is_slim_and_built_by_keyword(built, tmp_path):
+    cfg, parts, state = built
+    fields = dict(cfg=cfg, run_dir=tmp_path, state=state, data=parts.data, recon=parts.recon, noise=parts.noise,
+                  hooks=Hooks([]))
+    with pytest.raises(TypeError):
+        Run(*fields.values())
+    run = Run(**fields)
+    # what follows from the config and the state is derived, not passed (and cannot disagree)
+    assert run.model is state.model and run.batch_size == cfg.trainer.batch_size
+    assert run.device == next(state.model.parameters()).device and run.config["model"] == dict(cfg.model)
+    assert run.phase is None and run.epoch_sums() == {}
