@@ -3,14 +3,19 @@ copies), the epoch state keeps the position, the hooks' context is built by keyw
 resume is a plan that ``prepare`` makes once and ``run`` follows."""
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
+from aecli.store.checkpoint import read
 from aecli.training.build import build_parts, make_step, new_state
 from aecli.training.hooks import Hooks, Run
+from aecli.training.plan import prepare
+from aecli.training.run import run
 from aecli.training.state import EpochState
 
-from .conftest import quick_cfg
+from .conftest import make_cfg, quick_cfg
 
 
 @pytest.fixture(scope="module")
@@ -48,3 +53,20 @@ def test_the_hook_context_is_slim_and_built_by_keyword(built, tmp_path):
     assert run.model is state.model and run.batch_size == cfg.trainer.batch_size
     assert run.device == next(state.model.parameters()).device and run.config["model"] == dict(cfg.model)
     assert run.phase is None and run.epoch_sums() == {}
+
+
+def test_a_resume_is_a_plan_that_trains_the_stored_config_and_says_what_the_command_changed(tmp_path, caplog):
+    run_dir = tmp_path / "run"
+    run(make_cfg("model=ae", "trainer.epochs=1", "trainer.progress=log"), run_dir)
+    cfg = make_cfg("model=ae", "trainer.epochs=2", "trainer.progress=log", "resume=auto")
+    plan = prepare(cfg, run_dir)
+    assert plan.resuming and plan.resume_from["step"] == 10
+    assert plan.changed == ("trainer.epochs: 1 -> 2",)  # the one key the command changed (it may)
+    assert plan.cfg.trainer.epochs == 2 and plan.cfg.model == read(run_dir)["config"]["model"]
+    with pytest.raises(ValueError, match="the plan is for"):
+        run(cfg, tmp_path / "elsewhere", plan=plan)
+    with caplog.at_level(logging.INFO, logger="aecli"):
+        result = run(cfg, run_dir, plan=plan)
+    assert result.status == "completed" and result.step == 20
+    assert "resuming from step 10 (phase 0, epoch 1): training the checkpoint's config; from this command: " \
+           "trainer.epochs: 1 -> 2" in caplog.text

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from aecli import config
 from aecli.errors import AecliError
-from aecli.training.guard import PREPARED, Refused
+from aecli.training.guard import PLANS, Refused
 from aecli.training.signals import SIGNALS
 
 _outcome: dict[str, Any] = {}  # what a single run's task leaves for main: "error" or "stopped"
@@ -91,9 +91,9 @@ def task(cfg: DictConfig) -> float | None:
     run_dir, multirun = Path(hc.runtime.output_dir).absolute(), hc.mode == RunMode.MULTIRUN
     choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra") and v is not None}
     try:
-        prepared = PREPARED.pop(run_dir, None) or prepare(cfg, run_dir, list(hc.overrides.task), hydra_wrote=True)
+        plan = PLANS.pop(run_dir, None) or prepare(cfg, run_dir, list(hc.overrides.task), hydra_wrote=True)
         status("RUNNING")
-        result = run(cfg, run_dir, choices=choices, slot=job_slot(), prepared=prepared)
+        result = run(cfg, run_dir, choices=choices, slot=job_slot(), plan=plan)
     except AecliError as e:
         if run_dir.is_dir():
             status("FAILED", f"{type(e).__name__}: {e.key}: {e.problem}")

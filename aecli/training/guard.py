@@ -9,7 +9,7 @@ from omegaconf import DictConfig, open_dict, read_write
 
 from aecli.errors import AecliError
 
-PREPARED: dict[Path, Any] = {}  # run dir -> aecli.training.plan.Prepared, from RunGuard to the task
+PLANS: dict[Path, Any] = {}  # run dir -> aecli.training.plan.Plan, from RunGuard to the task
 
 
 class Refused(BaseException):
@@ -35,14 +35,14 @@ class RunGuard(Callback):
         overrides = list(config.hydra.overrides.task)
         error = None
         try:
-            prepared = prepare(config, run_dir, overrides, follower=not WORLD.main)  # DDP: rank 0 checks, locks
+            plan = prepare(config, run_dir, overrides, follower=not WORLD.main)  # DDP: rank 0 checks, locks
         except AecliError as e:
             error = e
         if WORLD.distributed:  # every rank learns rank 0's verdict
             error = WORLD.broadcast(error if WORLD.main else None) or error
         if error is not None:
             raise Refused(error)
-        PREPARED[run_dir] = prepared
-        if prepared.state is not None:
+        PLANS[run_dir] = plan
+        if plan.resuming:
             with read_write(config.hydra), open_dict(config.hydra):
                 config.hydra.output_subdir = None

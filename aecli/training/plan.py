@@ -4,7 +4,8 @@
 Hydra creates the run dir or writes ``.hydra/``): the config checks, the run dir's state, the
 checkpoint (verified, its config checked against this command), then the run dir's lock.
 
-Resuming takes the config stored in the checkpoint. Keys that may change between the
+``prepare`` returns a ``Plan``, which ``aecli.training.run.run`` follows. Resuming trains the
+config stored in the checkpoint. Keys that may change between the
 interrupted and the continued run (``MAY_CHANGE``: the schedule's length, logging, speed knobs,
 the device, where the data lies) are taken from the command line when typed there; any other
 key typed with a different value is refused, the differences listed.
@@ -36,15 +37,25 @@ HYDRA_FILES = (".hydra", "train.log")  # what Hydra writes into a sweep job's di
 
 
 @dataclass
-class Prepared:
-    """A run that passed every check: its effective config, the checkpoint it continues (None:
-    a new run), and the outermost dir ``prepare`` created for it (a refused new run removes it
-    again; None: the dir existed)."""
+class Plan:
+    """What ``run`` is to do, decided once by ``prepare`` before anything is written.
+
+    ``cfg`` is the config to train. A new run's is the command's. A resume's is the config
+    stored in the checkpoint (``resume_from``, verified), with only the keys that may change
+    (``MAY_CHANGE``) taken from the command: ``changed`` lists those whose value differs from
+    the stored one (``key: stored -> now``); any other key that differs was refused.
+    ``created``: the outermost dir ``prepare`` created for a new run (a refused new run removes
+    it again; None: the dir existed)."""
 
     cfg: DictConfig
-    state: dict[str, Any] | None
     run_dir: Path
-    created: Path | None
+    resume_from: dict[str, Any] | None = None  # the checkpoint a resume continues (None: a new run)
+    changed: tuple[str, ...] = ()
+    created: Path | None = None
+
+    @property
+    def resuming(self) -> bool:
+        return self.resume_from is not None
 
 
 def without_hydra(cfg: DictConfig) -> DictConfig:
@@ -96,17 +107,21 @@ def mismatches(current: dict[str, Any], saved: dict[str, Any], keys: list[str] |
             if not may_change(k) and a.get(k) != b.get(k)]
 
 
-def effective_config(cfg: DictConfig, saved: dict[str, Any], keys: list[str] | None) -> DictConfig:
+def effective_config(cfg: DictConfig, saved: dict[str, Any], keys: list[str] | None) -> tuple[DictConfig, list[str]]:
     """The checkpoint's config, with ``cfg``'s values for the keys that may change and were
-    typed (all of them when ``keys`` is None: a library caller passes a whole config)."""
+    typed (all of them when ``keys`` is None: a library caller passes a whole config); and
+    which of those differ from the stored values (``key: stored -> now``)."""
     out = saved_config(saved)
     current = _flatten(plain(cfg))
     chosen = [k for k in current if may_change(k) and (keys is None or any(k == t or k.startswith(t + ".")
                                                                            for t in keys))]
+    stored = _flatten(plain(out))
+    changed = [f"{k}: {stored.get(k)!r} -> {current[k]!r}" for k in chosen
+               if k != "resume" and not k.startswith("callbacks") and stored.get(k) != current[k]]
     for k in chosen + ["resume"]:
         OmegaConf.update(out, k, OmegaConf.select(cfg, k), force_add=True)
     out.callbacks = cfg.get("callbacks") or {}
-    return out
+    return out, changed
 
 
 def outermost_missing(path: Path) -> Path | None:
@@ -147,19 +162,20 @@ def targets_in(cfg: Any) -> set[str]:
 
 
 def prepare(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None, hydra_wrote: bool = False,
-            follower: bool = False) -> Prepared:
+            follower: bool = False) -> Plan:
     """Check everything that can refuse this run, then lock its dir. ``overrides``: the
     command line's (None: ``cfg`` is a whole config from a library caller). ``hydra_wrote``: a
     sweep's job, whose dir Hydra made (and wrote ``.hydra/`` into) before the job started.
     ``follower``: a DDP rank other than 0, after rank 0 passed the checks and took the lock:
-    only the config to run with (a resume's), no checks of the dir."""
+    only the config to run with (a resume's), no checks of the dir. The ``Plan`` goes to
+    ``aecli.training.run.run`` (``plan=``)."""
     cfg = without_hydra(cfg)
     config.check(cfg)
     run_dir = Path(run_dir)
     if not follower:
         rundir.check_dir_path(run_dir)
     file = resume_file(cfg.resume, run_dir) if cfg.get("resume") is not None else None
-    state = None
+    state, changed = None, []
     if file is None and follower:
         pass
     elif file is None:
@@ -177,10 +193,10 @@ def prepare(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None, 
                               "leave those keys out (resume takes them from the checkpoint), or start a new run "
                               "without resume")
         checkpoint.check_targets(saved, targets_in(cfg))
-        cfg = effective_config(cfg, saved, keys)
+        cfg, changed = effective_config(cfg, saved, keys)
         config.check(cfg)
     if follower:
-        return Prepared(cfg, state, run_dir, None)
+        return Plan(cfg, run_dir, state, tuple(changed))
     created = None if hydra_wrote else outermost_missing(run_dir)
     rundir.lock(run_dir)
-    return Prepared(cfg, state, run_dir, created)
+    return Plan(cfg, run_dir, state, tuple(changed), created)

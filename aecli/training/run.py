@@ -1,6 +1,6 @@
 """A training run, top to bottom: ``run(cfg, run_dir)``.
 
-prepare (every check; the run dir's lock; the checkpoint to continue) -> build (device, data,
+prepare (every check; the run dir's lock; the checkpoint to continue: a ``Plan``) -> build (device, data,
 model, phases: ``aecli.training.build``) -> fit (the phases' epochs, ``aecli.training.loop``, with hooks for
 checkpoints, TensorBoard, progress and stop signals) -> finish (the best model evaluated on
 every split, ``metrics.json``, HParams).
@@ -34,7 +34,7 @@ from aecli.training.build import Parts, build_parts, make_step, new_state
 from aecli.training.distributed import WORLD, World
 from aecli.training.loop import run_epochs
 from aecli.training.placement import JobSlot
-from aecli.training.plan import Prepared, prepare
+from aecli.training.plan import Plan, prepare
 from aecli.training.signals import SIGNALS
 from aecli.training.step import NonFiniteLoss
 
@@ -53,35 +53,47 @@ class RunResult:
 
 
 def run(cfg: DictConfig, run_dir: str | Path, *, choices: dict[str, str] | None = None, slot: JobSlot = JobSlot(),
-        extra_hooks: list[hooks.Hook] | None = None, prepared: Prepared | None = None,
+        extra_hooks: list[hooks.Hook] | None = None, plan: Plan | None = None,
         world: World = WORLD) -> RunResult:
-    """Train as ``cfg`` says, writing everything into ``run_dir``. ``prepared``: the result of
-    ``aecli.training.plan.prepare`` when the caller ran it already (the CLI, before Hydra writes).
+    """Train as ``cfg`` says, writing everything into ``run_dir``; or, with ``cfg.resume`` set,
+    continue the run that a checkpoint holds.
+
+    A resume trains the config stored in the checkpoint, not ``cfg``: only the keys that may
+    change between the interrupted and the continued run (``aecli.training.plan.MAY_CHANGE``:
+    the schedule's length, logging, speed knobs, the device, where the data lies, ``callbacks``)
+    are taken from ``cfg``; any other key of ``cfg`` that differs from the stored one is refused
+    (``ConfigError``), and the log says which keys ``cfg`` changed.
+
+    ``plan``: what ``aecli.training.plan.prepare(cfg, run_dir)`` decided, when the caller ran it
+    already (the CLI, before Hydra writes); ``run`` then follows it (its config, its checkpoint).
     ``world``: this process's place in a DDP run (``torchrun``; rank 0 writes)."""
-    prepared = prepared or prepare(cfg, Path(run_dir))
-    cfg, run_dir = prepared.cfg, prepared.run_dir
+    if plan is None:
+        plan = prepare(cfg, Path(run_dir))
+    elif Path(plan.run_dir).absolute() != Path(run_dir).absolute():
+        raise ValueError(f"the plan is for {plan.run_dir}, not {run_dir}")
+    cfg, run_dir = plan.cfg, plan.run_dir
     with SIGNALS.installed():
         try:
             parts = build_parts(cfg, slot, world=world)
             best = BestModel(cfg.get("objective"), parts.model.loss_unit)
             best.check(measure(parts, parts.data.val[:1], 1, cfg.seed))  # its name, before any training
             state = new_state(parts, cfg, world)
-            if prepared.state is not None:
-                state.restore(prepared.state, len(parts.data.train), cfg.trainer.batch_size, parts.device,
+            if plan.resuming:
+                state.restore(plan.resume_from, len(parts.data.train), cfg.trainer.batch_size, parts.device,
                               world.rank, world.size)
         except ConfigError:
             if world.main:
-                discard_new_run_dir(prepared)
+                discard_new_run_dir(plan)
             raise
         if SIGNALS.requested is not None and not world.distributed:  # before the first step: nothing to save
             return RunResult("stopped", state.step, signal=SIGNALS.name())
-        writer = tb.open_writer(run_dir, state.step if prepared.state is not None else None) if world.main \
+        writer = tb.open_writer(run_dir, state.step if plan.resuming else None) if world.main \
             else tb.NullWriter()
         mine = user_hooks(cfg) + list(extra_hooks or [])
         all_hooks = hooks.Hooks(default_hooks(cfg, writer, choices or {}, mine, best, world))
         run_ = hooks.Run(cfg=cfg, run_dir=run_dir, state=state, data=parts.data, recon=parts.recon,
                          noise=parts.noise, hooks=all_hooks, world=world)
-        describe(parts, prepared)
+        describe(parts, plan)
         try:
             finished = fit(run_, all_hooks, parts, cfg, best)
             if not finished:
@@ -182,25 +194,27 @@ def _stderr_is_tty() -> bool:
     return sys.stderr.isatty()
 
 
-def describe(parts: Parts, prepared: Prepared) -> None:
+def describe(parts: Parts, plan: Plan) -> None:
     data, model = parts.data, parts.model
     log.info("%s", parts.placement)
     log.info("%s (%s parameters) on %s; data %s: %d train / %d val / %d test; noise %r; loss %s",
              type(model).__name__, f"{sum(p.numel() for p in model.parameters()):,}", parts.device,
              "x".join(map(str, data.shape)), len(data.train), len(data.val), len(data.test), parts.noise,
              parts.recon.name)
-    if prepared.state is not None:
-        s = prepared.state
-        log.info("resuming from step %d (phase %d, epoch %d%s)", s["step"], s["phase"], s["epoch"],
-                 f", batch {s['epoch_state']['batch']}" if s["epoch_state"] else "")
+    if plan.resuming:
+        s = plan.resume_from
+        log.info("resuming from step %d (phase %d, epoch %d%s): training the checkpoint's config; from this "
+                 "command: %s", s["step"], s["phase"], s["epoch"],
+                 f", batch {s['epoch_state']['batch']}" if s["epoch_state"] else "", "; ".join(plan.changed) or
+                 "nothing")
 
 
-def discard_new_run_dir(prepared: Prepared) -> None:
+def discard_new_run_dir(plan: Plan) -> None:
     """A new run refused while building (its data, its model): remove the dir it made, which holds
     only Hydra's record of the command and aecli's lock, so no FAILED dir is left behind."""
-    if prepared.created is None or prepared.state is not None:
+    if plan.created is None or plan.resuming:
         return
-    leftovers = set(rundir.foreign_files(prepared.run_dir)) - {".hydra", "train.log", rundir.STATUS_FILE}
+    leftovers = set(rundir.foreign_files(plan.run_dir)) - {".hydra", "train.log", rundir.STATUS_FILE}
     if not leftovers:
-        rundir.unlock(prepared.run_dir)
-        shutil.rmtree(prepared.created, ignore_errors=True)
+        rundir.unlock(plan.run_dir)
+        shutil.rmtree(plan.created, ignore_errors=True)
