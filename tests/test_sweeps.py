@@ -18,7 +18,7 @@ from aecli.training.app import picklable
 from aecli.training.placement import cores_available, gpu_for_job, jobs_at_once, threads_per_job
 from aecli.use import report
 
-from .conftest import make_cfg, read_metrics, run_cli
+from .conftest import make_cfg, read_events, read_metrics, run_cli
 
 TINY = ("trainer.epochs=1", "trainer.progress=log")
 JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
@@ -166,7 +166,7 @@ def test_optuna_search_returns_the_best_trial_and_survives_a_failed_one(tmp_path
     sweep = tmp_path / "sweep"
     # the YAML's search space, with latent_dim narrowed to (2, 0): the seeded TPE draws 0 (out
     # of range, so that trial fails inside the job) for the 3rd trial only
-    proc = run_cli("-m", "hparams_search=vae_optuna", "hydra.sweeper.n_trials=3", *TINY,
+    proc = run_cli("-m", "hparams_search=vae_optuna", "hydra.sweeper.n_trials=3", *TINY, "trainer.epochs=3",
                    "model.latent_dim=choice(2,0)", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     jobs = job_dirs(sweep)
@@ -176,6 +176,16 @@ def test_optuna_search_returns_the_best_trial_and_survives_a_failed_one(tmp_path
     status = [json.loads((p / "job_status.json").read_text()) for p in jobs]
     assert [s["status"] for s in status] == ["COMPLETED", "COMPLETED", "FAILED"]
     assert "model.latent_dim: 0 is out of range" in status[2]["error"]
+
+    # each trial's model is its best epoch by the search's objective (the -ELBO, not the trial's
+    # beta-weighted loss), and the trial returns that epoch's value
+    for p, job_status in zip(jobs[:2], status[:2]):
+        per_epoch = read_events(p).Scalars("val/neg_elbo_nats_per_image")
+        best = min(per_epoch, key=lambda e: e.value)
+        metrics = read_metrics(p)
+        assert (len(per_epoch), metrics["best_step"], metrics["objective"]) == (3, best.step,
+                                                                               "val/neg_elbo_nats_per_image")
+        assert job_status["return_value"] == metrics["best_value"] == pytest.approx(best.value, rel=1e-6)
 
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     values = [read_metrics(p)["val/neg_elbo_nats_per_image"] for p in jobs[:2]]  # the search's objective
