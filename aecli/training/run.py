@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 from aecli import metrics
 from aecli.components import build
 from aecli.config import value
+from aecli.data import batches
 from aecli.errors import ConfigError, RunFailed
 from aecli.store import checkpoint, rundir
 from aecli.training import callbacks, hooks
@@ -76,7 +77,10 @@ def run(cfg: DictConfig, run_dir: str | Path, *, choices: dict[str, str] | None 
         try:
             parts = build_parts(cfg, slot, world=world)
             best = BestModel(cfg.get("objective"), parts.model.loss_unit)
-            best.check(measure(parts, parts.data.val[:1], 1, cfg.seed))  # its name, before any training
+            # the objective's name, against one validation image's metrics, before any training
+            # (``batches`` brings it to the device also from a streamed folder)
+            _, first = next(batches(parts.data.val, 1, torch.arange(1, device=parts.device)))
+            best.check(measure(parts, first, 1, cfg.seed))
             state = new_state(parts, cfg, world)
             if plan.resuming:
                 state.restore(plan.resume_from, len(parts.data.train), cfg.trainer.batch_size, parts.device,
