@@ -107,7 +107,8 @@ def run_options(many: bool = False) -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN", nargs="+" if many else None,
                    help=RUN_HELP + (" (several; a multirun dir: every job in it)" if many else ""))
     p.add_argument("--checkpoint", choices=("best", "last"), default="best",
-                   help="the model with the best validation loss (default) or the last one")
+                   help="the best model by the run's objective (default; by default its validation loss) "
+                        "or the last one")
     device_option(p)
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="write the outputs into DIR (default: the run dir)")
