@@ -4,14 +4,58 @@ Each noise is a small callable chosen by the ``noise`` config group through ``_t
 Noise is applied to batches already on the training device, during training only. A noise has
 a ``level`` (p or sigma), ``corrupts`` (whether it changes its input at all) and ``at_level``
 (the same kind at another level: a stack's per-layer levels). Only torch's own random ops are
-used, so a CUDA graph can capture them.
+used, so a CUDA graph can capture them. Any class with these members is a ``Noise`` (a
+protocol): a user's own, named with ``noise._target_=my_pkg.MyNoise``, trains like these.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
+from aecli.declare import bounded, component, defaults
 
+
+@runtime_checkable
+class Noise(Protocol):
+    """What the trainer and the use commands ask of a noise."""
+
+    @property
+    def level(self) -> float:
+        """Its strength (p, sigma; 0 for none): what a stack's per-layer levels replace."""
+
+    @property
+    def corrupts(self) -> bool:
+        """Whether it changes its input at all."""
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """``x`` corrupted (a new tensor, or ``x`` itself when it does not corrupt)."""
+
+    def at_level(self, level: float, clip: bool = True) -> Noise:
+        """The same kind of noise at ``level``; ``clip``: keep the result in [0, 1] if it can leave it."""
+
+
+@dataclass
+class NoNoiseConfig:
+    _target_: str = "aecli.noise.NoNoise"
+
+
+@dataclass
+class MaskingNoiseConfig:
+    _target_: str = "aecli.noise.MaskingNoise"
+    p: float = bounded(0.25, ge=0, lt=1)
+
+
+@dataclass
+class GaussianNoiseConfig:
+    _target_: str = "aecli.noise.GaussianNoise"
+    sigma: float = bounded(0.3, ge=0)
+    clip: bool = True
+
+
+@component("noise", "none", config=NoNoiseConfig)
 class NoNoise:
     """Identity corruption (plain autoencoder)."""
 
@@ -28,10 +72,11 @@ class NoNoise:
         return "NoNoise()"
 
 
+@component("noise", "binomial", config=MaskingNoiseConfig)
 class MaskingNoise:
     """Binomial masking noise: each input value is set to 0 with probability ``p``."""
 
-    def __init__(self, p: float = 0.25) -> None:
+    def __init__(self, p: float = defaults(MaskingNoiseConfig).p) -> None:
         self.p = float(p)
 
     @property
@@ -57,6 +102,7 @@ class MaskingNoise:
         return f"MaskingNoise(p={self.p})"
 
 
+@component("noise", "gaussian", config=GaussianNoiseConfig)
 class GaussianNoise:
     """Additive isotropic Gaussian noise ``x + sigma * N(0, 1)``.
 
@@ -64,7 +110,8 @@ class GaussianNoise:
     AE's hidden codes are not clipped).
     """
 
-    def __init__(self, sigma: float = 0.3, clip: bool = True) -> None:
+    def __init__(self, sigma: float = defaults(GaussianNoiseConfig).sigma,
+                 clip: bool = defaults(GaussianNoiseConfig).clip) -> None:
         self.sigma = float(sigma)
         self.clip = bool(clip)
 
@@ -89,5 +136,3 @@ class GaussianNoise:
     def __repr__(self) -> str:
         return f"GaussianNoise(sigma={self.sigma}, clip={self.clip})"
 
-
-Noise = NoNoise | MaskingNoise | GaussianNoise

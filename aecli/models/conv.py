@@ -3,13 +3,26 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
+from aecli.declare import bounded, component, defaults
 from aecli.models.base import Autoencoder
 
 
+@dataclass
+class ConvAutoencoderConfig:
+    _target_: str = "aecli.models.ConvAutoencoder"
+    channels: list[int] = field(default_factory=lambda: [32, 64])
+    latent_dim: int = bounded(16, ge=1)
+
+
+D = defaults(ConvAutoencoderConfig)
+
+
+@component("model", "conv", config=ConvAutoencoderConfig)
 class ConvAutoencoder(Autoencoder):
     """Each entry of ``channels`` is a stride-2 3x3 conv (halving height and width) with ReLU;
     a linear layer maps the last feature map to ``latent_dim`` and back. The decoder mirrors
@@ -21,8 +34,8 @@ class ConvAutoencoder(Autoencoder):
     def __init__(
         self,
         input_shape: Sequence[int],
-        channels: Sequence[int] = (32, 64),
-        latent_dim: int = 32,
+        channels: Sequence[int] = tuple(D.channels),
+        latent_dim: int = D.latent_dim,
     ) -> None:
         super().__init__(input_shape)
         self.latent_dim = int(latent_dim)

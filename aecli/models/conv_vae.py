@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from itertools import pairwise
 
 from torch import Tensor, nn
 
+from aecli.declare import bounded, component, defaults
 from aecli.errors import ConfigError
 from aecli.models.vae import GaussianVAE
 
@@ -17,6 +19,18 @@ def _block(conv: nn.Module, channels: int) -> nn.ModuleList:
     return nn.ModuleList([conv, nn.BatchNorm2d(channels), nn.LeakyReLU()])
 
 
+@dataclass
+class ConvVAEConfig:
+    _target_: str = "aecli.models.ConvVAE"
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
+    latent_dim: int = bounded(128, ge=1)
+    beta: float = bounded(1.0, ge=0)
+
+
+D = defaults(ConvVAEConfig)
+
+
+@component("model", "conv_vae", config=ConvVAEConfig)
 class ConvVAE(GaussianVAE):
     """Each entry of ``channels`` is a stride-2 3x3 conv + BatchNorm + LeakyReLU, halving height
     and width; a linear layer maps the last feature map to the mean and log-variance of
@@ -34,9 +48,9 @@ class ConvVAE(GaussianVAE):
     def __init__(
         self,
         input_shape: Sequence[int],
-        channels: Sequence[int] = (32, 64, 128, 256),
-        latent_dim: int = 128,
-        beta: float = 1.0,
+        channels: Sequence[int] = tuple(D.channels),
+        latent_dim: int = D.latent_dim,
+        beta: float = D.beta,
     ) -> None:
         super().__init__(input_shape, latent_dim, beta)
         c_in, height, width = self.input_shape

@@ -3,12 +3,26 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from torch import Tensor
 
+from aecli.declare import bounded, component, defaults
 from aecli.models.base import Autoencoder, mlp
 
 
+@dataclass
+class MLPAutoencoderConfig:
+    _target_: str = "aecli.models.MLPAutoencoder"
+    hidden_dims: list[int] = field(default_factory=lambda: [256])
+    latent_dim: int = bounded(16, ge=1)
+    latent_activation: bool = False  # ReLU on the code layer (the Keras-blog AE has one)
+
+
+D = defaults(MLPAutoencoderConfig)
+
+
+@component("model", "ae", config=MLPAutoencoderConfig)
 class MLPAutoencoder(Autoencoder):
     """``input -> hidden_dims (ReLU) -> latent_dim -> reversed hidden_dims (ReLU) -> input``.
 
@@ -18,9 +32,9 @@ class MLPAutoencoder(Autoencoder):
     def __init__(
         self,
         input_shape: Sequence[int],
-        hidden_dims: Sequence[int] = (256,),
-        latent_dim: int = 32,
-        latent_activation: bool = False,
+        hidden_dims: Sequence[int] = tuple(D.hidden_dims),
+        latent_dim: int = D.latent_dim,
+        latent_activation: bool = D.latent_activation,
     ) -> None:
         super().__init__(input_shape)
         self.latent_dim = int(latent_dim)

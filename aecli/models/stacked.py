@@ -5,15 +5,30 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
+from aecli.declare import bounded, component, defaults
 from aecli.losses import ReconstructionLoss
-from aecli.models.base import Autoencoder, Stage
+from aecli.models.base import Autoencoder, Phase
 from aecli.noise import Noise
 
 
+@dataclass
+class StackedAutoencoderConfig:
+    _target_: str = "aecli.models.StackedAutoencoder"
+    hidden_dims: list[int] = field(default_factory=lambda: [256, 128])
+    latent_dim: int = bounded(16, ge=1)
+    pretrain_epochs: int = bounded(2, ge=0)  # per layer
+    pretrain_noise_levels: list[float] | None = None  # e.g. [0.1, 0.2, 0.3]: noise level (p or sigma) per layer
+
+
+D = defaults(StackedAutoencoderConfig)
+
+
+@component("model", "stacked", config=StackedAutoencoderConfig)
 class StackedAutoencoder(Autoencoder):
     """``input -> hidden_dims -> latent_dim`` encoder (ReLU between layers, linear code) and a
     mirrored decoder. ``pretrain_epochs`` epochs per layer; ``pretrain_noise_levels`` optionally
@@ -23,10 +38,10 @@ class StackedAutoencoder(Autoencoder):
     def __init__(
         self,
         input_shape: Sequence[int],
-        hidden_dims: Sequence[int] = (256, 128),
-        latent_dim: int = 32,
-        pretrain_epochs: int = 1,
-        pretrain_noise_levels: Sequence[float] | None = None,
+        hidden_dims: Sequence[int] = tuple(D.hidden_dims),
+        latent_dim: int = D.latent_dim,
+        pretrain_epochs: int = D.pretrain_epochs,
+        pretrain_noise_levels: Sequence[float] | None = D.pretrain_noise_levels,
     ) -> None:
         super().__init__(input_shape)
         self.latent_dim = int(latent_dim)
@@ -59,7 +74,7 @@ class StackedAutoencoder(Autoencoder):
                 h = torch.relu(h)
         return h.view(-1, *self.input_shape)
 
-    def pretraining_stages(self, noise: Noise) -> list[Stage]:
+    def pretraining_stages(self, noise: Noise) -> list[Phase]:
         """The greedy pre-training stages, bottom layer first, each with the noise it trains
         with: ``pretrain_noise_levels[k]`` (else the run's noise level) at layer k; only the
         image layer's Gaussian noise is clipped to [0, 1]."""
@@ -69,8 +84,8 @@ class StackedAutoencoder(Autoencoder):
             stage_noise = noise if level is None and k == 0 else noise.at_level(
                 noise.level if level is None else level, clip=(k == 0))
             layer = LayerStage(self, k)
-            out.append(Stage(f"pretrain/layer{k}", layer, stage_noise, layer.inputs, self.pretrain_epochs,
-                             layer.loss_unit))
+            out.append(Phase(f"pretrain/layer{k}", layer, stage_noise, self.pretrain_epochs, layer.loss_unit,
+                             layer.inputs))
         return out
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
+from aecli.declare import bounded, component, defaults
 from aecli.losses import ReconstructionLoss
 from aecli.models.base import Autoencoder, mlp
 
@@ -85,15 +87,27 @@ class GaussianVAE(Autoencoder):
         return {"neg_elbo_nats_per_image": means["recon"] + means["kl"]}
 
 
+@dataclass
+class VAEConfig:
+    _target_: str = "aecli.models.VAE"
+    hidden_dims: list[int] = field(default_factory=lambda: [400])
+    latent_dim: int = bounded(20, ge=1)
+    beta: float = bounded(1.0, ge=0)
+
+
+D = defaults(VAEConfig)
+
+
+@component("model", "vae", config=VAEConfig)
 class VAE(GaussianVAE):
     """The MLP VAE: ``hidden_dims`` ReLU layers to the mean and log-variance, mirrored back."""
 
     def __init__(
         self,
         input_shape: Sequence[int],
-        hidden_dims: Sequence[int] = (400,),
-        latent_dim: int = 20,
-        beta: float = 1.0,
+        hidden_dims: Sequence[int] = tuple(D.hidden_dims),
+        latent_dim: int = D.latent_dim,
+        beta: float = D.beta,
     ) -> None:
         super().__init__(input_shape, latent_dim, beta)
         n_in = math.prod(self.input_shape)

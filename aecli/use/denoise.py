@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from aecli import config
 from aecli.errors import ConfigError
 from aecli.images import image_grid, save_png
 from aecli.metrics import psnr_db
@@ -25,8 +26,7 @@ from aecli.use import commandline as commands
 from aecli.use import inference
 from aecli.use.trained import TrainedRun
 
-NOISES = {"binomial": (MaskingNoise, "p", lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
-          "gaussian": (GaussianNoise, "sigma", lambda v: v >= 0.0, ">= 0")}
+NOISES = {"binomial": (MaskingNoise, "p"), "gaussian": (GaussianNoise, "sigma")}
 GRID_IMAGES = 8
 
 
@@ -99,13 +99,14 @@ def parse_noise(spec: str) -> Any:
     kind, _, level = spec.partition(":")
     if kind not in NOISES:
         raise ConfigError("--noise", f"{spec!r} names no noise", "use --noise binomial:P or --noise gaussian:SIGMA")
-    cls, name, ok, must_be = NOISES[kind]
+    cls, name = NOISES[kind]
+    bound = config.bounds(f"noise.{name}")  # the range the noise's schema declares
     try:
         value = float(level)
     except ValueError:
         raise ConfigError("--noise", f"{level!r} is not a number", f"use e.g. --noise {kind}:0.3") from None
-    if not ok(value):
-        raise ConfigError("--noise", f"{name}={value} is out of range: it must be {must_be}",
+    if not bound.ok(value):
+        raise ConfigError("--noise", f"{name}={value} is out of range: it must be {bound.text}",
                           f"use e.g. --noise {kind}:0.3")
     return cls(value)
 

@@ -1,0 +1,97 @@
+"""How a component declares its config once, next to its class (no torch import here).
+
+A component (a model, a noise, a loss) writes one dataclass: its fields are the keys, their
+defaults ARE the defaults, and ``bounded(...)`` fields carry the key's range. ``@component``
+files the dataclass under its config group; from that one declaration come the ConfigStore
+schema (``aecli.config.register``), the range checks (``aecli.config.check`` and the use
+commands, ``aecli.config.bounds``), the checkpoint allow-list (``targets``) and the class's
+own ``__init__`` defaults (``defaults(Config)``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A number's range: ``ge``/``gt`` below, ``le``/``lt`` above (None: open), ``example`` a
+    value to suggest; ``null`` says what None means where None is allowed."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    example: Any = None
+    null: str | None = None
+
+    def ok(self, value: float) -> bool:
+        """Whether ``value`` lies in the range."""
+        return ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+                and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
+
+    @property
+    def text(self) -> str:
+        """The range in words, e.g. ``in [0, 1)`` or ``>= 1``."""
+        low = f"[{_num(self.ge)}" if self.ge is not None else f"({_num(self.gt)}" if self.gt is not None else None
+        high = f"{_num(self.le)}]" if self.le is not None else f"{_num(self.lt)})" if self.lt is not None else None
+        if low and high:
+            said = f"in {low}, {high}"
+        elif low:
+            said = f"{'>=' if self.ge is not None else '>'} {low[1:]}"
+        else:
+            said = f"{'<=' if self.le is not None else '<'} {high[:-1]}" if high else "a number"
+        return f"{said} (or null: {self.null})" if self.null else said
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def bounded(default: Any, *, example: Any = None, null: str | None = None, **limits: float) -> Any:
+    """A dataclass field with a default and a range, e.g. ``latent_dim: int = bounded(16, ge=1)``."""
+    bound = Bound(**limits, example=default if example is None else example, null=null)
+    return field(default=default, metadata={"bound": bound})
+
+
+def bound_of(schema: type, key: str) -> Bound | None:
+    """The declared range of ``schema``'s field ``key`` (None: no range, or no such field)."""
+    for f in dataclasses.fields(schema) if dataclasses.is_dataclass(schema) else ():
+        if f.name == key:
+            return f.metadata.get("bound")
+    return None
+
+
+# group -> option name -> config dataclass, filled as the component modules are imported
+DECLARED: dict[str, dict[str, type]] = {}
+
+
+def component(group: str, *names: str, config: type) -> Callable[[T], T]:
+    """Class decorator: file ``config`` (whose ``_target_`` names the class) under ``group`` as
+    ``schema/<group>/<name>`` for each of ``names``, and set it as the class's ``Config``."""
+    def file(cls: T) -> T:
+        for name in names:
+            DECLARED.setdefault(group, {})[name] = config
+        cls.Config = config  # type: ignore[attr-defined]
+        return cls
+    return file
+
+
+def declare(group: str, name: str, config: type) -> None:
+    """File a config dataclass whose target is not a class of its own module (the dataset loaders)."""
+    DECLARED.setdefault(group, {})[name] = config
+
+
+def defaults(config: type) -> Any:
+    """An instance of ``config`` with every default, for a constructor's defaults to read:
+    ``def __init__(self, ..., latent_dim: int = D.latent_dim)`` with ``D = defaults(Config)``."""
+    return config()
+
+
+def targets() -> dict[str, set[str]]:
+    """Every declared ``_target_``, by group: what a checkpoint's config may name."""
+    return {group: {c._target_ for c in configs.values()} for group, configs in DECLARED.items()}
