@@ -193,6 +193,30 @@ def bounds(key: str) -> Bound | None:
     return next((b for schema in SCHEMAS.get(group, {}).values() if (b := bound_of(schema, rest))), None)
 
 
+def key_table() -> str:
+    """The README's table of every declared key: option, key, default and range, in Markdown
+    (``tests/test_declared.py`` checks the README holds it as this prints it)."""
+    def shown(f: dataclasses.Field) -> str:
+        value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if value == MISSING:
+            return "required"
+        value = value.value if isinstance(value, Enum) else value
+        text = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+        return f"`{text}`"
+
+    rows = ["| option | key | default | range |", "|---|---|---|---|"]
+    sections = [(name, f"{name}.", f.default_factory) for f in dataclasses.fields(TrainConfig)
+                if dataclasses.is_dataclass(f.default_factory) for name in [f.name]]
+    sections += [(f"{group}={option}", f"{group}.", SCHEMAS[group][option]) for group in ("model", "noise", "dataset")
+                 for option in sorted(SCHEMAS.get(group, {}))]
+    for label, prefix, schema in sections:
+        for f in dataclasses.fields(schema):
+            if f.name != "_target_":
+                bound = f.metadata.get("bound")
+                rows.append(f"| {label} | `{prefix}{f.name}` | {shown(f)} | {bound.text if bound else ''} |")
+    return "\n".join(rows) + "\n"
+
+
 def _check_ranges(cfg: DictConfig) -> None:
     """Each number against the range its schema declares (``aecli.declare.bounded``)."""
     for group in cfg:

@@ -4,6 +4,7 @@ never probed; a user's own model, noise and loss (tests/custom.py) train, resume
 import inspect
 import math
 from importlib.resources import files
+from pathlib import Path
 
 import pytest
 from hydra.utils import get_method
@@ -164,3 +165,9 @@ def test_a_users_own_noise_and_loss_train_resume_and_evaluate(tmp_path):
     assert result["denoise_noise"].startswith("<tests.custom.SaltNoise")
     with pytest.raises(ConfigError, match="not one of aecli's own"):
         open_run(tmp_path / "whole", device="cpu")  # a file naming code is refused unless trusted
+
+
+def test_the_readme_key_table_is_the_declarations():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("checked by tests/test_declared.py -->\n", 1)[1].split("<!-- key-table end -->", 1)[0]
+    assert block == config.key_table(), "regenerate the README's table: print(aecli.config.key_table())"
