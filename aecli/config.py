@@ -193,6 +193,14 @@ def bounds(key: str) -> Bound | None:
     return next((b for schema in SCHEMAS.get(group, {}).values() if (b := bound_of(schema, rest))), None)
 
 
+def _check_sizes(key: str, value: Any, bound: Bound, fix: str) -> None:
+    """A list of whole numbers, each in ``bound`` (``aecli.declare.sizes``)."""
+    if not OmegaConf.is_list(value) or not all(isinstance(v, int) and not isinstance(v, bool) and bound.ok(v)
+                                               for v in value):
+        shown = list(value) if OmegaConf.is_list(value) else value
+        raise ConfigError(key, f"{shown!r} must be a list of whole numbers {bound.text}", fix)
+
+
 def key_table() -> str:
     """The README's table of every declared key: option, key, default and range, in Markdown
     (``tests/test_declared.py`` checks the README holds it as this prints it)."""
@@ -213,7 +221,8 @@ def key_table() -> str:
         for f in dataclasses.fields(schema):
             if f.name != "_target_":
                 bound = f.metadata.get("bound")
-                rows.append(f"| {label} | `{prefix}{f.name}` | {shown(f)} | {bound.text if bound else ''} |")
+                said = (f"each {bound.text}" if bound.each else bound.text) if bound else ""
+                rows.append(f"| {label} | `{prefix}{f.name}` | {shown(f)} | {said} |")
     return "\n".join(rows) + "\n"
 
 
@@ -229,13 +238,15 @@ def _check_ranges(cfg: DictConfig) -> None:
             if bound is None or value is None:
                 continue
             key, fix = f"{group}.{f.name}", f"use e.g. {group}.{f.name}={bound.example}"
+            if bound.each:
+                _check_sizes(key, value, bound, fix)
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(key, f"{value!r} is not a number", fix)
             if not bound.ok(value):
                 raise ConfigError(key, f"{value} is out of range: it must be {bound.text}", fix)
 
 
-NUMBER_LISTS = ("model.hidden_dims", "model.channels")
 TRI_STATES = ("optim.fused", "trainer.cuda_graph", "trainer.channels_last", "trainer.cudnn_benchmark")
 
 
@@ -250,12 +261,6 @@ def check(cfg: DictConfig) -> None:
                           f"pass {missing[0]}=..." + (" (the folder holding your images)"
                                                       if missing[0] == "dataset.root" else ""))
     _check_ranges(cfg)
-    for key in NUMBER_LISTS:
-        value = OmegaConf.select(cfg, key, default=None)
-        if value is not None and (not OmegaConf.is_list(value)
-                                  or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)):
-            shown = list(value) if OmegaConf.is_list(value) else value
-            raise ConfigError(key, f"{shown!r} must be a list of whole numbers >= 1", f"use e.g. {key}=[256,128]")
     classes = OmegaConf.select(cfg, "dataset.classes", default=None)
     if classes is not None and (not OmegaConf.is_list(classes) or not classes
                                 or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in classes)):

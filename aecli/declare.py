@@ -28,6 +28,7 @@ class Bound:
     lt: float | None = None
     example: Any = None
     null: str | None = None
+    each: bool = False  # the value is a list of whole numbers, each in the range
 
     def ok(self, value: float) -> bool:
         """Whether ``value`` lies in the range."""
@@ -56,6 +57,12 @@ def bounded(default: Any, *, example: Any = None, null: str | None = None, **lim
     """A dataclass field with a default and a range, e.g. ``latent_dim: int = bounded(16, ge=1)``."""
     bound = Bound(**limits, example=default if example is None else example, null=null)
     return field(default=default, metadata={"bound": bound})
+
+
+def sizes(default: list[int], **limits: float) -> Any:
+    """A list-of-whole-numbers field (layer widths, channels), each in range: ``sizes([256], ge=1)``."""
+    bound = Bound(**limits, example="[" + ",".join(map(str, default)) + "]", each=True)
+    return field(default_factory=lambda: list(default), metadata={"bound": bound})
 
 
 def bound_of(schema: type, key: str) -> Bound | None:

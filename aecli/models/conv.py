@@ -3,19 +3,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from aecli.declare import bounded, component, defaults
+from aecli.declare import bounded, component, defaults, sizes
 from aecli.models.base import Autoencoder
 
 
 @dataclass
 class ConvAutoencoderConfig:
     _target_: str = "aecli.models.ConvAutoencoder"
-    channels: list[int] = field(default_factory=lambda: [32, 64])
+    channels: list[int] = sizes([32, 64], ge=1)
     latent_dim: int = bounded(16, ge=1)
 
 

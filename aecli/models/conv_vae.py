@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import pairwise
 
 from torch import Tensor, nn
 
-from aecli.declare import bounded, component, defaults
+from aecli.declare import bounded, component, defaults, sizes
 from aecli.errors import ConfigError
 from aecli.models.vae import GaussianVAE
 
@@ -22,7 +22,7 @@ def _block(conv: nn.Module, channels: int) -> nn.ModuleList:
 @dataclass
 class ConvVAEConfig:
     _target_: str = "aecli.models.ConvVAE"
-    channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
+    channels: list[int] = sizes([32, 64, 128, 256], ge=1)
     latent_dim: int = bounded(128, ge=1)
     beta: float = bounded(1.0, ge=0)
 

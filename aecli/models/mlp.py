@@ -3,18 +3,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from torch import Tensor
 
-from aecli.declare import bounded, component, defaults
+from aecli.declare import bounded, component, defaults, sizes
 from aecli.models.base import Autoencoder, mlp
 
 
 @dataclass
 class MLPAutoencoderConfig:
     _target_: str = "aecli.models.MLPAutoencoder"
-    hidden_dims: list[int] = field(default_factory=lambda: [256])
+    hidden_dims: list[int] = sizes([256], ge=1)
     latent_dim: int = bounded(16, ge=1)
     latent_activation: bool = False  # ReLU on the code layer (the Keras-blog AE has one)
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from aecli.declare import bounded, component, defaults
+from aecli.declare import bounded, component, defaults, sizes
 from aecli.losses import ReconstructionLoss
 from aecli.models.base import Autoencoder, Phase
 from aecli.noise import Noise
@@ -19,7 +19,7 @@ from aecli.noise import Noise
 @dataclass
 class StackedAutoencoderConfig:
     _target_: str = "aecli.models.StackedAutoencoder"
-    hidden_dims: list[int] = field(default_factory=lambda: [256, 128])
+    hidden_dims: list[int] = sizes([256, 128], ge=1)
     latent_dim: int = bounded(16, ge=1)
     pretrain_epochs: int = bounded(2, ge=0)  # per layer
     pretrain_noise_levels: list[float] | None = None  # e.g. [0.1, 0.2, 0.3]: noise level (p or sigma) per layer

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from aecli.declare import bounded, component, defaults
+from aecli.declare import bounded, component, defaults, sizes
 from aecli.losses import ReconstructionLoss
 from aecli.models.base import Autoencoder, mlp
 
@@ -90,7 +90,7 @@ class GaussianVAE(Autoencoder):
 @dataclass
 class VAEConfig:
     _target_: str = "aecli.models.VAE"
-    hidden_dims: list[int] = field(default_factory=lambda: [400])
+    hidden_dims: list[int] = sizes([400], ge=1)
     latent_dim: int = bounded(20, ge=1)
     beta: float = bounded(1.0, ge=0)
 
