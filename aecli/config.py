@@ -118,17 +118,19 @@ class DigitsConfig:
     _target_: str = "aecli.data.load_digits"
     val_fraction: float = bounded(0.1, gt=0, lt=1)
     test_fraction: float = bounded(0.2, gt=0, lt=1)
-    split_seed: int = 0
-    classes: list[int] | None = None  # train/val keep only these class ids (test keeps all)
+    split_seed: int = 0  # fixes the train/val/test split, independent of the run's seed
+    # e.g. [0,1,2,3,4,5,6,7,8]: train/val keep only these class ids, test keeps all, so
+    # python -m aecli.score measures how well the held-out ones stand out
+    classes: list[int] | None = None
 
 
 @dataclass
 class TorchvisionConfig:
     _target_: str = "aecli.data.load_torchvision"
     name: str = "mnist"
-    root: str = "data"
-    download: bool = True
-    val_fraction: float = bounded(0.1, gt=0, lt=1)
+    root: str = "data"  # shared by all runs
+    download: bool = True  # false: fail with a message instead of reaching the internet
+    val_fraction: float = bounded(0.1, gt=0, lt=1)  # of the official train split (its test split: the test set)
     split_seed: int = 0
     classes: list[int] | None = None  # train/val keep only these class ids (test keeps all)
 
@@ -136,27 +138,31 @@ class TorchvisionConfig:
 @dataclass
 class FolderConfig:
     _target_: str = "aecli.data.load_folder"
+    # required: dataset.root=/path/to/images (home: dataset.root=$HOME/pictures; Hydra refuses an
+    # unquoted ~, quoted it works: 'dataset.root="~/pictures"')
     root: str = MISSING
     image_size: int = bounded(64, ge=1)
-    channels: int = 3
+    channels: int = 3  # 1: grey, 3: RGB
     val_fraction: float = bounded(0.1, gt=0, lt=1)
     test_fraction: float = bounded(0.1, gt=0, lt=1)
     split_seed: int = 0
-    max_memory_mb: float = bounded(2048, ge=0)
-    num_workers: int = bounded(2, ge=0)
+    max_memory_mb: float = bounded(2048, ge=0)  # decoded images above this stream from disk
+    num_workers: int = bounded(2, ge=0)  # processes that decode the images (the first time), and streamed batches
     on_bad_image: OnBadImage = OnBadImage.skip
-    cache: bool = True
-    classes: list[int] | None = None  # train/val keep only these class ids (test keeps all)
+    cache: bool = True  # keep the decoded images in root/.aecli-cache/ for the next run
+    # e.g. [0,1,2]: train/val keep only these classes (ids: sub-folders in sorted order), test
+    # keeps all; python -m aecli.score RUN test measures the held-out ones
+    classes: list[int] | None = None
 
 
 @dataclass
 class SamplePatchesConfig:
     _target_: str = "aecli.data.load_sample_patches"
-    patch_size: int = bounded(32, ge=1)
-    patches: int = bounded(6000, ge=3)
+    patch_size: int = bounded(32, ge=1)  # 1 to 213 px (64: the AntixK/PyTorch-VAE CelebA-64 setting)
+    patches: int = bounded(6000, ge=3)  # in all, shared by the splits in proportion
     val_fraction: float = bounded(0.1, gt=0, lt=1)
     test_fraction: float = bounded(0.1, gt=0, lt=1)
-    split_seed: int = 0
+    split_seed: int = 0  # fixes the blocks of each split and the crops
 
 
 for _name, _schema in {"digits": DigitsConfig, "torchvision": TorchvisionConfig, "folder": FolderConfig,
