@@ -171,3 +171,13 @@ def test_the_readme_key_table_is_the_declarations():
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     block = readme.split("checked by tests/test_declared.py -->\n", 1)[1].split("<!-- key-table end -->", 1)[0]
     assert block == config.key_table(), "regenerate the README's table: print(aecli.config.key_table())"
+
+
+def test_train_yaml_restates_the_trainer_and_optim_defaults_exactly():
+    """conf/train.yaml documents every top-level key with its value: the schema's own."""
+    cfg = make_cfg("dataset=mnist")  # the digits option sets a longer schedule on purpose
+    for group in ("optim", "trainer"):
+        schema = OmegaConf.get_type(cfg[group])
+        declared = OmegaConf.to_container(OmegaConf.structured(schema), enum_to_str=True)
+        assert OmegaConf.to_container(cfg[group], enum_to_str=True) == declared, group
+    assert (cfg.seed, cfg.resume, cfg.objective) == (0, None, None)
