@@ -5,7 +5,7 @@ defaults ARE the defaults, and ``bounded(...)`` fields carry the key's range. ``
 files the dataclass under its config group; from that one declaration come the ConfigStore
 schema (``aecli.config.register``), the range checks (``aecli.config.check`` and the use
 commands, ``aecli.config.bounds``), the checkpoint allow-list (``targets``) and the class's
-own ``__init__`` defaults (``defaults(Config)``).
+own ``__init__`` defaults (``D = Config()``; ``latent_dim: int = D.latent_dim``).
 """
 from __future__ import annotations
 
@@ -91,12 +91,6 @@ def component(group: str, *names: str, config: type) -> Callable[[T], T]:
 def declare(group: str, name: str, config: type) -> None:
     """File a config dataclass whose target is not a class of its own module (the dataset loaders)."""
     DECLARED.setdefault(group, {})[name] = config
-
-
-def defaults(config: type) -> Any:
-    """An instance of ``config`` with every default, for a constructor's defaults to read:
-    ``def __init__(self, ..., latent_dim: int = D.latent_dim)`` with ``D = defaults(Config)``."""
-    return config()
 
 
 def targets() -> dict[str, set[str]]:

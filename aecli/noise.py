@@ -15,7 +15,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from aecli.declare import bounded, component, defaults
+from aecli.declare import bounded, component
 
 
 @runtime_checkable
@@ -76,7 +76,7 @@ class NoNoise:
 class MaskingNoise:
     """Binomial masking noise: each input value is set to 0 with probability ``p``."""
 
-    def __init__(self, p: float = defaults(MaskingNoiseConfig).p) -> None:
+    def __init__(self, p: float = MaskingNoiseConfig.p) -> None:
         self.p = float(p)
 
     @property
@@ -110,8 +110,8 @@ class GaussianNoise:
     AE's hidden codes are not clipped).
     """
 
-    def __init__(self, sigma: float = defaults(GaussianNoiseConfig).sigma,
-                 clip: bool = defaults(GaussianNoiseConfig).clip) -> None:
+    def __init__(self, sigma: float = GaussianNoiseConfig.sigma,
+                 clip: bool = GaussianNoiseConfig.clip) -> None:
         self.sigma = float(sigma)
         self.clip = bool(clip)
 

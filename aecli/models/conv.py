@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from aecli.declare import bounded, component, defaults, sizes
+from aecli.declare import bounded, component, sizes
 from aecli.models.base import Autoencoder
 
 
@@ -19,7 +19,7 @@ class ConvAutoencoderConfig:
     latent_dim: int = bounded(16, ge=1)
 
 
-D = defaults(ConvAutoencoderConfig)
+D = ConvAutoencoderConfig()  # the declared defaults, for __init__'s own
 
 
 @component("model", "conv", config=ConvAutoencoderConfig)

@@ -10,7 +10,7 @@ from itertools import pairwise
 
 from torch import Tensor, nn
 
-from aecli.declare import bounded, component, defaults, sizes
+from aecli.declare import bounded, component, sizes
 from aecli.errors import ConfigError
 from aecli.models.vae import GaussianVAE
 
@@ -27,7 +27,7 @@ class ConvVAEConfig:
     beta: float = bounded(1.0, ge=0)
 
 
-D = defaults(ConvVAEConfig)
+D = ConvVAEConfig()  # the declared defaults, for __init__'s own
 
 
 @component("model", "conv_vae", config=ConvVAEConfig)

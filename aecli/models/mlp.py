@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from aecli.declare import bounded, component, defaults, sizes
+from aecli.declare import bounded, component, sizes
 from aecli.models.base import Autoencoder, mlp
 
 
@@ -19,7 +19,7 @@ class MLPAutoencoderConfig:
     latent_activation: bool = False  # ReLU on the code layer (the Keras-blog AE has one)
 
 
-D = defaults(MLPAutoencoderConfig)
+D = MLPAutoencoderConfig()  # the declared defaults, for __init__'s own
 
 
 @component("model", "ae", config=MLPAutoencoderConfig)

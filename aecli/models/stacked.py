@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from aecli.declare import bounded, component, defaults, sizes
+from aecli.declare import bounded, component, sizes
 from aecli.losses import ReconstructionLoss
 from aecli.models.base import Autoencoder, Phase
 from aecli.noise import Noise
@@ -25,7 +25,7 @@ class StackedAutoencoderConfig:
     pretrain_noise_levels: list[float] | None = None  # e.g. [0.1, 0.2, 0.3]: noise level (p or sigma) per layer
 
 
-D = defaults(StackedAutoencoderConfig)
+D = StackedAutoencoderConfig()  # the declared defaults, for __init__'s own
 
 
 @component("model", "stacked", config=StackedAutoencoderConfig)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from aecli.declare import bounded, component, defaults, sizes
+from aecli.declare import bounded, component, sizes
 from aecli.losses import ReconstructionLoss
 from aecli.models.base import Autoencoder, mlp
 
@@ -95,7 +95,7 @@ class VAEConfig:
     beta: float = bounded(1.0, ge=0)
 
 
-D = defaults(VAEConfig)
+D = VAEConfig()  # the declared defaults, for __init__'s own
 
 
 @component("model", "vae", config=VAEConfig)
