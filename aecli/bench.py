@@ -1,5 +1,7 @@
-"""``python -m aecli.bench``: the same as ``aecli bench`` (``aecli.training.bench``)."""
-from aecli.training.bench import main
+"""``python -m aecli.bench``: the same as ``aecli bench`` (``aecli.cli``)."""
+import sys
+
+from aecli.cli import main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(["bench", *sys.argv[1:]]))

@@ -208,8 +208,8 @@ def _check_sizes(key: str, value: Any, bound: Bound, fix: str) -> None:
 
 
 def key_table() -> str:
-    """The README's table of every declared key: option, key, default and range, in Markdown
-    (``tests/test_declared.py`` checks the README holds it as this prints it)."""
+    """The table (docs/configuration.md) of every declared key: option, key, default and range, in Markdown
+    (``tests/test_declared.py`` checks the page holds it as this prints it)."""
     def shown(f: dataclasses.Field) -> str:
         value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         if value == MISSING:

@@ -1,5 +1,7 @@
-"""``python -m aecli.denoise``: the same as ``aecli denoise`` (``aecli.use.denoise``)."""
-from aecli.use.denoise import main
+"""``python -m aecli.denoise``: the same as ``aecli denoise`` (``aecli.cli``)."""
+import sys
+
+from aecli.cli import main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(["denoise", *sys.argv[1:]]))

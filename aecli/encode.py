@@ -1,5 +1,7 @@
-"""``python -m aecli.encode``: the same as ``aecli encode`` (``aecli.use.encode``)."""
-from aecli.use.encode import main
+"""``python -m aecli.encode``: the same as ``aecli encode`` (``aecli.cli``)."""
+import sys
+
+from aecli.cli import main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(["encode", *sys.argv[1:]]))

@@ -1,5 +1,7 @@
-"""``python -m aecli.evaluate``: the same as ``aecli evaluate`` (``aecli.use.evaluate``)."""
-from aecli.use.evaluate import main
+"""``python -m aecli.evaluate``: the same as ``aecli evaluate`` (``aecli.cli``)."""
+import sys
+
+from aecli.cli import main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(["evaluate", *sys.argv[1:]]))

@@ -1,5 +1,7 @@
-"""``python -m aecli.finetune``: the same as ``aecli finetune`` (``aecli.use.finetune``)."""
-from aecli.use.finetune import main
+"""``python -m aecli.finetune``: the same as ``aecli finetune`` (``aecli.cli``)."""
+import sys
+
+from aecli.cli import main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(["finetune", *sys.argv[1:]]))

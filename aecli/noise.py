@@ -10,12 +10,12 @@ protocol): a user's own, named with ``noise._target_=my_pkg.MyNoise``, trains li
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from aecli.declare import bounded, component
+
+if TYPE_CHECKING:  # no torch import here: `aecli --help` reads the noise schemas before torch
+    from torch import Tensor
 
 
 @runtime_checkable
@@ -90,7 +90,7 @@ class MaskingNoise:
     def __call__(self, x: Tensor) -> Tensor:
         if self.p == 0.0:
             return x
-        keep = torch.empty_like(x).bernoulli_(1.0 - self.p)
+        keep = x.new_empty_strided(x.size(), x.stride()).bernoulli_(1.0 - self.p)  # torch.empty_like(x)
         return x * keep
 
     def at_level(self, level: float, clip: bool = True) -> MaskingNoise:
@@ -126,7 +126,7 @@ class GaussianNoise:
     def __call__(self, x: Tensor) -> Tensor:
         if self.sigma == 0.0:
             return x
-        noisy = x + self.sigma * torch.randn_like(x)
+        noisy = x + self.sigma * x.new_empty_strided(x.size(), x.stride()).normal_()  # torch.randn_like(x)
         return noisy.clamp_(0.0, 1.0) if self.clip else noisy
 
     def at_level(self, level: float, clip: bool = True) -> GaussianNoise:

@@ -1,5 +1,7 @@
-"""``python -m aecli.report``: the same as ``aecli report`` (``aecli.use.report``)."""
-from aecli.use.report import main
+"""``python -m aecli.report``: the same as ``aecli report`` (``aecli.cli``)."""
+import sys
+
+from aecli.cli import main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(["report", *sys.argv[1:]]))

@@ -1,5 +1,7 @@
-"""``python -m aecli.sample``: the same as ``aecli sample`` (``aecli.use.sample``)."""
-from aecli.use.sample import main
+"""``python -m aecli.sample``: the same as ``aecli sample`` (``aecli.cli``)."""
+import sys
+
+from aecli.cli import main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(["sample", *sys.argv[1:]]))

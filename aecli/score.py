@@ -1,5 +1,7 @@
-"""``python -m aecli.score``: the same as ``aecli score`` (``aecli.use.score``)."""
-from aecli.use.score import main
+"""``python -m aecli.score``: the same as ``aecli score`` (``aecli.cli``)."""
+import sys
+
+from aecli.cli import main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(["score", *sys.argv[1:]]))

@@ -1,5 +1,7 @@
-"""``python -m aecli.search``: the same as ``aecli search`` (``aecli.use.search``)."""
-from aecli.use.search import main
+"""``python -m aecli.search``: the same as ``aecli search`` (``aecli.cli``)."""
+import sys
+
+from aecli.cli import main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(["search", *sys.argv[1:]]))

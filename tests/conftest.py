@@ -96,3 +96,26 @@ def torch_threads(initial_threads):
 
     yield
     torch.set_num_threads(initial_threads)
+
+
+def _launches_aecli(args) -> bool:
+    words = [str(a) for a in (args if isinstance(args, (list, tuple)) else [args])]
+    return any(w.startswith(("aecli", "tests.faults")) or w.endswith("torchrun") or "aecli." in w for w in words)
+
+
+@pytest.fixture(autouse=True)
+def two_lanes(request, monkeypatch):
+    """The fast lane runs in-process: a test that starts aecli (or torchrun) in a subprocess
+    belongs to the integration lane (``@pytest.mark.integration``), and fails here until it is
+    marked, so the lanes stay what the README says they are."""
+    if request.node.get_closest_marker("integration") is not None:
+        return
+    original = subprocess.Popen.__init__
+
+    def guarded(self, args, *a, **kw):
+        if _launches_aecli(args):
+            raise AssertionError(f"{request.node.nodeid} starts a subprocess ({args!r}): mark it "
+                                 "@pytest.mark.integration")
+        original(self, args, *a, **kw)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", guarded)

@@ -19,6 +19,7 @@ def bright_digits(**kwargs):
     return data
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("overrides,key,words", [
     (["model.hidden_dims=256"], "model.hidden_dims", "ListConfig"),  # composition (the typed schema)
     (["+trainer.epoch=5"], "trainer.epoch", "did you mean trainer.epochs"),
@@ -44,6 +45,7 @@ def test_bad_input_is_one_message_and_leaves_nothing_behind(overrides, key, word
     assert "does not exist/checkpoints" not in proc.stderr  # the path is not doubled
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_cuda_is_refused(tmp_path):
     proc = run_cli("device=cuda", cwd=tmp_path)
@@ -60,6 +62,7 @@ def test_bce_on_data_outside_unit_range_is_refused(tmp_path):
     assert not (tmp_path / "run").exists()  # the dir this refused run made is gone again
 
 
+@pytest.mark.integration
 def test_unknown_option_lists_the_available_ones(tmp_path):
     proc = run_cli("model=transformer", cwd=tmp_path)
     assert proc.returncode == 1

@@ -6,6 +6,7 @@ import re
 import pytest
 import torch
 
+from aecli import cli
 from aecli.data import ImageData
 from aecli.losses import BinaryCrossEntropy
 from aecli.models import VAE, ConvAutoencoder
@@ -94,7 +95,7 @@ def test_flop_count_of_the_mnist_vae_step():
 
 
 def test_bench_command_prints_a_table_of_both_paths(capsys):
-    bench.main(["--cases", "mlp-vae-128", "--epochs", "1", "--repeat", "1", "--startup-runs", "0"])
+    cli.main(["bench", "--cases", "mlp-vae-128", "--epochs", "1", "--repeat", "1", "--startup-runs", "0"])
     out = capsys.readouterr().out
     header = re.search(r"fp32 matmul ([\d.]+) GFLOP/s", out)
     assert header and float(header.group(1)) > 0

@@ -25,6 +25,7 @@ def vae_run(tmp_path_factory):
     return run_dir, proc
 
 
+@pytest.mark.integration
 def test_cli_logs_one_line_per_epoch_and_records_the_job(vae_run):
     run_dir, proc = vae_run
     assert "epoch 1/2" in proc.stdout and "epoch 2/2" in proc.stdout  # not a terminal: log lines, no bar
@@ -33,6 +34,7 @@ def test_cli_logs_one_line_per_epoch_and_records_the_job(vae_run):
     assert (run_dir / ".hydra" / "overrides.yaml").is_file()
 
 
+@pytest.mark.integration
 def test_cli_writes_scalars_against_the_global_step(vae_run):
     events = read_events(vae_run[0])
     scalars = events.Tags()["scalars"]
@@ -45,6 +47,7 @@ def test_cli_writes_scalars_against_the_global_step(vae_run):
     assert [e.value for e in events.Scalars("epoch")] == [1, 2]
 
 
+@pytest.mark.integration
 def test_cli_writes_image_grids_and_png_files(vae_run):
     run_dir = vae_run[0]
     events = read_events(run_dir)
@@ -60,6 +63,7 @@ def test_cli_writes_image_grids_and_png_files(vae_run):
         assert len(image.convert("L").getcolors(maxcolors=100_000)) > 20  # drawn on, not blank
 
 
+@pytest.mark.integration
 def test_cli_writes_metrics_of_the_best_model(vae_run):
     run_dir = vae_run[0]
     metrics = read_metrics(run_dir)
@@ -72,6 +76,7 @@ def test_cli_writes_metrics_of_the_best_model(vae_run):
     assert metrics["steps"] == 20 and metrics["epochs"] == 2 and 0 < metrics["first_step_seconds"] < 120
 
 
+@pytest.mark.integration
 def test_a_model_comes_back_from_the_run_dir_alone(vae_run):
     run_dir = vae_run[0]
     for name in ("last.pt", "best.pt"):
@@ -83,6 +88,7 @@ def test_a_model_comes_back_from_the_run_dir_alone(vae_run):
     assert model(x).shape == x.shape
 
 
+@pytest.mark.integration
 def test_multirun_gives_each_job_its_own_run_dir(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli("-m", "model=ae,conv", "trainer.epochs=1", f"hydra.sweep.dir={sweep}", cwd=tmp_path)

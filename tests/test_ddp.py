@@ -15,6 +15,8 @@ from aecli.training.run import run
 from .conftest import cli_env, make_cfg, read_events, read_metrics, without_timing
 from .faults import MARKER
 
+pytestmark = pytest.mark.integration  # every test here starts processes
+
 # no randomness in the step: 2 processes of batch 32 must train what 1 process of batch 64 does
 SAME = ("model=ae", "noise=none", "trainer.epochs=2", "trainer.log_every_n_steps=1", "trainer.progress=log")
 NOISY = ("model=dae", "trainer.batch_size=32", "trainer.epochs=2", "trainer.log_every_n_steps=1",

@@ -167,10 +167,10 @@ def test_a_users_own_noise_and_loss_train_resume_and_evaluate(tmp_path):
         open_run(tmp_path / "whole", device="cpu")  # a file naming code is refused unless trusted
 
 
-def test_the_readme_key_table_is_the_declarations():
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+def test_the_documented_key_table_is_the_declarations():
+    readme = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
     block = readme.split("checked by tests/test_declared.py -->\n", 1)[1].split("<!-- key-table end -->", 1)[0]
-    assert block == config.key_table(), "regenerate the README's table: print(aecli.config.key_table())"
+    assert block == config.key_table(), "regenerate the table in docs/configuration.md: print(aecli.config.key_table())"
 
 
 def test_train_yaml_restates_the_trainer_and_optim_defaults_exactly():

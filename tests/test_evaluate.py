@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from aecli import metrics
+from aecli import cli, metrics
+from aecli.cli import noise_option
 from aecli.models.base import Autoencoder
 from aecli.training.run import run
 from aecli.use import evaluate
@@ -138,20 +139,20 @@ def test_a_dataset_without_labels_gets_reconstruction_only(runs):
 
 def test_noise_can_be_chosen_and_bad_levels_are_refused(runs, capsys):
     trained = open_run(runs["ae"], device="cpu")
-    opts = evaluate.Options(noise="gaussian", noise_level=0.2, probe_images=0, progress=False)
+    opts = evaluate.Options(noise=noise_option("gaussian:0.2"), probe_images=0, progress=False)
     r = evaluate.evaluate(trained, opts)
     assert r["denoise_noise"] == "GaussianNoise(sigma=0.2, clip=True)"
     assert r["test/noisy_input_psnr_db"] == pytest.approx(15.4, abs=1.0)  # ~ -10 log10(0.2^2) minus clipping
     before = snapshot(runs["ae"])
-    assert evaluate.main([str(runs["ae"]), "--noise", "binomial", "--noise-level", "1.5"]) == 1
+    assert cli.main(["evaluate", str(runs["ae"]), "--noise", "binomial:1.5"]) == 1
     err = capsys.readouterr().err
-    assert "aecli: error: --noise-level: 1.5 is not a noise.p in [0, 1)" in err and "fix:" in err
+    assert err.startswith("aecli: error: --noise: p=1.5 is out of range") and "[0, 1)" in err and "fix:" in err
     assert snapshot(runs["ae"]) == before  # refused before anything was written
 
 
 def test_iw_bound_on_a_plain_ae_is_refused_as_a_vae_metric(runs, capsys):
     before = snapshot(runs["ae"])
-    assert evaluate.main([str(runs["ae"]), "--iw-samples", "100"]) == 1
+    assert cli.main(["evaluate", str(runs["ae"]), "--iw-samples", "100"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("aecli: error: --iw-samples:") and "is a VAE metric" in err and "model=vae" in err
     assert snapshot(runs["ae"]) == before
@@ -159,17 +160,33 @@ def test_iw_bound_on_a_plain_ae_is_refused_as_a_vae_metric(runs, capsys):
 
 def test_a_run_without_checkpoint_is_refused(tmp_path, capsys):
     (tmp_path / "run" / ".hydra").mkdir(parents=True)
-    assert evaluate.main([str(tmp_path / "run")]) == 1
+    assert cli.main(["evaluate", str(tmp_path / "run")]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("aecli: error: RUN_DIR:") and "holds no checkpoints/" in err and "fix:" in err
+    assert err.startswith("aecli: error: RUN:") and "holds no checkpoints/" in err and "fix:" in err
 
 
+@pytest.mark.integration
 def test_cli_refuses_a_dir_that_is_not_a_run(tmp_path):
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "a.txt").write_text("not a run")
     proc = subprocess.run([sys.executable, "-m", "aecli.evaluate", str(tmp_path / "notes")],
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 1 and proc.stdout == ""
-    assert proc.stderr.startswith(f"aecli: error: RUN_DIR: {tmp_path / 'notes'} is not a run dir")
+    assert proc.stderr.startswith(f"aecli: error: RUN: {tmp_path / 'notes'} is not a run dir")
     assert "fix:" in proc.stderr and "Traceback" not in proc.stderr
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.txt", "notes"]
+
+
+def test_out_means_write_the_outputs_into_dir(runs, tmp_path, capsys):
+    """--out DIR as in every command: the outputs go there and the run dirs stay as they were."""
+    before = {name: snapshot(runs[name]) for name in ("ae", "dae")}
+    fast = ["--probe-images", "0", "--iw-samples", "0", "--device", "cpu"]
+    assert cli.main(["evaluate", str(runs["ae"]), "--out", str(tmp_path / "one"), *fast]) == 0
+    one = json.loads((tmp_path / "one" / "eval.json").read_text())
+    assert one["run_dir"] == str(runs["ae"].absolute()) and one["test/psnr_db"] > 10
+    assert list((tmp_path / "one").glob("events.out.tfevents.*.eval"))
+    assert cli.main(["evaluate", str(runs["ae"]), str(runs["dae"]), "--out", str(tmp_path / "two"), *fast]) == 0
+    assert json.loads((tmp_path / "two" / "dae" / "eval.json").read_text())["test/psnr_db"] > 10
+    assert (tmp_path / "two" / "ae" / "eval.json").is_file() and (tmp_path / "two" / "eval.md").is_file()
+    assert {name: snapshot(runs[name]) for name in ("ae", "dae")} == before
+    capsys.readouterr()

@@ -263,6 +263,7 @@ def test_quoted_tilde_loads_the_home_folder(tmp_path, monkeypatch):
     assert load_data(cfg).shape == (3, 8, 8)
 
 
+@pytest.mark.integration
 def test_cli_tilde_message(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     done = subprocess.run([sys.executable, "-m", "aecli.train", "dataset=folder", "dataset.root=~/pictures"],

@@ -10,6 +10,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from aecli import cli
 from aecli.training.run import run
 from aecli.use import report
 
@@ -100,7 +101,7 @@ def test_objective_is_the_configured_key_and_groups_the_objective_sort(tmp_path)
 def test_a_date_dir_names_its_sweeps_and_what_was_left_out(tmp_path, capsys):
     for t in range(7):
         fake_job(tmp_path / "date" / f"12-00-0{t}", 0, ["model=ae"], ae_metrics(0.01))
-    assert report.main([str(tmp_path / "date")]) == 1
+    assert cli.main(["report", str(tmp_path / "date")]) == 1
     err = capsys.readouterr().err
     assert "holds no job dirs" in err and "it holds 7 sweep(s), newest first:" in err
     assert str(tmp_path / "date" / "12-00-06") in err and "(and 2 older, not named)" in err
@@ -142,6 +143,7 @@ def test_vae_search_objective_is_the_elbo_at_beta_one(tmp_path):
 
 # joblib runs the jobs in parallel (the case the prefix is for) but starts worker processes
 # (~10-25 s here); the basic launcher runs them one after another, through the same job logging
+@pytest.mark.integration
 @pytest.mark.parametrize("launcher", ["basic", pytest.param("joblib", marks=pytest.mark.slow)])
 def test_sweep_jobs_log_lines_carry_their_number_single_runs_do_not(tmp_path, launcher):
     sweep = tmp_path / "sweep"

@@ -64,6 +64,7 @@ def reference(tmp_path_factory) -> Path:
     return run_dir
 
 
+@pytest.mark.integration
 def test_sigkill_mid_epoch_then_resume_matches_the_uninterrupted_run(tmp_path, reference):
     run_dir = tmp_path / "run"
     proc = start(run_dir, *pause_at(17))  # epoch 2, batch 7; last checkpoint: step 16
@@ -82,6 +83,7 @@ def test_sigkill_mid_epoch_then_resume_matches_the_uninterrupted_run(tmp_path, r
     assert step_values(run_dir) == step_values(reference)
 
 
+@pytest.mark.integration
 def test_sigkill_inside_a_checkpoint_write_leaves_the_previous_one_intact(tmp_path, reference):
     run_dir = tmp_path / "run"
     # writes: step 4, step 8, then epoch 1's end (last.pt): pause inside that third one
@@ -99,6 +101,7 @@ def test_sigkill_inside_a_checkpoint_write_leaves_the_previous_one_intact(tmp_pa
     assert without_timing(read_metrics(run_dir)) == without_timing(read_metrics(reference))
 
 
+@pytest.mark.integration
 def test_a_kill_between_last_and_best_is_repaired(tmp_path, reference):
     """Writes 7 and 8 are epoch 2's last.pt and best.pt: killed inside the 8th, best.pt is still
     epoch 1's while last.pt holds the better model. load_model takes the best model from last.pt;
@@ -120,6 +123,7 @@ def test_a_kill_between_last_and_best_is_repaired(tmp_path, reference):
     assert read(run_dir / "checkpoints" / "best.pt")["step"] == read(reference / "checkpoints" / "best.pt")["step"]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
 def test_sigterm_and_sigint_write_a_checkpoint_and_print_a_command_that_continues(tmp_path, reference, sig, code):
     run_dir = tmp_path / "run"
@@ -146,6 +150,7 @@ def test_sigterm_and_sigint_write_a_checkpoint_and_print_a_command_that_continue
     assert without_timing(read_metrics(run_dir)) == without_timing(read_metrics(reference))
 
 
+@pytest.mark.integration
 def test_a_stopped_sweep_job_prints_a_command_that_pastes(tmp_path):
     """A multirun job's dir name holds '=' and ',' (Hydra's own syntax): the command quotes it."""
     sweep = tmp_path / "sweep"
@@ -162,6 +167,7 @@ def test_a_stopped_sweep_job_prints_a_command_that_pastes(tmp_path):
     assert read_metrics(next(p for p in sweep.iterdir() if p.name.startswith("0_")))["steps"] == 20
 
 
+@pytest.mark.integration
 def test_signals_before_training_and_during_the_final_evaluation(tmp_path):
     """Handlers are in place from the start: a signal while the data loads stops the run cleanly
     (nothing to save); one during the final evaluation lets the run complete."""
@@ -185,6 +191,7 @@ def test_signals_before_training_and_during_the_final_evaluation(tmp_path):
     assert read_metrics(run_dir)["steps"] == 10
 
 
+@pytest.mark.integration
 def test_resume_path_continues_in_the_runs_own_dir_with_its_own_config(tmp_path):
     run_dir = tmp_path / "run"
     first = run_cli("model=conv", "trainer.epochs=1", "trainer.max_steps=3", f"hydra.run.dir={run_dir}", cwd=tmp_path)
@@ -256,6 +263,7 @@ def first_run(tmp_path_factory) -> Path:
     return run_dir
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not can_mount(), reason="needs unprivileged mount namespaces (unshare -rm)")
 @pytest.mark.parametrize("case,setup,message", ids=["read-only", "read-only-checkpoints", "full-disk"], argvalues=[
     ("read-only", "mount -o remount,bind,ro mnt", "is not writable"),

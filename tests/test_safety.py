@@ -117,6 +117,7 @@ def test_a_well_formed_but_tampered_checkpoint_is_one_message_and_nothing_is_wri
     assert snapshot(copy) == before
 
 
+@pytest.mark.integration
 def test_a_refused_resume_on_the_cli_rewrites_no_file(copy):
     tampered(copy, lambda s: s.pop("rng"))
     before = snapshot(copy)
@@ -127,6 +128,7 @@ def test_a_refused_resume_on_the_cli_rewrites_no_file(copy):
 
 # --- one writer per run dir -----------------------------------------------------------------
 
+@pytest.mark.integration
 def test_a_second_process_is_refused_and_a_dead_holder_frees_the_dir(tmp_path):
     run_dir = tmp_path / "run"
     first = popen_cli("trainer.epochs=2", "+callbacks.pause._target_=tests.faults.PauseAt",
@@ -146,6 +148,7 @@ def test_a_second_process_is_refused_and_a_dead_holder_frees_the_dir(tmp_path):
     assert steps == list(range(1, 21))  # the killed attempt's steps 1-3 were purged: none twice
 
 
+@pytest.mark.integration
 def test_two_runs_started_at_once_in_one_dir(tmp_path):
     run_dir = tmp_path / "run"
     procs = [popen_cli("trainer.epochs=1", f"model={m}", f"hydra.run.dir={run_dir}", cwd=tmp_path)

@@ -11,6 +11,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from aecli import cli
 from aecli.config import check
 from aecli.errors import ConfigError
 from aecli.training.app import picklable
@@ -100,6 +101,7 @@ def joblib_sweep(tmp_path_factory):
     return sweep, proc
 
 
+@pytest.mark.integration
 def test_joblib_sweep_runs_every_job_and_records_the_failed_ones(joblib_sweep):
     sweep, proc = joblib_sweep
     # Hydra raises the first failure after the whole batch: exit 1, with our one-line error
@@ -127,6 +129,7 @@ def test_joblib_sweep_runs_every_job_and_records_the_failed_ones(joblib_sweep):
         assert f"torch threads: {threads} (trainer.num_threads=auto; " in (p / "train.log").read_text()
 
 
+@pytest.mark.integration
 def test_report_on_the_joblib_sweep(joblib_sweep):
     sweep, _ = joblib_sweep
     proc = subprocess.run([sys.executable, "-m", "aecli.report", str(sweep)], capture_output=True, text=True,
@@ -158,6 +161,7 @@ def test_report_on_the_joblib_sweep(joblib_sweep):
 
 # --- Optuna -------------------------------------------------------------------------------
 
+@pytest.mark.integration
 def test_optuna_search_returns_the_best_trial_and_survives_a_failed_one(tmp_path):
     sweep = tmp_path / "sweep"
     # the YAML's search space, with latent_dim narrowed to (2, 0): the seeded TPE draws 0 (out
@@ -183,6 +187,7 @@ def test_optuna_search_returns_the_best_trial_and_survives_a_failed_one(tmp_path
 
 # --- submitit (local) ---------------------------------------------------------------------
 
+@pytest.mark.integration
 def test_submitit_local_runs_two_jobs(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli("-m", "model=ae,conv", *TINY, "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep}",
@@ -232,12 +237,12 @@ def test_report_lists_running_jobs_and_plots_values_per_key(tmp_path):
 
 
 def test_report_refuses_a_dir_without_jobs(tmp_path, capsys):
-    assert report.main([str(tmp_path / "nope")]) == 1
+    assert cli.main(["report", str(tmp_path / "nope")]) == 1
     assert "aecli: error: SWEEP_DIR:" in capsys.readouterr().err
     fake_job(tmp_path / "multirun" / "d" / "t", 0, ["model=ae"], "COMPLETED", {"val/loss_per_pixel": 0.1})
-    assert report.main([str(tmp_path / "multirun")]) == 1  # a date dir's parent: the sweep is further down
+    assert cli.main(["report", str(tmp_path / "multirun")]) == 1  # a date dir's parent: the sweep is further down
     err = capsys.readouterr().err
     assert "holds no job dirs" in err and str(tmp_path / "multirun" / "d" / "t") in err and "fix:" in err
     fake_job(tmp_path, 0, ["model=ae"], "COMPLETED", {"val/loss_per_pixel": 0.1})
-    assert report.main([str(tmp_path), "--sort", "nonsense"]) == 1
+    assert cli.main(["report", str(tmp_path), "--sort", "nonsense"]) == 1
     assert "aecli: error: --sort:" in capsys.readouterr().err

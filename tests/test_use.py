@@ -12,14 +12,14 @@ import pytest
 import torch
 from PIL import Image
 
+from aecli import cli
 from aecli.data import keep_classes, load_digits
 from aecli.errors import ConfigError
 from aecli.training.run import run as train
-from aecli.use import denoise, encode, finetune, sample, score, search
-from aecli.use import map as map_
+from aecli.use import finetune, sample
 from aecli.use.trained import open_run
 
-from .conftest import make_cfg
+from .conftest import make_cfg, run_cli
 
 TILE = 58  # an 8x8 digit in a grid: upscaled 7x to 56 pixels, plus a 1-pixel border each side
 HELD_OUT = 9  # the class dataset.classes leaves out of training
@@ -63,7 +63,7 @@ def png(path, rows: int, cols: int) -> np.ndarray:
 
 
 def test_encode_writes_codes_labels_and_a_projector_entry(dae, tmp_path):
-    assert encode.main([str(dae), "--split", "all", "--out", str(tmp_path)]) == 0
+    assert cli.main(["encode", str(dae), "--split", "all", "--out", str(tmp_path)]) == 0
     arrays = np.load(tmp_path / "codes_all.npz")
     digits = load_digits()
     assert arrays["codes"].shape == (1797, 16) and np.isfinite(arrays["codes"]).all()
@@ -81,8 +81,8 @@ def test_encode_writes_codes_labels_and_a_projector_entry(dae, tmp_path):
 
 
 def test_map_pca_and_code_pngs_and_code_needs_latent_dim_2(dae, vae2, tmp_path, capsys):
-    assert map_.main([str(dae), "--method", "pca", "--out", str(tmp_path)]) == 0
-    assert map_.main([str(vae2), "--method", "code", "--out", str(tmp_path)]) == 0
+    assert cli.main(["map", str(dae), "--method", "pca", "--out", str(tmp_path)]) == 0
+    assert cli.main(["map", str(vae2), "--method", "code", "--out", str(tmp_path)]) == 0
     for name in ("map_pca.png", "map_code.png"):
         image = np.asarray(Image.open(tmp_path / name).convert("RGB"))
         assert image.shape == (650, 800, 3)
@@ -90,14 +90,14 @@ def test_map_pca_and_code_pngs_and_code_needs_latent_dim_2(dae, vae2, tmp_path, 
         assert (image.max(axis=2).astype(int) - image.min(axis=2) > 80).sum() > 1000
     assert list(tmp_path.glob("events.out.tfevents.*"))
     capsys.readouterr()
-    assert map_.main([str(dae), "--method", "code", "--out", str(tmp_path / "x")]) == 1
+    assert cli.main(["map", str(dae), "--method", "code", "--out", str(tmp_path / "x")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("aecli: error: --method:") and "latent_dim=2" in err and "16" in err
     assert not (tmp_path / "x").exists()
 
 
 def test_search_precision_of_codes_is_far_above_chance(dae, tmp_path):
-    assert search.main([str(dae), "--measure", "--k", "8", "--out", str(tmp_path)]) == 0
+    assert cli.main(["search", str(dae), "--measure", "--k", "8", "--out", str(tmp_path)]) == 0
     record = json.loads((tmp_path / "search_precision_at_8.json").read_text())
     precision = record["precision_at_k"]
     assert set(precision) == {"codes (16)", "pixels (64)", "PCA of the pixels (16)"}
@@ -107,20 +107,20 @@ def test_search_precision_of_codes_is_far_above_chance(dae, tmp_path):
 
 
 def test_search_by_index_and_by_file_write_the_query_then_its_neighbours(dae, tmp_path, capsys):
-    assert search.main([str(dae), "--query", "5", "--k", "4", "--out", str(tmp_path)]) == 0
+    assert cli.main(["search", str(dae), "--query", "5", "--k", "4", "--out", str(tmp_path)]) == 0
     grid = png(tmp_path / "search_test5.png", 1, 5)
     table = capsys.readouterr().out
     assert "share the query's label" in table and table.count("\n| ") == 4  # a row per neighbour
     digits = load_digits()
     save_digit(digits.test[5], tmp_path / "q.png")
-    assert search.main([str(dae), "--query", str(tmp_path / "q.png"), "--k", "4", "--out", str(tmp_path)]) == 0
+    assert cli.main(["search", str(dae), "--query", str(tmp_path / "q.png"), "--k", "4", "--out", str(tmp_path)]) == 0
     # test image 5 read from a file: its nearest test image is itself, then the neighbours found by index
     assert "| 1 | 5 | 8 | 1.000 |" in capsys.readouterr().out
     assert np.abs(png(tmp_path / "search_q.png", 1, 5)[:, 2 * TILE:] - grid[:, TILE:-TILE]).mean() < 5
 
 
 def test_denoising_a_trained_dae_gains_psnr(dae, tmp_path):
-    assert denoise.main([str(dae), "--synthetic", "--out", str(tmp_path)]) == 0
+    assert cli.main(["denoise", str(dae), "--synthetic", "--out", str(tmp_path)]) == 0
     psnr = json.loads((tmp_path / "denoise_synthetic.json").read_text())["psnr_db"]
     assert psnr["denoised"] > psnr["noisy"] + 2.0
     png(tmp_path / "denoise_synthetic.png", 3, 8)
@@ -133,14 +133,14 @@ def test_denoise_own_images_skips_and_names_unreadable_files(dae, tmp_path, caps
     for i, name in enumerate(("a.png", "sub/b.jpg")):
         save_digit(digits.test[i], inp / name, size=40, mode="RGB")
     (inp / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    assert denoise.main([str(dae), str(inp), str(out)]) == 0
+    assert cli.main(["denoise", str(dae), str(inp), str(out)]) == 0
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*.png")) == ["a.png", "sub/b.png"]
     assert Image.open(out / "a.png").size == (8, 8) and Image.open(out / "a.png").mode == "L"
     assert np.asarray(Image.open(out / "a.png")).std() > 20
     captured = capsys.readouterr()
     assert "broken.png" in captured.err and "skipped" in captured.err
     assert "wrote 2 images" in captured.out
-    assert denoise.main([str(dae), str(inp), str(inp)]) == 1  # would overwrite the user's images
+    assert cli.main(["denoise", str(dae), str(inp), str(inp)]) == 1  # would overwrite the user's images
     assert "OUTPUT_DIR" in capsys.readouterr().err
 
 
@@ -157,23 +157,23 @@ def test_interpolation_ends_decode_to_the_two_reconstructions(dae):
 
 
 def test_sample_prior_manifold_interpolate(vae2, dae, tmp_path, capsys):
-    assert sample.main([str(vae2), "--n", "16", "--out", str(tmp_path)]) == 0
+    assert cli.main(["sample", str(vae2), "--n", "16", "--out", str(tmp_path)]) == 0
     png(tmp_path / "sample_prior.png", 4, 4)
-    assert sample.main([str(vae2), "--manifold", "--side", "5", "--out", str(tmp_path)]) == 0
+    assert cli.main(["sample", str(vae2), "--manifold", "--side", "5", "--out", str(tmp_path)]) == 0
     manifold = png(tmp_path / "sample_manifold.png", 5, 5)
     assert np.abs(manifold[:TILE, :TILE] - manifold[-TILE:, -TILE:]).mean() > 5  # opposite corners differ
-    assert sample.main([str(dae), "--interpolate", "3", "7", "--steps", "4", "--out", str(tmp_path)]) == 0
+    assert cli.main(["sample", str(dae), "--interpolate", "3", "7", "--steps", "4", "--out", str(tmp_path)]) == 0
     png(tmp_path / "sample_interpolate_3_7.png", 1, 6)
     capsys.readouterr()
-    assert sample.main([str(dae), "--n", "4", "--out", str(tmp_path)]) == 1
+    assert cli.main(["sample", str(dae), "--n", "4", "--out", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "no prior" in err and "--interpolate" in err
-    assert sample.main([str(dae), "--interpolate", "3", "359", "--out", str(tmp_path)]) == 1
+    assert cli.main(["sample", str(dae), "--interpolate", "3", "359", "--out", str(tmp_path)]) == 1
     assert "359 is out of range" in capsys.readouterr().err
 
 
 def test_reconstruction_error_separates_a_held_out_class(held_out, tmp_path):
-    assert score.main([str(held_out), "test", "--out", str(tmp_path)]) == 0
+    assert cli.main(["score", str(held_out), "test", "--out", str(tmp_path)]) == 0
     record = json.loads((tmp_path / "scores_test_auc.json").read_text())
     assert record["held_out_classes"] == [str(HELD_OUT)]
     assert record["roc_auc"] > 0.6 and record["mean_error_held_out"] > record["mean_error_trained"]
@@ -189,7 +189,7 @@ def test_score_of_an_image_folder(dae, tmp_path):
     save_digit(digits.test[0], tmp_path / "imgs" / "digit.png")
     noise = np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8)
     Image.fromarray(noise).save(tmp_path / "imgs" / "noise.png")
-    assert score.main([str(dae), str(tmp_path / "imgs"), "--out", str(tmp_path)]) == 0
+    assert cli.main(["score", str(dae), str(tmp_path / "imgs"), "--out", str(tmp_path)]) == 0
     with open(tmp_path / "scores_imgs.csv") as f:
         error = {r["file"].rsplit("/", 1)[1]: float(r["error"]) for r in csv.DictReader(f)}
     assert error["noise.png"] > 3 * error["digit.png"]
@@ -197,7 +197,7 @@ def test_score_of_an_image_folder(dae, tmp_path):
 
 def test_finetune_reports_accuracies_above_chance(dae, tmp_path, capsys):
     argv = [str(dae), "--labels-per-class", "5", "--steps", "60", "--seeds", "1", "--out", str(tmp_path)]
-    assert finetune.main(argv) == 0
+    assert cli.main(["finetune", *argv]) == 0
     record = json.loads((tmp_path / "finetune_5_per_class.json").read_text())
     assert record["labelled_images"] == 50
     accuracy = {k: v[0] for k, v in record["test_accuracy"].items()}
@@ -217,12 +217,12 @@ def test_dataset_classes_keeps_train_and_val_only():
 
 
 def test_bad_input_gives_one_message(dae, tmp_path, capsys):
-    assert search.main([str(tmp_path), "--query", "0"]) == 1
-    assert capsys.readouterr().err.startswith(f"aecli: error: RUN_DIR: {tmp_path} holds no checkpoints/")
-    assert search.main([str(dae), "--query", "359"]) == 1
+    assert cli.main(["search", str(tmp_path), "--query", "0"]) == 1
+    assert capsys.readouterr().err.startswith(f"aecli: error: RUN: {tmp_path} holds no checkpoints/")
+    assert cli.main(["search", str(dae), "--query", "359"]) == 1
     assert "--query: 359 is out of range: the test split has 359 images" in capsys.readouterr().err
     (tmp_path / "notes.txt").write_text("not an image")
-    assert search.main([str(dae), "--query", str(tmp_path / "notes.txt")]) == 1
+    assert cli.main(["search", str(dae), "--query", str(tmp_path / "notes.txt")]) == 1
     assert f"cannot read {tmp_path / 'notes.txt'} as an image" in capsys.readouterr().err
 
 
@@ -236,22 +236,36 @@ def test_measure_on_an_unlabelled_dataset_is_refused(tmp_path, capsys):
     train(make_cfg("dataset=folder", f"dataset.root={flat}", "dataset.image_size=8", "dataset.channels=1",
                    "trainer.epochs=1", "trainer.progress=log", "trainer.num_threads=1"), run_dir)
     capsys.readouterr()
-    assert search.main([str(run_dir), "--measure"]) == 1
+    assert cli.main(["search", str(run_dir), "--measure"]) == 1
     assert capsys.readouterr().err.startswith("aecli: error: --measure: this run's dataset has no labels")
     assert not list(run_dir.glob("search_*"))
 
 
+@pytest.mark.integration
 def test_not_a_run_dir_exits_1_with_one_message(tmp_path):
-    result = run_cli_module("aecli.encode", str(tmp_path / "nowhere"), cwd=tmp_path)
+    result = run_cli(str(tmp_path / "nowhere"), cwd=tmp_path, module="aecli.encode")  # the shim
     assert result.returncode == 1 and result.stdout == ""
-    assert result.stderr.strip().splitlines()[0] == f"aecli: error: RUN_DIR: {tmp_path / 'nowhere'} does not exist"
+    assert result.stderr.strip().splitlines()[0] == f"aecli: error: RUN: {tmp_path / 'nowhere'} does not exist"
     assert len(result.stderr.strip().splitlines()) == 2 and "fix:" in result.stderr
 
 
-def run_cli_module(module: str, *args: str, cwd):
-    import os
-    import subprocess
-    import sys
 
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+def test_a_moved_dataset_is_found_with_data_root(tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    digits = load_digits()
+    for i in range(40):
+        save_digit(digits.train[i], images / f"{i}.png")
+    run_dir = tmp_path / "run"
+    train(make_cfg("dataset=folder", f"dataset.root={images}", "dataset.image_size=8", "dataset.channels=1",
+                   "trainer.epochs=1", "trainer.progress=log", "trainer.num_threads=1"), run_dir)
+    expected = (run_dir / "scores_test.csv")
+    images.rename(tmp_path / "moved")
+    capsys.readouterr()
+    assert cli.main(["score", str(run_dir), "test"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("aecli: error: --data-root: no folder at") and "--data-root DIR" in err[1]
+    assert not expected.exists()
+    assert cli.main(["score", str(run_dir), "test", "--data-root", str(tmp_path / "moved")]) == 0
+    rows = list(csv.DictReader(expected.open()))
+    assert len(rows) == len(open_run(run_dir, device="cpu").data(str(tmp_path / "moved")).test) > 0

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from aecli.errors import ConfigError
 from aecli.data.cache import decoded_folder
 from aecli.data.decode import decode_image
+from aecli.errors import ConfigError
 
 log = logging.getLogger("aecli")
 

@@ -105,6 +105,18 @@ def is_run_dir(run_dir: Path) -> bool:
     return (d / LOCK_FILE).is_file() or ((d / ".hydra").is_dir() and (d / STATUS_FILE).is_file())
 
 
+def check_trained(path: str | Path, key: str = "RUN") -> Path:
+    """``path`` if it names a trained run: a checkpoint file, or a dir that holds ``checkpoints/``.
+    Cheap (no torch), so the command line refuses a wrong path before any heavy import."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(key, f"{p} does not exist", "pass the dir that aecli train printed ('run dir: ...')")
+    if p.is_dir() and not (p / "checkpoints").is_dir():
+        raise ConfigError(key, f"{p} holds no checkpoints/ (not a run dir, or a run that never reached "
+                          "its first checkpoint)", "pass the dir of a run that trained at least one epoch")
+    return p
+
+
 def write_json(path: Path, data: Any) -> None:
     """Write ``data`` as JSON, atomically (a crash or full disk leaves the old file whole)."""
 

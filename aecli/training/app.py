@@ -159,7 +159,7 @@ def join_world() -> None:
 
 
 def main() -> None:
-    """``python -m aecli.train`` / ``aecli-train``: exit 0, 1 (one message) or 128 + signal."""
+    """``python -m aecli.train`` / ``aecli train``: exit 0, 1 (one message) or 128 + signal."""
     SIGNALS.install()
     join_world()
     from aecli.training.distributed import WORLD

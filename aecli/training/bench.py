@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from aecli.data import ImageData, load_digits, load_torchvision
 from aecli.device import resolve_device
+from aecli.errors import ConfigError
 from aecli.losses import ReconstructionLoss
 from aecli.metrics import reconstruction
 from aecli.models import VAE, Autoencoder
@@ -312,23 +313,14 @@ def load_data(name: str, root: str, repeat: int) -> tuple[ImageData, str]:
             f"{len(d.test):,} test)")
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m aecli.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", choices=["digits", "mnist"], default="digits")
-    parser.add_argument("--root", default="data", help="where MNIST was downloaded (--dataset mnist)")
-    parser.add_argument("--device", default="cpu", help="cpu | cuda | auto")
-    parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
-    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per path, after one warm-up epoch")
-    parser.add_argument("--repeat", type=int, default=8, help="digits only: tile the training split this often")
-    parser.add_argument("--aecli", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="config overrides for aecli's side, e.g. trainer.compile=true optim.fused=false")
-    parser.add_argument("--startup-runs", type=int, default=3, help="0: skip the startup measurement")
-    args = parser.parse_args(argv)
-    if args.epochs < 1 or args.repeat < 1:
-        parser.error("--epochs and --repeat must be at least 1")
-
+def recipe(args: argparse.Namespace) -> None:
+    """``aecli bench`` (its options parsed by ``aecli.cli``): the table, then the startup time."""
+    cases = args.cases or list(CASES)
+    unknown = [c for c in cases if c not in CASES]
+    if unknown:
+        raise ConfigError("--cases", f"{', '.join(unknown)}: no such case", f"pick from {', '.join(CASES)}")
     device = resolve_device(args.device)
-    data, described = load_data(args.dataset, args.root, args.repeat)
+    data, described = load_data(args.dataset, args.data_root, args.repeat)
     data = data.to(device)
     gflops = matmul_gflops(device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
@@ -338,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
           + (f"; aecli with {' '.join(args.aecli)}" if args.aecli else ""))
     print(f"| case | path | images/s | test loss after {args.epochs + 1} epochs | speed-up | roofline |")
     print("|---|---|---:|---:|---:|---:|")
-    for name in args.cases:
+    for name in cases:
         base, fast, flops, unit = bench_case(name, data, device, args.epochs, args.aecli)
         for path, r in (("baseline", base), ("aecli", fast)):
             print(f"| {name} | {path} | {r.images_per_sec:,.0f} | {r.test_loss:.4g} {unit} | "

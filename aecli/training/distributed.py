@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:  # torch itself is imported where it is used: aecli train --help needs no torch (~3 s)
+    import torch
+    from torch import Tensor
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ class World:
             dist.init_process_group(backend=self.backend())
 
     def backend(self) -> str:
+        import torch
+
         if torch.cuda.is_available() and self.local_size <= torch.cuda.device_count():
             return "cpu:gloo,cuda:nccl"
         return "gloo"  # NCCL wants a GPU per rank; gloo also moves CUDA tensors
@@ -65,6 +68,8 @@ class World:
         indices to a multiple of the world size, then every ``size``-th from ``rank``)."""
         if not self.distributed:
             return perm
+        import torch
+
         pad = (-len(perm)) % self.size
         full = torch.cat([perm, perm[:pad]]) if pad else perm
         return full[self.rank :: self.size]
@@ -73,6 +78,7 @@ class World:
         """Make every rank's gradients the mean over all ranks (one flat all-reduce)."""
         if not self.distributed:
             return
+        import torch
         import torch.distributed as dist
 
         grads = [p.grad for p in params if p.grad is not None]
@@ -107,12 +113,16 @@ class World:
         """True on every rank if ``flag`` is true on any."""
         if not self.distributed:
             return flag
+        import torch
+
         return bool(self.total(torch.tensor(int(flag), device=device)).item())
 
     def largest(self, number: int, device: torch.device) -> int:
         """The largest of the ranks' ``number``s, on every rank."""
         if not self.distributed:
             return number
+        import torch
+
         return -int(self.min(torch.tensor(-number, device=device)).item())
 
     def broadcast(self, obj: Any) -> Any:
@@ -134,6 +144,8 @@ def epoch_totals(world: World, sums: dict[str, Tensor], seen: int,
     """An epoch's loss sums and image count over all ranks, on the host (a sync; a collective)."""
     if not world.distributed:
         return {k: v.item() for k, v in sums.items()}, seen
+    import torch
+
     names = sorted(sums)
     packed = torch.stack([sums[k].float() for k in names] + [torch.tensor(float(seen), device=device)])
     total = world.total(packed).tolist()

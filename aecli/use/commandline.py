@@ -1,56 +1,39 @@
 """What every command on a trained run shares (``aecli.use.encode``, ``aecli.use.map``, ``aecli.use.search``,
-``aecli.use.denoise``, ``aecli.use.sample``, ``aecli.use.score``, ``aecli.use.finetune``): the command line
-(``RUN``, ``--checkpoint``, ``--device``, ``--out``), opening the run, where outputs go, progress
-bars, and bad input as one ``aecli: error: KEY: ...`` message with exit status 1.
+``aecli.use.denoise``, ``aecli.use.sample``, ``aecli.use.score``, ``aecli.use.finetune``): opening the run
+that ``RUN``, ``--checkpoint`` and ``--device`` name, the ``--noise`` to apply, where outputs go
+(``--out``), progress bars and tables.
 
-Each command module holds its own recipe and calls ``main(parser, recipe, argv)``.
+The options themselves are parsed and checked by ``aecli.cli`` (no torch), which then calls the
+command module's ``recipe(args)``; aecli's errors become one ``aecli: error: KEY: ...`` message there.
 """
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from aecli.errors import AecliError, ConfigError
+from omegaconf import OmegaConf
+
+from aecli.components import build
+from aecli.errors import ConfigError
 from aecli.use.trained import TrainedRun
 from aecli.use.trained import open_run as open_
 
 T = TypeVar("T")
 
 
-def parser(name: str, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
-    """A command's parser with the options every command has: RUN, --checkpoint, --device, --out."""
-    p = argparse.ArgumentParser(prog=f"python -m aecli.{name}", description=description, epilog=epilog,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", metavar="RUN", help="a run dir (the 'run dir: ...' that python -m aecli.train printed), "
-                   "or a checkpoint file in one")
-    p.add_argument("--checkpoint", choices=("best", "last"), default="best",
-                   help="the model with the best validation loss (default) or the last one")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
-                   help="where the model runs (default: auto, a GPU when there is one)")
-    p.add_argument("--out", type=Path, default=None, metavar="DIR",
-                   help="write the outputs into DIR (default: the run dir)")
-    return p
-
-
-def main(p: argparse.ArgumentParser, recipe: Callable[[argparse.Namespace], None],
-         argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` and run ``recipe``; aecli's errors become one message and exit status 1."""
-    args = p.parse_args(argv)
-    try:
-        recipe(args)
-    except AecliError as e:
-        print(e, file=sys.stderr)
-        return 1
-    return 0
-
-
 def open_run(args: argparse.Namespace) -> TrainedRun:
     """The run ``RUN`` names, with the ``--checkpoint`` model on ``--device``."""
 
     return open_(args.run, args.checkpoint, args.device)
+
+
+def noise(run: TrainedRun, option: Any) -> Any:
+    """The noise ``--noise KIND[:LEVEL]`` names (an ``aecli.cli.NoiseOption``, already checked), or
+    the run's own where there is none."""
+    return run.noise if option is None else build(OmegaConf.create({"noise": option.config()}), "noise")
 
 
 def out_dir(args: argparse.Namespace, run: TrainedRun) -> Path:

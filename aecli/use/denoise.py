@@ -1,43 +1,35 @@
-"""``python -m aecli.denoise RUN INPUT_DIR OUTPUT_DIR``: the user's own images through the model,
+"""``aecli denoise RUN INPUT_DIR OUTPUT_DIR``: the user's own images through the model,
 each converted to the model's channels and size (as a folder dataset is read) and written back
 as a PNG of that size under the same relative name. Files that are no readable image are named
 in a warning and skipped.
 
-``python -m aecli.denoise RUN --synthetic [--noise binomial:0.5]``: the test split corrupted with
+``aecli denoise RUN --synthetic [--noise binomial:0.5]``: the test split corrupted with
 the run's noise (or ``--noise``), denoised; the PSNR of the noisy input and of the model's
 output against the clean images, and a clean | noisy | denoised grid.
 """
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from aecli import config
 from aecli.errors import ConfigError
 from aecli.images import image_grid, save_png
 from aecli.metrics import psnr_db
-from aecli.noise import GaussianNoise, MaskingNoise
 from aecli.store import rundir
 from aecli.use import commandline as commands
 from aecli.use import inference
 from aecli.use.trained import TrainedRun
 
-NOISES = {"binomial": (MaskingNoise, "p"), "gaussian": (GaussianNoise, "sigma")}
 GRID_IMAGES = 8
 
 
 def recipe(args: argparse.Namespace) -> None:
-    noise = parse_noise(args.noise) if args.noise is not None else None
-    if not args.synthetic and (args.input_dir is None or args.output_dir is None):
-        raise ConfigError("INPUT_DIR", "denoise needs a folder of images and a folder for the results",
-                          "pass RUN INPUT_DIR OUTPUT_DIR, or RUN --synthetic to measure on the test split")
     run = commands.open_run(args)
     if args.synthetic:
-        synthetic(run, noise or run.noise, args)
+        synthetic(run, commands.noise(run, args.noise), args)
     else:
         folder(run, Path(args.input_dir), Path(args.output_dir))
 
@@ -70,7 +62,7 @@ def synthetic(run: TrainedRun, noise: Any, args: argparse.Namespace) -> None:
     if not noise.corrupts:
         raise ConfigError("--noise", f"this run trained without noise ({noise!r}), so there is none to apply",
                           "pass the noise to remove: --noise binomial:0.25 or --noise gaussian:0.3")
-    data = run.data()
+    data = run.data(args.data_root)
     sq = {"noisy": 0.0, "denoised": 0.0, "clean input, reconstructed": 0.0}
     rows: list[torch.Tensor] = []
     with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):
@@ -93,38 +85,3 @@ def synthetic(run: TrainedRun, noise: Any, args: argparse.Namespace) -> None:
     print(f"denoising gains {psnr['denoised'] - psnr['noisy']:+.2f} dB")
     commands.wrote(grid, record)
 
-
-def parse_noise(spec: str) -> Any:
-    """``binomial:P`` or ``gaussian:SIGMA`` as the noise it names."""
-    kind, _, level = spec.partition(":")
-    if kind not in NOISES:
-        raise ConfigError("--noise", f"{spec!r} names no noise", "use --noise binomial:P or --noise gaussian:SIGMA")
-    cls, name = NOISES[kind]
-    bound = config.bounds(f"noise.{name}")  # the range the noise's schema declares
-    try:
-        value = float(level)
-    except ValueError:
-        raise ConfigError("--noise", f"{level!r} is not a number", f"use e.g. --noise {kind}:0.3") from None
-    if not bound.ok(value):
-        raise ConfigError("--noise", f"{name}={value} is out of range: it must be {bound.text}",
-                          f"use e.g. --noise {kind}:0.3")
-    return cls(value)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = commands.parser("denoise", "Denoise your own images with a trained model, or measure denoising on the "
-                        "corrupted test split.", "folder mode writes OUTPUT_DIR/NAME.png for each readable image "
-                        "(the model's size and channels);\n--synthetic writes denoise_synthetic.png (rows: clean, "
-                        "noisy, denoised) and denoise_synthetic.json\n(PSNR) into the run dir (or --out)")
-    p.add_argument("input_dir", metavar="INPUT_DIR", nargs="?", help="a folder of images (sub-folders too)")
-    p.add_argument("output_dir", metavar="OUTPUT_DIR", nargs="?", help="where the denoised PNGs go")
-    p.add_argument("--synthetic", action="store_true",
-                   help="corrupt the test split with the run's noise (or --noise), report PSNR before and after")
-    p.add_argument("--noise", metavar="KIND:LEVEL", help="binomial:P (masking) or gaussian:SIGMA, for --synthetic "
-                   "(default: the noise the run trained with)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic corruption (default 0)")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return commands.main(build_parser(), recipe, argv)

@@ -1,10 +1,9 @@
-"""``python -m aecli.encode RUN [--split test]``: every image's code (a VAE's posterior mean) and
+"""``aecli encode RUN [--split test]``: every image's code (a VAE's posterior mean) and
 label as one ``.npz``, and the same codes in TensorBoard's projector (label metadata, image
 sprites), to explore with PCA, t-SNE or UMAP there."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ PROJECTOR_MAX = 10_000  # points in the projector: its sprite sheet must stay un
 
 def recipe(args: argparse.Namespace) -> None:
     run = commands.open_run(args)
-    data = run.data()
+    data = run.data(args.data_root)
     names = SPLITS if args.split == "all" else (args.split,)
     codes = torch.cat([inference.codes(run, data.split(s), data.max_value) for s in names]).cpu()
     split = np.concatenate([np.full(len(data.split(s)), s) for s in names])
@@ -58,15 +57,3 @@ def projector(out: Path, run: TrainedRun, data: ImageData, arrays: dict[str, np.
         writer.add_embedding(torch.from_numpy(arrays["codes"][keep]), metadata=metadata, label_img=data.as_float(raw),
                              global_step=run.state["step"], tag=tag, metadata_header=header)
 
-
-def build_parser() -> argparse.ArgumentParser:
-    p = commands.parser("encode", "Every image's code (a VAE's posterior mean) and label, as one .npz and in "
-                        "TensorBoard's projector.", "writes codes_SPLIT.npz (arrays: codes, labels, classes, split, "
-                        "index) and a projector entry\n(label metadata, image sprites) into the run dir, or --out; "
-                        "see them with\n  tensorboard --logdir RUN   (PROJECTOR tab)")
-    p.add_argument("--split", choices=(*SPLITS, "all"), default="test", help="which images (default: test)")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return commands.main(build_parser(), recipe, argv)

@@ -1,4 +1,4 @@
-"""Measure what a trained model learned: ``python -m aecli.evaluate RUN_DIR [RUN_DIR ...]``.
+"""Measure what a trained model learned: ``aecli evaluate RUN [RUN ...]``.
 
 Each run (a multirun dir: each of its jobs) is opened from its ``best.pt`` (``--checkpoint
 last``: its last one) and measured on its test split, batched on its device:
@@ -12,8 +12,9 @@ last``: its last one) and measured on its test split, batched on its device:
    accuracy of the model's codes, the raw pixels, and PCA with as many dims as the code.
 
 Writes ``eval.json`` and TensorBoard scalars (``eval/...``, at the checkpoint's step) into each
-run dir and prints a table; several runs make one table, also written as ``eval.md`` and
-``eval.csv`` into ``--out`` (default: the runs' common parent dir). Randomness (noise, the VAE's
+run dir (or ``--out DIR``; several runs: ``DIR/<run>``) and prints a table; several runs make one
+table, also written as ``eval.md`` and ``eval.csv`` into ``--out`` (default: the runs' common
+parent dir, e.g. the sweep's). Randomness (noise, the VAE's
 samples) is seeded with ``--seed`` per section, so every run sees the same corrupted images.
 """
 from __future__ import annotations
@@ -29,13 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aecli import config, metrics
-from aecli.components import build
+from aecli import metrics
 from aecli.config import plain
 from aecli.data import ImageData
 from aecli.errors import ConfigError
 from aecli.models import HasLikelihoodBound, likelihood_bound
 from aecli.store import rundir
+from aecli.use import commandline as commands
 from aecli.use import probes, report
 from aecli.use.trained import TrainedRun, find_runs, open_run
 
@@ -56,7 +57,6 @@ DEFAULT_PROBE_IMAGES = 10_000
 FILES = ("eval.md", "eval.csv")
 EVENTS_SUFFIX = ".eval"  # the TensorBoard event file of the last evaluation
 TB_PREFIXES = ("test/", "probe/", "knn/", "chance_accuracy")  # what goes to TensorBoard (settings do not)
-NOISE_LEVEL_KEYS = ("p", "sigma")  # a noise config's level key: masking p, Gaussian sigma
 # table column -> eval.json key, in the order shown; columns no run has are left out
 COLUMNS = {"model": "model", "train noise": "noise", "mse/px": "test/mse_per_pixel", "psnr_db": "test/psnr_db",
            "ssim": "test/ssim", "-elbo nats": "test/neg_elbo_nats_per_image",
@@ -69,13 +69,12 @@ COLUMNS = {"model": "model", "train noise": "noise", "mse/px": "test/mse_per_pix
 
 @dataclass
 class Options:
-    """What to measure and how (the command line's options)."""
+    """What to measure and how (the command line's options; ``aecli.cli`` checks their bounds)."""
 
     checkpoint: str = "best"
     device: str = "auto"
     iw_samples: int | None = None  # None: DEFAULT_IW_SAMPLES where the model has a likelihood
-    noise: str = "run"  # run | none | binomial | gaussian
-    noise_level: float | None = None  # p or sigma; None: the noise's own
+    noise: Any = None  # --noise KIND[:LEVEL] (an aecli.cli.NoiseOption); None: the run's own noise
     batch_size: int | None = None  # None: the run's trainer.eval_batch_size
     probe_images: int = DEFAULT_PROBE_IMAGES  # 0: no probes
     knn_k: int = 5
@@ -91,7 +90,6 @@ def evaluate_paths(paths: Sequence[str | Path], opts: Options, out: Path | None 
     """Evaluate every run under ``paths``: ``eval.json`` and TensorBoard scalars in each run dir,
     ``eval.md``/``eval.csv`` for several runs; returns each run's results. Every input is
     checked (all runs opened) before anything is measured or written."""
-    check_options(opts)
     runs, skipped = open_runs(paths, opts)
     check_likelihood(runs, opts)
     start = time.perf_counter()
@@ -100,10 +98,10 @@ def evaluate_paths(paths: Sequence[str | Path], opts: Options, out: Path | None 
 
     log.info("loaded torchmetrics and scikit-learn in %.1f s", time.perf_counter() - start)
     results = []
-    for i, run in enumerate(runs, 1):
+    for i, (run, where) in enumerate(zip(runs, output_dirs(runs, out)), 1):
         log.info("evaluating %s (%d/%d)", run.run_dir, i, len(runs))
         result = evaluate(run, opts)
-        write_run_outputs(run, result)
+        write_run_outputs(run, result, where)
         results.append(result)
     if len(runs) > 1:
         write_table(runs, results, out or common_parent([r.run_dir for r in runs]), skipped)
@@ -180,7 +178,7 @@ def denoising(run: TrainedRun, data: ImageData, batch: int, noise: Any, opts: Op
     """PSNR of the corrupted test images and of their reconstructions."""
 
     if noise is None:
-        notes.append("no denoising measured: " + ("--noise none" if opts.noise == "none" else
+        notes.append("no denoising measured: " + (f"--noise {opts.noise}" if opts.noise is not None else
                      "the run trained without noise (pass --noise binomial or --noise gaussian to measure it)"))
         return {}
     with seeded(opts.seed, run.device):
@@ -233,17 +231,6 @@ def representations(run: TrainedRun, data: ImageData, batch: int, opts: Options,
 
 # --- opening runs, and the checks before any work --------------------------------------------
 
-def check_options(opts: Options) -> None:
-    """Numbers out of range are refused before any run is opened."""
-    for flag, value, ok, must in (("--iw-samples", opts.iw_samples, lambda v: v is None or v >= 0, ">= 0"),
-                                  ("--probe-images", opts.probe_images, lambda v: v >= 0, ">= 0"),
-                                  ("--knn", opts.knn_k, lambda v: v >= 1, ">= 1"),
-                                  ("--batch-size", opts.batch_size, lambda v: v is None or v >= 1, ">= 1"),
-                                  ("--noise-level", opts.noise_level, lambda v: v is None or v >= 0, ">= 0")):
-        if not ok(value):
-            raise ConfigError(flag, f"{value} is not {must}", f"pass {flag} with a value {must}, or leave it out")
-
-
 def open_runs(paths: Sequence[str | Path], opts: Options) -> tuple[list[TrainedRun], list[str]]:
     """Every run under ``paths``, opened. A run dir named on the command line must open; a job
     of a multirun dir that cannot (it failed before its first checkpoint) is skipped and named."""
@@ -259,12 +246,10 @@ def open_runs(paths: Sequence[str | Path], opts: Options) -> tuple[list[TrainedR
                     raise _as_flag(e) from None
                 skipped.append(f"{run_dir.name} ({e.problem})")
     if not runs:
-        raise ConfigError("RUN_DIR", f"no job under {', '.join(map(str, paths))} has a checkpoint "
+        raise ConfigError("RUN", f"no job under {', '.join(map(str, paths))} has a checkpoint "
                           f"({'; '.join(skipped[:3])})", "pass a run (or sweep) whose jobs trained at least one epoch")
     for s in skipped:
         log.warning("skipped %s", s)
-    for run in runs:
-        eval_noise(run, opts)  # a bad --noise-level is refused now, not after the first run
     return runs, skipped
 
 
@@ -285,40 +270,40 @@ def check_likelihood(runs: Sequence[TrainedRun], opts: Options) -> None:
 
 
 def eval_noise(run: TrainedRun, opts: Options) -> Any:
-    """The noise the denoising section applies, or None: the run's own (``--noise run``) or
-    the named kind, at ``--noise-level`` if given (the range checks of ``aecli.config``)."""
-    from omegaconf import OmegaConf
-
-
-    if opts.noise == "none":
-        return None
-    cfg = run.cfg.noise if opts.noise == "run" else OmegaConf.structured(config.SCHEMAS["noise"][opts.noise])
-    if opts.noise_level is not None:
-        level_key = next((k for k in NOISE_LEVEL_KEYS if k in cfg), None)
-        if level_key is None:
-            raise ConfigError("--noise-level", f"the noise {cfg.get('_target_')} has no level",
-                              "pass --noise binomial or --noise gaussian with --noise-level")
-        cfg = OmegaConf.merge(cfg, {level_key: opts.noise_level})
-        bound = config.bounds(f"noise.{level_key}")
-        if not bound.ok(opts.noise_level):
-            raise ConfigError("--noise-level", f"{opts.noise_level} is not a noise.{level_key} {bound.text}",
-                              f"pass a --noise-level {bound.text}")
-    noise = build(OmegaConf.create({"noise": cfg}), "noise")
+    """The noise the denoising section applies (``--noise``, else the run's own), or None for none."""
+    noise = commands.noise(run, opts.noise)
     return noise if noise.corrupts else None
 
 
 # --- outputs ---------------------------------------------------------------------------------
 
-def write_run_outputs(run: TrainedRun, result: dict[str, Any]) -> None:
+def output_dirs(runs: Sequence[TrainedRun], out: Path | None) -> list[Path]:
+    """Where each run's ``eval.json`` goes: its run dir, or ``--out`` (several runs: ``--out``/the
+    run's dir relative to the runs' common parent, as in the table), made if needed."""
+    if out is None:
+        return [run.run_dir for run in runs]
+    parent = common_parent([r.run_dir for r in runs])
+    dirs = [out / run.run_dir.absolute().relative_to(parent) if len(runs) > 1 else out for run in runs]
+    for d in dirs:
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError("--out", f"cannot make {d} ({e.strerror or e})",
+                              "pass --out DIR where you can write") from None
+    return dirs
+
+
+def write_run_outputs(run: TrainedRun, result: dict[str, Any], where: Path | None = None) -> None:
     """``eval.json`` (atomic) and the metrics as TensorBoard scalars ``eval/<key>`` at the
-    checkpoint's step, into the run dir. The scalars go to their own event file (suffix
+    checkpoint's step, into ``where`` (default: the run dir). The scalars go to their own event file (suffix
     ``.eval``), which replaces the one of an earlier evaluation, as ``eval.json`` does."""
     from torch.utils.tensorboard import SummaryWriter
 
 
-    rundir.write_json(run.run_dir / "eval.json", result)
-    earlier = list(run.run_dir.glob(f"events.out.tfevents.*{EVENTS_SUFFIX}"))
-    writer = SummaryWriter(log_dir=str(run.run_dir), filename_suffix=EVENTS_SUFFIX)
+    where = run.run_dir if where is None else where
+    rundir.write_json(where / "eval.json", result)
+    earlier = list(where.glob(f"events.out.tfevents.*{EVENTS_SUFFIX}"))
+    writer = SummaryWriter(log_dir=str(where), filename_suffix=EVENTS_SUFFIX)
     for key, value in result.items():
         if key.startswith(TB_PREFIXES) and isinstance(value, (int, float)) and not isinstance(value, bool):
             writer.add_scalar(f"eval/{key}", value, result["step"])
@@ -405,47 +390,19 @@ def run_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-# --- the command line ------------------------------------------------------------------------
+# --- the command line (parsed and checked by aecli.cli) --------------------------------------
 
-def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Options]:
-    p = argparse.ArgumentParser(prog="python -m aecli.evaluate", description=__doc__.split("\n\n")[0].split(": ")[0]
-                                + ": reconstruction, SSIM, likelihood bounds, denoising, and codes vs pixels vs PCA.")
-    p.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", help="a run dir, or a multirun dir (every job in it)")
-    p.add_argument("--checkpoint", default="best", choices=("best", "last"), help="which checkpoint (default: best)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="default: auto")
-    p.add_argument("--iw-samples", type=int, default=None, metavar="K",
-                   help=f"importance samples for the VAE's -log p(x) bound (default {DEFAULT_IW_SAMPLES}; 0: skip)")
-    p.add_argument("--noise", default="run", choices=("run", "none", "binomial", "gaussian"),
-                   help="the corruption for the denoising PSNRs (default: the run's own noise)")
-    p.add_argument("--noise-level", type=float, default=None, metavar="L", help="masking p or Gaussian sigma")
-    p.add_argument("--probe-images", type=int, default=DEFAULT_PROBE_IMAGES, metavar="N",
-                   help=f"train images the probes are fit on (default {DEFAULT_PROBE_IMAGES:,}; 0: no probes)")
-    p.add_argument("--knn", type=int, default=5, metavar="K", help="neighbours of the k-NN vote (default 5)")
-    p.add_argument("--batch-size", type=int, default=None, help="default: the run's trainer.eval_batch_size")
-    p.add_argument("--seed", type=int, default=0, help="seeds the noise and the VAE's samples (default 0)")
-    p.add_argument("--data-root", default=None, help="where the run's dataset lies now, if it moved")
-    p.add_argument("--out", type=Path, default=None,
-                   help="where several runs' eval.md / eval.csv go (default: the runs' common parent dir)")
-    a = p.parse_args(argv)
-    opts = Options(checkpoint=a.checkpoint, device=a.device, iw_samples=a.iw_samples, noise=a.noise,
-                   noise_level=a.noise_level, batch_size=a.batch_size, probe_images=a.probe_images, knn_k=a.knn,
-                   seed=a.seed, data_root=a.data_root)
-    return a, opts
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m aecli.evaluate`` / ``aecli-evaluate``: 0, or 1 with one message."""
-    args, opts = parse(argv)
+def recipe(args: argparse.Namespace) -> None:
+    """``aecli evaluate RUN...``: every run measured, its table printed (several: also written)."""
+    given = {"iw_samples": args.iw_samples, "batch_size": args.batch_size, "probe_images": args.probe_images,
+             "knn_k": args.knn}
+    opts = Options(checkpoint=args.checkpoint, device=args.device, noise=args.noise, seed=args.seed,
+                   data_root=args.data_root, **{k: v for k, v in given.items() if v is not None})
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    try:
-        results = evaluate_paths(args.run_dirs, opts, args.out)
-    except ConfigError as e:
-        print(e, file=sys.stderr)
-        return 1
+    results = evaluate_paths(args.run, opts, args.out)
     if len(results) == 1:
         print(run_table(results[0]))
     else:
         out = args.out or common_parent([Path(r["run_dir"]) for r in results])
         print((out / "eval.md").read_text())
         print("wrote " + ", ".join(str(out / f) for f in FILES))
-    return 0

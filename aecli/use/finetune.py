@@ -1,4 +1,4 @@
-"""``python -m aecli.finetune RUN --labels-per-class N``: does pre-training pay when labels are few?
+"""``aecli finetune RUN --labels-per-class N``: does pre-training pay when labels are few?
 
 The model's encoder (``model.encode``) gets a linear classification head and is trained on N
 labelled train images per class; its test accuracy is compared with the same network from
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -42,18 +41,15 @@ class Classifier(nn.Module):
 
 
 def recipe(args: argparse.Namespace) -> None:
-    if args.labels_per_class < 1 or args.steps < 1 or args.seeds < 1:
-        raise ConfigError("--labels-per-class", "--labels-per-class, --steps and --seeds must be >= 1",
-                          "pass e.g. --labels-per-class 10 --steps 300 --seeds 3")
     run = commands.open_run(args)
-    data = run.data()
+    data = run.data(args.data_root)
     if data.labels is None:
         raise ConfigError("RUN", "this run's dataset has no labels to fine-tune on",
                           "train on a labelled dataset (digits, mnist, ..., a folder with one sub-folder per class)")
     test_pixels = data.as_float(data.test[:]).flatten(1).cpu()
     test_codes = inference.codes(run, data.test, data.max_value).cpu()
     accuracy: dict[str, list[float]] = {name: [] for name in (*TRAINED, *PROBES)}
-    for seed in commands.progress(range(args.seeds), args.seeds, "seeds"):
+    for seed in commands.progress(range(args.seed, args.seed + args.seeds), args.seeds, "seeds"):
         x, y = labelled_subset(data, args.labels_per_class, seed, run.device)
         for name, weights in TRAINED.items():
             model = classifier(run, weights, n_classes(data), seed)
@@ -141,18 +137,3 @@ def mean_sd(values: list[float], sign: str = "") -> str:
     sd = f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else ""
     return f"{statistics.mean(values):{sign}.3f}{sd}"
 
-
-def build_parser() -> argparse.ArgumentParser:
-    p = commands.parser("finetune", "Few-label fine-tuning: the pre-trained encoder + a linear head against the "
-                        "same network from random init.", "prints the test accuracy table and writes "
-                        "finetune_N_per_class.json into the run dir (or --out)")
-    p.add_argument("--labels-per-class", type=int, default=10, metavar="N",
-                   help="labelled train images per class (default 10)")
-    p.add_argument("--steps", type=int, default=300, help="Adam steps for every variant (default 300)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate for every variant (default 1e-3)")
-    p.add_argument("--seeds", type=int, default=3, help="repeats with other labelled images and inits (default 3)")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return commands.main(build_parser(), recipe, argv)

@@ -1,10 +1,9 @@
-"""``python -m aecli.map RUN --method pca|tsne|code``: the test split's codes in 2-D, one dot per
+"""``aecli map RUN --method pca|tsne|code``: the test split's codes in 2-D, one dot per
 image coloured by its label: PCA (linear), t-SNE (keeps neighbours together), or the codes
 themselves (a ``latent_dim=2`` model). A PNG, and the same figure in TensorBoard."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
 
 import numpy as np
 
@@ -24,7 +23,7 @@ def recipe(args: argparse.Namespace) -> None:
                           "use --method pca or --method tsne, or train with model.latent_dim=2")
     if dim < 2:
         raise ConfigError("--method", f"a {dim}-number code has no 2-D map", "train with model.latent_dim >= 2")
-    data = run.data()
+    data = run.data(args.data_root)
     codes = inference.codes(run, data.test, data.max_value).cpu().numpy()
     xy = to_2d(codes, args.method, args.seed)
     labels = data.labels["test"].numpy() if data.labels is not None else None
@@ -74,17 +73,3 @@ def scatter(xy: np.ndarray, labels: np.ndarray | None, classes: list[str] | None
     ax.set_title(title)
     return fig
 
-
-def build_parser() -> argparse.ArgumentParser:
-    p = commands.parser("map", "The test split's codes in 2-D, coloured by label: a PNG and a TensorBoard figure.",
-                        "writes map_METHOD.png (800 x 650 pixels) into the run dir (or --out); the same figure is\n"
-                        "in TensorBoard's IMAGES tab (map/METHOD)")
-    p.add_argument("--method", choices=("pca", "tsne", "code"), default="pca",
-                   help="pca (linear projection), tsne (t-SNE: neighbours kept together; slower) or code "
-                   "(the codes themselves; latent_dim=2 only). Default: pca")
-    p.add_argument("--seed", type=int, default=0, help="seed of PCA's solver and of t-SNE (default 0)")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return commands.main(build_parser(), recipe, argv)

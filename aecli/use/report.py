@@ -1,4 +1,4 @@
-"""A sweep's results in one table and one plot: ``python -m aecli.report SWEEP_DIR``.
+"""A sweep's results in one table and one plot: ``aecli report SWEEP_DIR``.
 
 Reads each job dir of a multirun (``.hydra/overrides.yaml``, ``.hydra/config.yaml``,
 ``metrics.json``, the ``job_status.json`` that ``aecli.training.app`` writes, and ``eval.json`` where
@@ -19,7 +19,6 @@ import argparse
 import csv
 import math
 import re
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,7 @@ FILES = ("report.md", "report.csv", "report.png")
 FIGSIZE, DPI = (10.0, 6.0), 100  # report.png is FIGSIZE x DPI = 1000 x 600 pixels
 METRIC_COLUMNS = {"test/mse_per_pixel": "test/mse_per_pixel", "test/psnr_db": "test/psnr_db",
                   "epochs": "epochs", "images/s": "images_per_sec"}  # column -> metrics.json key
-# column -> eval.json key (python -m aecli.evaluate), shown when some job has it
+# column -> eval.json key (aecli evaluate), shown when some job has it
 EVAL_COLUMNS = {"ssim": "test/ssim", "denoised psnr": "test/denoised_psnr_db",
                 "iw bound nats": "test/iw_bound_nats_per_image", "probe codes": "probe/codes_accuracy",
                 "knn codes": "knn/codes_accuracy"}
@@ -131,7 +130,7 @@ def read_sweep(sweep_dir: Path) -> list[Job]:
     order (job number); a clear ``ConfigError`` when there is none."""
     if not sweep_dir.is_dir():
         raise ConfigError("SWEEP_DIR", f"{sweep_dir} is not a directory",
-                          "pass the dir of a multirun, e.g. python -m aecli.report multirun/2026-01-01/12-00-00-123456")
+                          "pass the dir of a multirun, e.g. aecli report multirun/2026-01-01/12-00-00-123456")
     jobs = [read_job(d) for d in sweep_dir.iterdir() if (d / ".hydra" / "overrides.yaml").is_file()]
     if not jobs:
         below = sweeps_below(sweep_dir)
@@ -356,25 +355,12 @@ def notes(jobs: Sequence[Job], evaluated: Sequence[tuple[str, str]]) -> str:
             "compare only within one objective key (val/loss_per_image: VAE nats per image; val/loss_per_pixel: "
             "the others), test/mse_per_pixel and test/psnr_db across all models.")
     if evaluated:
-        text += (f"\n{', '.join(c for c, _ in evaluated)}: from each job's eval.json (python -m aecli.evaluate "
+        text += (f"\n{', '.join(c for c, _ in evaluated)}: from each job's eval.json (aecli evaluate "
                  "SWEEP_DIR; its eval.md has the pixel and PCA baselines); empty for jobs not evaluated.")
     return text
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m aecli.report",
-        description="Table (markdown, CSV) and plot of a sweep's jobs, sorted by test MSE per pixel.")
-    parser.add_argument("sweep_dir", metavar="SWEEP_DIR", type=Path,
-                        help="a multirun dir, e.g. multirun/2026-01-01/12-00-00-123456")
-    parser.add_argument("--sort", default=DEFAULT_SORT,
-                        help=f"column to sort by (default: {DEFAULT_SORT}; objective: grouped by its key); "
-                        "--sort=-COLUMN: descending")
-    args = parser.parse_args(argv)
-    try:
-        print(report(args.sweep_dir, args.sort))
-    except ConfigError as e:
-        print(e, file=sys.stderr)
-        return 1
+def recipe(args: argparse.Namespace) -> None:
+    """``aecli report SWEEP_DIR [--sort COLUMN]`` (parsed by ``aecli.cli``)."""
+    print(report(args.sweep_dir, args.sort or DEFAULT_SORT))
     print("wrote " + ", ".join(str(args.sweep_dir / f) for f in FILES))
-    return 0

@@ -1,4 +1,4 @@
-"""``python -m aecli.sample RUN``: new images from a trained model.
+"""``aecli sample RUN``: new images from a trained model.
 
 - ``--n 64``: codes drawn from a VAE's prior N(0, I), decoded (a plain autoencoder has no prior:
   its codes follow no known distribution, so it is told what to use instead);
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -25,12 +24,9 @@ from aecli.use.trained import TrainedRun
 
 
 def recipe(args: argparse.Namespace) -> None:
-    for key, value, least in (("--n", args.n, 1), ("--steps", args.steps, 2), ("--side", args.side, 2)):
-        if value < least:
-            raise ConfigError(key, f"{value} is below {least}", f"pass {key} {max(least, 10)}")
     run = commands.open_run(args)
     if args.interpolate is not None:
-        data = run.data()
+        data = run.data(args.data_root)
         a, b = (commands.test_index(i, len(data.test), "--interpolate") for i in args.interpolate)
         ends = data.as_float(inference.pick(data.test, [a, b], run.device))
         rows, name = [torch.cat([ends[:1], walk(run, ends[0], ends[1], args.steps), ends[1:]])], f"interpolate_{a}_{b}"
@@ -71,7 +67,7 @@ def manifold(run: TrainedRun, side: int) -> list[Tensor]:
     if not isinstance(model, HasPrior) or model.latent_dim != 2:
         raise ConfigError("--manifold", f"the manifold needs a VAE with latent_dim=2 (this run: "
                           f"{type(model).__name__}, latent_dim={model.latent_dim})",
-                          "train model=vae model.latent_dim=2; for a 2-D autoencoder, python -m aecli.map RUN "
+                          "train model=vae model.latent_dim=2; for a 2-D autoencoder, aecli map RUN "
                           "--method code plots its codes")
     grid = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, side)).to(run.device)
     rows = []
@@ -88,21 +84,3 @@ def as_rows(images: Tensor) -> list[Tensor]:
     images = torch.cat([images, images.new_zeros(pad, *images.shape[1:])])
     return list(images.split(cols))
 
-
-def build_parser() -> argparse.ArgumentParser:
-    p = commands.parser("sample", "New images from a trained model: prior samples (VAE), interpolations "
-                        "(any model), the 2-D manifold (VAE).", "writes sample_prior.png, "
-                        "sample_interpolate_A_B.png (A, the walk, B) or sample_manifold.png\ninto the run dir "
-                        "(or --out)")
-    what = p.add_mutually_exclusive_group()
-    what.add_argument("--interpolate", nargs=2, metavar=("A", "B"), help="walk between test images A and B")
-    what.add_argument("--manifold", action="store_true", help="decoded grid over a latent_dim=2 VAE's prior")
-    p.add_argument("--n", type=int, default=64, help="prior samples (default 64)")
-    p.add_argument("--steps", type=int, default=10, help="images along an interpolation (default 10)")
-    p.add_argument("--side", type=int, default=20, help="the manifold's grid is SIDE x SIDE (default 20)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the prior draws (default 0)")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return commands.main(build_parser(), recipe, argv)

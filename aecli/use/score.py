@@ -1,4 +1,4 @@
-"""``python -m aecli.score RUN INPUT``: each image's reconstruction error (mean squared error per
+"""``aecli score RUN INPUT``: each image's reconstruction error (mean squared error per
 pixel, data in [0, 1]) as a CSV, highest first on screen. An autoencoder reconstructs what it
 was trained on best, so a high error marks an image unlike the training data: anomaly detection.
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ SHOWN = 5  # highest errors printed
 def recipe(args: argparse.Namespace) -> None:
     run = commands.open_run(args)
     if args.input == "test":
-        data = run.data()
+        data = run.data(args.data_root)
         error = inference.errors(run, data.test, data.max_value)
         names = [f"test {i}" for i in range(len(error))]
         columns: dict[str, list[Any]] = {"index": list(range(len(error)))}
@@ -38,10 +37,7 @@ def recipe(args: argparse.Namespace) -> None:
             columns["label"] = data.labels["test"].tolist()
         stem = "test"
     else:
-        folder = Path(args.input)
-        if not folder.is_dir():
-            raise ConfigError("INPUT", f"{args.input!r} is neither 'test' nor a folder",
-                              "pass a folder of images, or test for the run's test split")
+        folder = Path(args.input)  # aecli.cli checked that it is one
         files, images = inference.read_images(inference.image_files(folder, "INPUT"), run.model.input_shape)
         if not files:
             raise ConfigError("INPUT", f"no readable image in {folder}",
@@ -90,15 +86,3 @@ def write_csv(path: Path, columns: dict[str, list[Any]]) -> None:
         w.writerow(columns)
         w.writerows(zip(*columns.values()))
 
-
-def build_parser() -> argparse.ArgumentParser:
-    p = commands.parser("score", "Anomaly scores: each image's reconstruction error, as a CSV.",
-                        "writes scores_test.csv (index, label, error) or scores_FOLDER.csv (file, error) into the "
-                        "run dir (or --out);\na run trained with dataset.classes=[...] also gets "
-                        "scores_test_auc.json (ROC-AUC of held-out classes)")
-    p.add_argument("input", metavar="INPUT", help="a folder of images, or test (the run's test split)")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return commands.main(build_parser(), recipe, argv)

@@ -1,4 +1,4 @@
-"""``python -m aecli.search RUN --query INDEX|IMAGE_FILE --k 8``: the test images whose codes are
+"""``aecli search RUN --query INDEX|IMAGE_FILE --k 8``: the test images whose codes are
 closest to the query's by cosine similarity (the way documents are retrieved by their codes),
 as a PNG row: the query, then its neighbours, nearest first.
 
@@ -9,7 +9,6 @@ pixels, and PCA of the pixels down to the code's size (fitted on the train split
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -27,7 +26,7 @@ from aecli.use.trained import TrainedRun
 
 def recipe(args: argparse.Namespace) -> None:
     run = commands.open_run(args)
-    data = run.data()
+    data = run.data(args.data_root)
     if args.measure:
         return measure(run, data, args)
     n = check_k(args.k, len(data.test))
@@ -87,7 +86,7 @@ def measure(run: TrainedRun, data: ImageData, args: argparse.Namespace) -> None:
     dim = run.model.latent_dim
     every = {split: torch.arange(len(data.split(split))) for split in ("train", "test")}
     pixels = probes.Features(*(probes.pixels(data, data.split(s), every[s], inference.BATCH) for s in every))
-    pca = probes.pca(pixels, dim, seed=0)  # fit on the train pixels, as aecli.use.evaluate's baseline
+    pca = probes.pca(pixels, dim, seed=args.seed)  # fit on the train pixels, as aecli.use.evaluate's baseline
     features = {f"codes ({dim})": inference.codes(run, data.test, data.max_value),
                 f"pixels ({pixels.dims})": torch.from_numpy(pixels.test),
                 f"PCA of the pixels ({pca.dims})": torch.from_numpy(pca.test)}
@@ -118,18 +117,3 @@ def precision_at_k(features: Tensor, labels: Tensor, k: int, chunk: int = 1024) 
         hits += int((labels[top] == labels[start : start + chunk, None]).sum())
     return hits / (len(unit) * k)
 
-
-def build_parser() -> argparse.ArgumentParser:
-    p = commands.parser("search", "Similar-image search: the test images whose codes are nearest the query's "
-                        "(cosine similarity).", "writes search_QUERY.png (the query, then its k neighbours, nearest "
-                        "first) or, with --measure,\nsearch_precision_at_K.json into the run dir (or --out)")
-    p.add_argument("--query", metavar="INDEX|IMAGE_FILE",
-                   help="a test image's index, or an image file (converted and resized as the model takes it)")
-    p.add_argument("--k", type=int, default=8, help="how many neighbours (default 8)")
-    p.add_argument("--measure", action="store_true",
-                   help="precision@k by label over the whole test split: codes vs pixels vs PCA of the same size")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return commands.main(build_parser(), recipe, argv)

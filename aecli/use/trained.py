@@ -20,7 +20,7 @@ from aecli.config import saved_config
 from aecli.data import ImageData
 from aecli.device import resolve_device
 from aecli.errors import ConfigError
-from aecli.store import checkpoint
+from aecli.store import checkpoint, rundir
 
 log = logging.getLogger("aecli")
 
@@ -47,7 +47,13 @@ class TrainedRun:
             cfg = self.cfg
             if root is not None:
                 cfg = OmegaConf.merge(cfg, {"dataset": {"root": root}})
-            self._data = load_data(cfg).to(self.device)
+            try:
+                self._data = load_data(cfg).to(self.device)
+            except ConfigError as e:  # the training key, dataset.root, is the flag --data-root here
+                if e.key != "dataset.root":
+                    raise
+                raise ConfigError("--data-root", e.problem, "pass --data-root DIR: where the run's dataset "
+                                  "lies now") from None
         return self._data
 
 
@@ -62,8 +68,8 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
         jobs = sorted((d for d in p.iterdir() if (d / ".hydra").is_dir() and d.name.split("_", 1)[0].isdigit()),
                       key=_job_number) if p.is_dir() else []
         if not jobs:
-            raise ConfigError("RUN_DIR", f"{p} is not a run dir (no checkpoints/) nor a multirun dir (no job dirs)",
-                              "pass the dir that python -m aecli.train printed ('run dir: ...'), or a sweep's dir")
+            raise ConfigError("RUN", f"{p} is not a run dir (no checkpoints/) nor a multirun dir (no job dirs)",
+                              "pass the dir that aecli train printed ('run dir: ...'), or a sweep's dir")
         out.extend(jobs)
     return out
 
@@ -81,21 +87,15 @@ def open_run(path: str | Path, which: str = "best", device: str = "auto",
     if which not in ("best", "last"):
         raise ConfigError("--checkpoint", f"{which!r} is not best or last",
                           "use --checkpoint best or --checkpoint last")
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError("RUN_DIR", f"{p} does not exist", "pass the dir that python -m aecli.train printed "
-                          "('run dir: ...')")
-    if p.is_dir() and not (p / "checkpoints").is_dir():
-        raise ConfigError("RUN_DIR", f"{p} holds no checkpoints/ (not a run dir, or a run that never reached "
-                          "its first checkpoint)", "pass the dir of a run that trained at least one epoch")
+    p = rundir.check_trained(path)
     name = checkpoint.BEST if which == "best" else checkpoint.LAST
     file = checkpoint.find(p, name)
     # best: best.pt, or last.pt where best.pt is stale or there is no validated model yet
-    state, file = checkpoint.best_state(file, "RUN_DIR") if file.name == checkpoint.BEST \
-        else (checkpoint.read(file, key="RUN_DIR"), file)
-    checkpoint.check_targets(state["config"], trusted_targets, source=str(file), key="RUN_DIR")
+    state, file = checkpoint.best_state(file, "RUN") if file.name == checkpoint.BEST \
+        else (checkpoint.read(file, key="RUN"), file)
+    checkpoint.check_targets(state["config"], trusted_targets, source=str(file), key="RUN")
     target = torch.device(resolve_device(device))
     model = checkpoint.build_model(state, trusted_targets).to(target)
 
-    cfg = saved_config(state["config"], key="RUN_DIR")
+    cfg = saved_config(state["config"], key="RUN")
     return TrainedRun(file.parent.parent, cfg, state, model, build(cfg, "loss"), build(cfg, "noise"), target, file.name)
