@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import aecli.noise  # noqa: F401 - its classes declare the noise schemas (no torch import)
 from aecli.config import SCHEMAS
 from aecli.declare import bound_of
 from aecli.errors import AecliError, ConfigError

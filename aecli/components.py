@@ -9,19 +9,9 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from aecli import losses, models, noise
 from aecli.config import given
 from aecli.data import ImageData, keep_classes
-from aecli.declare import DECLARED
 from aecli.errors import AecliError, ConfigError
-
-# The component modules, imported: each class filed its schema on import (``aecli.declare``).
-DECLARING = (models, noise, losses)
-
-
-def declared() -> dict[str, dict[str, type]]:
-    """Every component's schema, by group and option (what ``aecli.config.register`` stores)."""
-    return DECLARED
 
 
 def build(cfg: DictConfig, group: str, **kwargs: Any) -> Any:

@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from aecli.declare import DECLARED, Bound, bound_of, bounded, declare
+from aecli.declare import Bound, bound_of, bounded, sizes
 from aecli.errors import ConfigError
 
 # --- choice keys ---------------------------------------------------------------------------
@@ -114,6 +114,74 @@ class TrainConfig:
 
 
 @dataclass
+class MLPAutoencoderConfig:
+    _target_: str = "aecli.models.MLPAutoencoder"
+    hidden_dims: list[int] = sizes([256], ge=1)
+    latent_dim: int = bounded(16, ge=1)
+    latent_activation: bool = False  # ReLU on the code layer (the Keras-blog AE has one)
+
+
+@dataclass
+class ConvAutoencoderConfig:
+    _target_: str = "aecli.models.ConvAutoencoder"
+    channels: list[int] = sizes([32, 64], ge=1)  # one stride-2 3x3 conv each
+    latent_dim: int = bounded(16, ge=1)
+
+
+@dataclass
+class ConvVAEConfig:
+    _target_: str = "aecli.models.ConvVAE"
+    channels: list[int] = sizes([32, 64, 128, 256], ge=1)  # one stride-2 conv + BatchNorm + LeakyReLU each
+    latent_dim: int = bounded(128, ge=1)
+    beta: float = bounded(1.0, ge=0)
+
+
+@dataclass
+class VAEConfig:
+    _target_: str = "aecli.models.VAE"
+    hidden_dims: list[int] = sizes([400], ge=1)
+    latent_dim: int = bounded(20, ge=1)
+    beta: float = bounded(1.0, ge=0)
+
+
+@dataclass
+class StackedAutoencoderConfig:
+    _target_: str = "aecli.models.StackedAutoencoder"
+    hidden_dims: list[int] = sizes([256, 128], ge=1)
+    latent_dim: int = bounded(16, ge=1)
+    pretrain_epochs: int = bounded(2, ge=0)  # per layer
+    pretrain_noise_levels: list[float] | None = None  # e.g. [0.1, 0.2, 0.3]: noise level (p or sigma) per layer
+
+
+@dataclass
+class NoNoiseConfig:
+    _target_: str = "aecli.noise.NoNoise"
+
+
+@dataclass
+class MaskingNoiseConfig:
+    _target_: str = "aecli.noise.MaskingNoise"
+    p: float = bounded(0.25, ge=0, lt=1)
+
+
+@dataclass
+class GaussianNoiseConfig:
+    _target_: str = "aecli.noise.GaussianNoise"
+    sigma: float = bounded(0.3, ge=0)
+    clip: bool = True
+
+
+@dataclass
+class SquaredErrorConfig:
+    _target_: str = "aecli.losses.SquaredError"
+
+
+@dataclass
+class BinaryCrossEntropyConfig:
+    _target_: str = "aecli.losses.BinaryCrossEntropy"
+
+
+@dataclass
 class DigitsConfig:
     _target_: str = "aecli.data.load_digits"
     val_fraction: float = bounded(0.1, gt=0, lt=1)
@@ -165,13 +233,22 @@ class SamplePatchesConfig:
     split_seed: int = 0  # fixes the blocks of each split and the crops
 
 
-for _name, _schema in {"digits": DigitsConfig, "torchvision": TorchvisionConfig, "folder": FolderConfig,
-                      "photos": SamplePatchesConfig}.items():
-    declare("dataset", _name, _schema)
+# group -> option -> schema: every class and loader aecli builds, with its keys, defaults and
+# ranges. The models read their ``__init__`` defaults from here; the checkpoint allow-list is
+# their ``_target_``s (``targets``). Options that only set values (dae, mnist, ...) are YAML.
+SCHEMAS: dict[str, dict[str, type]] = {
+    "model": {"ae": MLPAutoencoderConfig, "conv": ConvAutoencoderConfig, "vae": VAEConfig,
+              "stacked": StackedAutoencoderConfig, "conv_vae": ConvVAEConfig},
+    "noise": {"none": NoNoiseConfig, "binomial": MaskingNoiseConfig, "gaussian": GaussianNoiseConfig},
+    "loss": {"mse": SquaredErrorConfig, "bce": BinaryCrossEntropyConfig},
+    "dataset": {"digits": DigitsConfig, "torchvision": TorchvisionConfig, "folder": FolderConfig,
+                "photos": SamplePatchesConfig},
+}
 
-# group -> option -> schema: the datasets above and every component class (``aecli.declare``);
-# the component modules file theirs on import (``aecli.conf`` imports them before ``register``).
-SCHEMAS = DECLARED
+
+def targets() -> dict[str, set[str]]:
+    """Every schema's ``_target_``, by group: what a checkpoint's config may name."""
+    return {group: {schema._target_ for schema in options.values()} for group, options in SCHEMAS.items()}
 
 
 def register() -> None:

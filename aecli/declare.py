@@ -1,20 +1,16 @@
-"""How a component declares its config once, next to its class (no torch import here).
+"""A config key's range, declared once on its dataclass field (no torch import here).
 
-A component (a model, a noise, a loss) writes one dataclass: its fields are the keys, their
-defaults ARE the defaults, and ``bounded(...)`` fields carry the key's range. ``@component``
-files the dataclass under its config group; from that one declaration come the ConfigStore
-schema (``aecli.config.register``), the range checks (``aecli.config.check`` and the use
-commands, ``aecli.config.bounds``), the checkpoint allow-list (``targets``) and the class's
-own ``__init__`` defaults (``D = Config()``; ``latent_dim: int = D.latent_dim``).
+``bounded(16, ge=1)`` is a field whose default is 16 and whose range is ``>= 1``; ``sizes([256],
+ge=1)`` a list of whole numbers, each in range. ``aecli.config`` declares every schema with
+them; from that one declaration come the range checks (``aecli.config.check``), the use
+commands' flag checks (``aecli.config.bounds``), the key table of docs/configuration.md
+(``aecli.config.key_table``) and the models' own ``__init__`` defaults.
 """
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
-
-T = TypeVar("T")
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -71,28 +67,3 @@ def bound_of(schema: type, key: str) -> Bound | None:
         if f.name == key:
             return f.metadata.get("bound")
     return None
-
-
-# group -> option name -> config dataclass, filled as the component modules are imported
-DECLARED: dict[str, dict[str, type]] = {}
-
-
-def component(group: str, *names: str, config: type) -> Callable[[T], T]:
-    """Class decorator: file ``config`` (whose ``_target_`` names the class) under ``group`` as
-    ``schema/<group>/<name>`` for each of ``names``, and set it as the class's ``Config``."""
-    def file(cls: T) -> T:
-        for name in names:
-            DECLARED.setdefault(group, {})[name] = config
-        cls.Config = config  # type: ignore[attr-defined]
-        return cls
-    return file
-
-
-def declare(group: str, name: str, config: type) -> None:
-    """File a config dataclass whose target is not a class of its own module (the dataset loaders)."""
-    DECLARED.setdefault(group, {})[name] = config
-
-
-def targets() -> dict[str, set[str]]:
-    """Every declared ``_target_``, by group: what a checkpoint's config may name."""
-    return {group: {c._target_ for c in configs.values()} for group, configs in DECLARED.items()}

@@ -9,14 +9,11 @@ Any class with these members is a ``ReconstructionLoss`` (a protocol): a user's 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-from aecli.declare import component
 
 
 @runtime_checkable
@@ -34,17 +31,6 @@ class ReconstructionLoss(Protocol):
         """The loss per element, shaped like ``target`` (the model reduces it)."""
 
 
-@dataclass
-class SquaredErrorConfig:
-    _target_: str = "aecli.losses.SquaredError"
-
-
-@dataclass
-class BinaryCrossEntropyConfig:
-    _target_: str = "aecli.losses.BinaryCrossEntropy"
-
-
-@component("loss", "mse", config=SquaredErrorConfig)
 class SquaredError:
     """Squared error on a linear output (``loss=mse``)."""
 
@@ -59,7 +45,6 @@ class SquaredError:
         return F.mse_loss(logits, target, reduction="none")
 
 
-@component("loss", "bce", config=BinaryCrossEntropyConfig)
 class BinaryCrossEntropy:
     """Bernoulli cross-entropy on a sigmoid output (``loss=bce``); targets must lie in [0, 1].
 

@@ -9,12 +9,9 @@ protocol): a user's own, named with ``noise._target_=my_pkg.MyNoise``, trains li
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from aecli.declare import bounded, component
-
-if TYPE_CHECKING:  # no torch import here: `aecli --help` reads the noise schemas before torch
+if TYPE_CHECKING:  # tensor methods only: importing the noises costs no torch import
     from torch import Tensor
 
 
@@ -37,25 +34,6 @@ class Noise(Protocol):
         """The same kind of noise at ``level``; ``clip``: keep the result in [0, 1] if it can leave it."""
 
 
-@dataclass
-class NoNoiseConfig:
-    _target_: str = "aecli.noise.NoNoise"
-
-
-@dataclass
-class MaskingNoiseConfig:
-    _target_: str = "aecli.noise.MaskingNoise"
-    p: float = bounded(0.25, ge=0, lt=1)
-
-
-@dataclass
-class GaussianNoiseConfig:
-    _target_: str = "aecli.noise.GaussianNoise"
-    sigma: float = bounded(0.3, ge=0)
-    clip: bool = True
-
-
-@component("noise", "none", config=NoNoiseConfig)
 class NoNoise:
     """Identity corruption (plain autoencoder)."""
 
@@ -72,11 +50,10 @@ class NoNoise:
         return "NoNoise()"
 
 
-@component("noise", "binomial", config=MaskingNoiseConfig)
 class MaskingNoise:
     """Binomial masking noise: each input value is set to 0 with probability ``p``."""
 
-    def __init__(self, p: float = MaskingNoiseConfig.p) -> None:
+    def __init__(self, p: float = 0.25) -> None:  # defaults: aecli.config's schemas (a test compares)
         self.p = float(p)
 
     @property
@@ -102,7 +79,6 @@ class MaskingNoise:
         return f"MaskingNoise(p={self.p})"
 
 
-@component("noise", "gaussian", config=GaussianNoiseConfig)
 class GaussianNoise:
     """Additive isotropic Gaussian noise ``x + sigma * N(0, 1)``.
 
@@ -110,8 +86,7 @@ class GaussianNoise:
     AE's hidden codes are not clipped).
     """
 
-    def __init__(self, sigma: float = GaussianNoiseConfig.sigma,
-                 clip: bool = GaussianNoiseConfig.clip) -> None:
+    def __init__(self, sigma: float = 0.3, clip: bool = True) -> None:  # as aecli.config's schema (a test compares)
         self.sigma = float(sigma)
         self.clip = bool(clip)
 

@@ -12,7 +12,6 @@ from omegaconf import MISSING, OmegaConf
 
 from aecli import config
 from aecli.components import build
-from aecli.declare import DECLARED
 from aecli.errors import ConfigError
 from aecli.losses import BinaryCrossEntropy, ReconstructionLoss, SquaredError
 from aecli.models import (
@@ -51,7 +50,7 @@ def test_every_default_agrees_between_schema_yaml_and_constructor(group, option)
     """The composed option, its schema and its class's (or loader's) signature: one default each."""
     node = make_cfg(f"{group}={option}", *(["dataset.root=x"] if option == "folder" else []))[group]
     schema = OmegaConf.get_type(node)
-    assert schema in DECLARED[group].values(), f"{group}={option} is not on a declared schema"
+    assert schema in config.SCHEMAS[group].values(), f"{group}={option} is not on a declared schema"
     declared = OmegaConf.to_container(OmegaConf.structured(schema), enum_to_str=True)
     composed = OmegaConf.to_container(node, enum_to_str=True)
     params = inspect.signature(get_method(composed["_target_"])).parameters

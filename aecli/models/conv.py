@@ -3,26 +3,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from aecli.declare import bounded, component, sizes
+from aecli.config import ConvAutoencoderConfig
 from aecli.models.base import Autoencoder
-
-
-@dataclass
-class ConvAutoencoderConfig:
-    _target_: str = "aecli.models.ConvAutoencoder"
-    channels: list[int] = sizes([32, 64], ge=1)
-    latent_dim: int = bounded(16, ge=1)
-
 
 D = ConvAutoencoderConfig()  # the declared defaults, for __init__'s own
 
 
-@component("model", "conv", config=ConvAutoencoderConfig)
 class ConvAutoencoder(Autoencoder):
     """Each entry of ``channels`` is a stride-2 3x3 conv (halving height and width) with ReLU;
     a linear layer maps the last feature map to ``latent_dim`` and back. The decoder mirrors

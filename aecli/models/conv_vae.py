@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from itertools import pairwise
 
 from torch import Tensor, nn
 
-from aecli.declare import bounded, component, sizes
+from aecli.config import ConvVAEConfig
 from aecli.errors import ConfigError
 from aecli.models.vae import GaussianVAE
 
@@ -19,18 +18,9 @@ def _block(conv: nn.Module, channels: int) -> nn.ModuleList:
     return nn.ModuleList([conv, nn.BatchNorm2d(channels), nn.LeakyReLU()])
 
 
-@dataclass
-class ConvVAEConfig:
-    _target_: str = "aecli.models.ConvVAE"
-    channels: list[int] = sizes([32, 64, 128, 256], ge=1)
-    latent_dim: int = bounded(128, ge=1)
-    beta: float = bounded(1.0, ge=0)
-
-
 D = ConvVAEConfig()  # the declared defaults, for __init__'s own
 
 
-@component("model", "conv_vae", config=ConvVAEConfig)
 class ConvVAE(GaussianVAE):
     """Each entry of ``channels`` is a stride-2 3x3 conv + BatchNorm + LeakyReLU, halving height
     and width; a linear layer maps the last feature map to the mean and log-variance of

@@ -3,26 +3,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from torch import Tensor
 
-from aecli.declare import bounded, component, sizes
+from aecli.config import MLPAutoencoderConfig
 from aecli.models.base import Autoencoder, mlp
-
-
-@dataclass
-class MLPAutoencoderConfig:
-    _target_: str = "aecli.models.MLPAutoencoder"
-    hidden_dims: list[int] = sizes([256], ge=1)
-    latent_dim: int = bounded(16, ge=1)
-    latent_activation: bool = False  # ReLU on the code layer (the Keras-blog AE has one)
-
 
 D = MLPAutoencoderConfig()  # the declared defaults, for __init__'s own
 
 
-@component("model", "ae", config=MLPAutoencoderConfig)
 class MLPAutoencoder(Autoencoder):
     """``input -> hidden_dims (ReLU) -> latent_dim -> reversed hidden_dims (ReLU) -> input``.
 

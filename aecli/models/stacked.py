@@ -5,30 +5,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from aecli.declare import bounded, component, sizes
+from aecli.config import StackedAutoencoderConfig
 from aecli.losses import ReconstructionLoss
 from aecli.models.base import Autoencoder, Phase
 from aecli.noise import Noise
 
-
-@dataclass
-class StackedAutoencoderConfig:
-    _target_: str = "aecli.models.StackedAutoencoder"
-    hidden_dims: list[int] = sizes([256, 128], ge=1)
-    latent_dim: int = bounded(16, ge=1)
-    pretrain_epochs: int = bounded(2, ge=0)  # per layer
-    pretrain_noise_levels: list[float] | None = None  # e.g. [0.1, 0.2, 0.3]: noise level (p or sigma) per layer
-
-
 D = StackedAutoencoderConfig()  # the declared defaults, for __init__'s own
 
 
-@component("model", "stacked", config=StackedAutoencoderConfig)
 class StackedAutoencoder(Autoencoder):
     """``input -> hidden_dims -> latent_dim`` encoder (ReLU between layers, linear code) and a
     mirrored decoder. ``pretrain_epochs`` epochs per layer; ``pretrain_noise_levels`` optionally

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from aecli.declare import bounded, component, sizes
+from aecli.config import VAEConfig
 from aecli.losses import ReconstructionLoss
 from aecli.models.base import Autoencoder, mlp
 
@@ -87,18 +86,9 @@ class GaussianVAE(Autoencoder):
         return {"neg_elbo_nats_per_image": means["recon"] + means["kl"]}
 
 
-@dataclass
-class VAEConfig:
-    _target_: str = "aecli.models.VAE"
-    hidden_dims: list[int] = sizes([400], ge=1)
-    latent_dim: int = bounded(20, ge=1)
-    beta: float = bounded(1.0, ge=0)
-
-
 D = VAEConfig()  # the declared defaults, for __init__'s own
 
 
-@component("model", "vae", config=VAEConfig)
 class VAE(GaussianVAE):
     """The MLP VAE: ``hidden_dims`` ReLU layers to the mean and log-variance, mirrored back."""
 

@@ -12,7 +12,6 @@ plain data) in torch's zip format. Reading it:
 """
 from __future__ import annotations
 
-import importlib
 import io
 import logging
 import pickle
@@ -25,7 +24,7 @@ from typing import Any
 
 import torch
 
-from aecli import declare
+from aecli import config
 from aecli.errors import ConfigError, RunFailed
 from aecli.store.atomic import atomic_write
 
@@ -34,17 +33,9 @@ log = logging.getLogger("aecli")
 FORMAT = "aecli-checkpoint-2"
 LAST, BEST = "last.pt", "best.pt"
 
-# The groups whose ``_target_`` a checkpoint's config may set, and the package whose classes
-# declare that group's components (``aecli.declare``): what it may name is what they declare.
-DECLARING = {"model": "aecli.models", "noise": "aecli.noise", "loss": "aecli.losses", "dataset": "aecli.config"}
-
-
 def allowed_targets() -> dict[str, set[str]]:
-    """What a checkpoint's config may name, by group: every ``_target_`` aecli's components declare."""
-    for package in DECLARING.values():
-        importlib.import_module(package)  # declares on import; a no-op once imported
-    declared = declare.targets()
-    return {group: declared.get(group, set()) for group in DECLARING}
+    """What a checkpoint's config may name, by group: every ``_target_`` of aecli's schemas."""
+    return config.targets()
 
 
 # --- writing ---------------------------------------------------------------------------------
