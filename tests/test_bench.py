@@ -40,9 +40,24 @@ def test_classic_vae_is_the_same_network_as_aecli_vae():
     torch.manual_seed(1)
     theirs = classic.loss(x) / len(x)  # the example sums over the batch
     assert theirs.item() == pytest.approx(ours.item(), rel=1e-5)
-    back = classic.to_aecli(VAE((1, 28, 28), hidden_dims=[400], latent_dim=20))
-    for a, b in zip(vae.state_dict().values(), back.state_dict().values()):
-        assert torch.equal(a, b)
+    back = classic.to_aecli(VAE((1, 28, 28), hidden_dims=[400], latent_dim=20)).state_dict()
+    assert back.keys() == vae.state_dict().keys()
+    for key, value in vae.state_dict().items():
+        assert torch.equal(value, back[key]), key
+
+
+def test_classic_vae_copies_by_state_dict_key_and_refuses_another_shape():
+    """The copy goes by name: a VAE whose layers differ from the example's is refused with the
+    keys it has, not copied layer by layer into whatever sits at the same index."""
+    torch.manual_seed(0)
+    vae = VAE((1, 8, 8), hidden_dims=[16], latent_dim=4)
+    classic = bench.ClassicVAE.from_aecli(vae)
+    state = vae.state_dict()
+    assert torch.equal(classic.fc1.weight, state["encoder.0.weight"])
+    assert torch.equal(classic.fc22.bias, state["to_stats.bias"][4:])  # the log-variance half
+    assert torch.equal(classic.fc4.weight, state["decoder.2.weight"])
+    with pytest.raises(ValueError, match="one hidden layer.*decoder.4.weight"):
+        bench.ClassicVAE.from_aecli(VAE((1, 8, 8), hidden_dims=[16, 8], latent_dim=4))
 
 
 @pytest.mark.parametrize("kind", ["vae", "conv"])

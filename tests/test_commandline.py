@@ -140,6 +140,7 @@ def complete(line: str, tmp_path) -> set[str]:
     return {c.strip() for c in out.read_text().split("\013")}
 
 
+@pytest.mark.integration
 def test_tab_completion_of_commands_and_options(tmp_path):
     assert complete("aecli ev", tmp_path) == {"evaluate"}
     assert complete("aecli evaluate --chec", tmp_path) == {"--checkpoint"}
@@ -147,6 +148,7 @@ def test_tab_completion_of_commands_and_options(tmp_path):
     assert "# PYTHON_ARGCOMPLETE_OK" in open(cli.__file__).read(2048)  # register-python-argcomplete looks for it
 
 
+@pytest.mark.integration
 def test_python_m_aecli_train_is_the_hydra_app(tmp_path):
     """(``python -m aecli.X`` shims: tests/test_use.py, test_not_a_run_dir_exits_1_with_one_message.)"""
     train = subprocess.run([sys.executable, "-m", "aecli", "train", "model=vae", "--cfg", "job"], cwd=tmp_path,

@@ -1,6 +1,7 @@
 """The folder dataset never lies: unreadable files, 16-bit and colour handling, the cache, ~."""
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import subprocess
@@ -71,6 +72,8 @@ def test_unreadable_files_are_skipped_named_and_counted(damaged, caplog):
     warning = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
     assert "2 of 27 image files" in warning and "cut.png" in warning and "notes.jpg" in warning
     assert "._000.png" not in warning and "on_bad_image=fail" in warning
+    # each module logs under its own name, below "aecli" (Hydra's handlers and --verbose reach it)
+    assert {r.name for r in caplog.records if r.levelno == logging.WARNING} == {"aecli.data.sources"}
 
 
 def test_fail_mode_names_the_file_and_not_the_config(damaged):
@@ -109,9 +112,18 @@ def test_worker_processes_decode_the_same_and_report_problems(damaged, monkeypat
     here, problems_here = decode.decode_files(files, 8, 3, workers=0)
     monkeypatch.setattr(decode, "IN_PROCESS_BELOW", 0)
     monkeypatch.setattr(decode, "CHUNK", 4)
+    contexts = []  # the start method of each pool: never fork (torch is imported, its threads run)
+
+    class Pool(concurrent.futures.ProcessPoolExecutor):
+        def __init__(self, *args, mp_context=None, **kwargs):
+            contexts.append(mp_context.get_start_method() if mp_context else None)
+            super().__init__(*args, mp_context=mp_context, **kwargs)
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", Pool)
     pooled, problems_pooled = decode.decode_files(files, 8, 3, workers=2)
     assert np.array_equal(here, pooled) and problems_here == problems_pooled
     assert sum(bool(p) for p in problems_pooled) == 2
+    assert len(contexts) == 1 and contexts[0] in ("forkserver", "spawn")
 
 
 # --- pixel formats and colour ----------------------------------------------------------------

@@ -4,6 +4,7 @@ key; the VAE search's beta-independent objective; sweep jobs' log lines carrying
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,41 @@ def test_default_sort_is_test_mse_and_jobs_keep_the_sweep_order(tmp_path):
     xs, names, log = report.x_axis(jobs, "model", set())
     assert names == ["vae", "ae", "conv", "dae", "stacked"] and xs[:3] == [0.0, 1.0, 2.0] and not log
     assert Image.open(tmp_path / "report.png").size == (1000, 600)
+
+
+def test_evaluate_report_and_open_run_find_the_same_job_dirs(tmp_path):
+    """One job-dir finder: a sweep whose hydra.sweep.subdir names jobs without their number is
+    the same list of jobs to evaluate and to report; a dir that is no job is neither; a use
+    command given the sweep dir names one of its jobs."""
+    from aecli.errors import ConfigError
+    from aecli.store import rundir
+    from aecli.use.trained import find_runs, open_run
+
+    jobs = [fake_job(tmp_path, num, [f"optim.lr={lr}"], {"val/loss_per_pixel": lr}) for num, lr in enumerate((3, 1))]
+    for job in jobs:  # hydra.sweep.subdir=${hydra.job.override_dirname}: no number in the name
+        job.rename(tmp_path / job.name.split("_", 1)[1])
+    (tmp_path / "plots" / ".hydra").mkdir(parents=True)  # not a job: no overrides.yaml
+    found = rundir.job_dirs(tmp_path)
+    assert [d.name for d in found] == ["optim.lr=1", "optim.lr=3"]
+    assert find_runs([tmp_path]) == found
+    assert [j.dir for j in report.read_sweep(tmp_path)] == found
+    with pytest.raises(ConfigError, match=r"(?s)is a sweep \(multirun\) dir of 2 job.*e\.g\. .*optim\.lr=1"):
+        open_run(tmp_path)
+
+
+def test_one_table_writer_for_markdown_and_csv(tmp_path):
+    """The commands' tables, report's and evaluate's are written by aecli.use.tables: cells are
+    escaped and None is empty everywhere, and the CSV holds the same rows in full."""
+    from aecli.use import commandline, tables
+
+    records = [{"run": "a|b", "mse": 0.0123456, "note": None}, {"run": "c", "mse": 2.5, "note": "x " * 100}]
+    lines = tables.markdown_records(records, ["run", "mse", "note"]).splitlines()
+    assert lines[:3] == ["| run | mse | note |", "|---|---|---|", "| a\\|b | 0.012346 |  |"]
+    assert lines[3].endswith("x x… |") and len(lines[3]) < 200
+    tables.write_csv(records, tmp_path / "t.csv")
+    with (tmp_path / "t.csv").open() as f:
+        assert list(csv.DictReader(f)) == [{k: "" if v is None else str(v) for k, v in r.items()} for r in records]
+    assert commandline.table([["a|b", None]], ["x", "y"]) == "| x | y |\n|---|---:|\n| a\\|b |  |"
 
 
 def test_log_axis_for_keys_searched_on_a_log_scale(tmp_path):
@@ -154,12 +190,14 @@ def test_sweep_jobs_log_lines_carry_their_number_single_runs_do_not(tmp_path, la
     for num in (0, 1):
         (log,) = sweep.glob(f"{num}_*/train.log")
         lines = log.read_text().splitlines()
-        assert len(lines) >= 3 and all(f"][job {num}][aecli][INFO] - " in line for line in lines), lines
-    assert "[job 0][aecli]" in proc.stdout and "[job 1][aecli]" in proc.stdout  # the terminal too
+        # each line names its module's logger (logging.getLogger(__name__), below "aecli")
+        assert len(lines) >= 3 and all(re.search(rf"\]\[job {num}\]\[aecli(\.\w+)+\]\[INFO\] - ", line)
+                                       for line in lines), lines
+    assert "[job 0][aecli." in proc.stdout and "[job 1][aecli." in proc.stdout  # the terminal too
     if launcher == "joblib":
         return
     single = tmp_path / "single"
     proc = run_cli("trainer.epochs=1", "trainer.progress=log", f"hydra.run.dir={single}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     text = (single / "train.log").read_text()
-    assert "[job" not in text and "][aecli][INFO] - run dir: " in text
+    assert "[job" not in text and "][aecli.training.run][INFO] - run dir: " in text

@@ -126,6 +126,39 @@ def test_denoising_a_trained_dae_gains_psnr(dae, tmp_path):
     png(tmp_path / "denoise_synthetic.png", 3, 8)
 
 
+def test_denoise_synthetic_is_evaluates_measurement(dae, tmp_path, monkeypatch):
+    """One implementation of denoising PSNR: ``aecli.metrics.denoising``, the numbers
+    ``aecli.use.evaluate`` reports for the same noise and seed."""
+    from aecli import metrics
+    from aecli.use import evaluate
+
+    calls, real_denoising = [], metrics.denoising
+    monkeypatch.setattr(metrics, "denoising", lambda *a, **k: calls.append(a) or real_denoising(*a, **k))
+    assert cli.main(["denoise", str(dae), "--synthetic", "--seed", "3", "--out", str(tmp_path), "--device", "cpu"]) == 0
+    assert len(calls) == 1
+    psnr = json.loads((tmp_path / "denoise_synthetic.json").read_text())["psnr_db"]
+    result = evaluate.evaluate(open_run(dae, device="cpu"), evaluate.Options(seed=3, probe_images=0, iw_samples=0))
+    assert psnr["noisy"] == pytest.approx(result["test/noisy_input_psnr_db"], rel=1e-9)
+    assert psnr["denoised"] == pytest.approx(result["test/denoised_psnr_db"], rel=1e-9)
+    assert psnr["clean input, reconstructed"] == pytest.approx(result["test/psnr_db"], rel=1e-9)
+
+
+def test_use_commands_feed_the_model_what_training_fed_it(dae):
+    """One way from raw images to the model: the use commands' batches are ImageData.as_float's
+    inputs bit for bit (x * (1/255), not x / 255: they differ in the last bit for half the
+    values), and evaluate's codes are inference.codes, by index."""
+    from aecli.data import ImageData
+    from aecli.use import inference
+
+    run = open_run(dae, device="cpu")
+    raw = torch.arange(256, dtype=torch.uint8).reshape(4, 1, 8, 8)
+    data = ImageData(raw, raw, raw, max_value=255.0)
+    assert torch.equal(torch.cat(list(inference.float_batches(run, raw, 255.0, "test", batch=3))), data.as_float(raw))
+    with torch.no_grad():
+        expected = run.model.encode(data.as_float(raw[[3, 1]]))
+    assert torch.equal(inference.codes(run, raw, 255.0, torch.tensor([3, 1]), batch=2), expected)
+
+
 def test_denoise_own_images_skips_and_names_unreadable_files(dae, tmp_path, capsys):
     inp, out = tmp_path / "in", tmp_path / "out"
     (inp / "sub").mkdir(parents=True)
@@ -142,6 +175,25 @@ def test_denoise_own_images_skips_and_names_unreadable_files(dae, tmp_path, caps
     assert "wrote 2 images" in captured.out
     assert cli.main(["denoise", str(dae), str(inp), str(inp)]) == 1  # would overwrite the user's images
     assert "OUTPUT_DIR" in capsys.readouterr().err
+
+
+def test_own_image_folders_are_listed_as_folder_datasets_are(tmp_path, monkeypatch):
+    """One lister of image folders (aecli.data.sources.image_files): a folder dataset takes the
+    image extensions; denoise and score take every file (naming those they cannot read), both
+    without hidden files and, for denoise, without its own output folder inside the input."""
+    from aecli.data import sources
+    from aecli.use import inference
+
+    for name in ("a.png", "notes.txt", ".hidden/x.png", ".y.png", "out/y.png", "sub/b.jpg"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    calls, real = [], sources.image_files
+    monkeypatch.setattr(sources, "image_files", lambda *a, **k: calls.append(a) or real(*a, **k))
+    listed = inference.image_files(tmp_path, "INPUT_DIR", skip=tmp_path / "out")
+    assert [str(p.relative_to(tmp_path)) for p in listed] == ["a.png", "notes.txt", "sub/b.jpg"] and len(calls) == 1
+    assert [str(p.relative_to(tmp_path)) for p in real(tmp_path)] == ["a.png", "out/y.png", "sub/b.jpg"]
+    with pytest.raises(ConfigError, match="INPUT_DIR: no folder at"):
+        inference.image_files(tmp_path / "nowhere", "INPUT_DIR")
 
 
 def test_interpolation_ends_decode_to_the_two_reconstructions(dae):
@@ -195,10 +247,16 @@ def test_score_of_an_image_folder(dae, tmp_path):
     assert error["noise.png"] > 3 * error["digit.png"]
 
 
-def test_finetune_reports_accuracies_above_chance(dae, tmp_path, capsys):
+def test_finetune_reports_accuracies_above_chance(dae, tmp_path, capsys, monkeypatch):
+    from aecli.use import probes
+
+    probed, real_probe = [], probes.linear_probe  # the one linear probe (evaluate's), with its one cap
+    monkeypatch.setattr(probes, "linear_probe", lambda *a: probed.append(a[0].dims) or real_probe(*a))
     argv = [str(dae), "--labels-per-class", "5", "--steps", "60", "--seeds", "1", "--out", str(tmp_path)]
     assert cli.main(["finetune", *argv]) == 0
+    assert probed == [16, 64]  # the codes, then the pixels
     record = json.loads((tmp_path / "finetune_5_per_class.json").read_text())
+    assert record["probe_max_iter"] == probes.PROBE_MAX_ITER and record["probe_unconverged"] == []
     assert record["labelled_images"] == 50
     accuracy = {k: v[0] for k, v in record["test_accuracy"].items()}
     assert set(accuracy) == {*finetune.TRAINED, *finetune.PROBES}

@@ -27,7 +27,7 @@ from aecli.data import decode
 from aecli.errors import ConfigError
 from aecli.store.atomic import atomic_write
 
-log = logging.getLogger("aecli")
+log = logging.getLogger(__name__)
 
 CACHE_DIR = ".aecli-cache"
 FORMAT = "aecli-folder-cache-1"

@@ -28,7 +28,7 @@ from aecli import config
 from aecli.errors import ConfigError, RunFailed
 from aecli.store.atomic import atomic_write
 
-log = logging.getLogger("aecli")
+log = logging.getLogger(__name__)
 
 FORMAT = "aecli-checkpoint-2"
 LAST, BEST = "last.pt", "best.pt"

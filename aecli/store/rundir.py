@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import socket
 import time
@@ -111,10 +112,31 @@ def check_trained(path: str | Path, key: str = "RUN") -> Path:
     p = Path(path)
     if not p.exists():
         raise ConfigError(key, f"{p} does not exist", "pass the dir that aecli train printed ('run dir: ...')")
+    jobs = job_dirs(p) if p.is_dir() and not (p / "checkpoints").is_dir() else []
+    if jobs:
+        raise ConfigError(key, f"{p} is a sweep (multirun) dir of {len(jobs)} job(s), not one run",
+                          f"pass one of its job dirs, e.g. {jobs[0]}")
     if p.is_dir() and not (p / "checkpoints").is_dir():
         raise ConfigError(key, f"{p} holds no checkpoints/ (not a run dir, or a run that never reached "
                           "its first checkpoint)", "pass the dir of a run that trained at least one epoch")
     return p
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """The job dirs of a multirun (sweep) dir: its sub-dirs where Hydra recorded the job's
+    overrides (``.hydra/overrides.yaml``), in the sweep's order: by job number (the leading
+    digits of the name, as aecli's ``hydra.sweep.subdir`` ``<num>_<overrides>`` writes it), then
+    by name. [] for a dir without jobs, or no dir. The one finder of ``aecli.use.evaluate``,
+    ``aecli.use.report`` and the commands that open a run."""
+    if not Path(sweep_dir).is_dir():
+        return []
+    jobs = [d for d in Path(sweep_dir).iterdir() if (d / ".hydra" / "overrides.yaml").is_file()]
+    return sorted(jobs, key=_job_number)
+
+
+def _job_number(d: Path) -> tuple[float, str]:
+    head = d.name.split("_", 1)[0]
+    return (int(head) if head.isdigit() else math.inf, d.name)
 
 
 def write_json(path: Path, data: Any) -> None:

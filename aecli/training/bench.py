@@ -116,29 +116,35 @@ class ClassicVAE(nn.Module):
         kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
         return bce + kld
 
+    # the example's layer -> the state-dict key of the same layer in aecli's VAE(hidden_dims=[h]);
+    # fc21 and fc22 (mean, log-variance) are the two halves of aecli's to_stats
+    AECLI_NAMES = {"fc1": "encoder.0", "fc3": "decoder.0", "fc4": "decoder.2"}
+    PARAMS = ("weight", "bias")
+
     @classmethod
     def from_aecli(cls, vae: VAE) -> ClassicVAE:
-        """The same network with the same weights as an aecli ``VAE(hidden_dims=[h])``."""
-        enc, dec = vae.encoder[0], vae.decoder
-        out = cls(enc.in_features, enc.out_features, vae.latent_dim)
-        (w_mu, w_lv), (b_mu, b_lv) = vae.to_stats.weight.chunk(2), vae.to_stats.bias.chunk(2)
-        pairs = [(out.fc1, enc.weight, enc.bias), (out.fc21, w_mu, b_mu), (out.fc22, w_lv, b_lv),
-                 (out.fc3, dec[0].weight, dec[0].bias), (out.fc4, dec[2].weight, dec[2].bias)]
-        with torch.no_grad():
-            for layer, w, b in pairs:
-                layer.weight.copy_(w)
-                layer.bias.copy_(b)
-        return out.to(vae.to_stats.weight.device)
+        """The same network with the same weights as an aecli ``VAE(hidden_dims=[h])``, copied
+        by state-dict key (a VAE of another shape is refused, not half copied)."""
+        state = vae.state_dict()
+        expected = {f"{name}.{p}" for name in (*cls.AECLI_NAMES.values(), "to_stats") for p in cls.PARAMS}
+        if set(state) != expected:
+            raise ValueError(f"the classic VAE has one hidden layer: expected the state-dict keys {sorted(expected)}"
+                             f" of VAE(hidden_dims=[h]), got {sorted(state)}")
+        n_hidden, n_in = state["encoder.0.weight"].shape
+        out = cls(n_in, n_hidden, vae.latent_dim)
+        ours = {f"{mine}.{p}": state[f"{theirs}.{p}"] for mine, theirs in cls.AECLI_NAMES.items() for p in cls.PARAMS}
+        for p in cls.PARAMS:
+            ours[f"fc21.{p}"], ours[f"fc22.{p}"] = state[f"to_stats.{p}"].chunk(2)
+        out.load_state_dict(ours)  # strict: every key, every shape
+        return out.to(state["to_stats.weight"].device)
 
     def to_aecli(self, vae: VAE) -> VAE:
-        """Copy these weights back into aecli's ``vae`` (to evaluate both the same way)."""
-        enc, dec = vae.encoder[0], vae.decoder
-        with torch.no_grad():
-            for dst, src in [(enc, self.fc1), (dec[0], self.fc3), (dec[2], self.fc4)]:
-                dst.weight.copy_(src.weight)
-                dst.bias.copy_(src.bias)
-            vae.to_stats.weight.copy_(torch.cat([self.fc21.weight, self.fc22.weight]))
-            vae.to_stats.bias.copy_(torch.cat([self.fc21.bias, self.fc22.bias]))
+        """Copy these weights back into aecli's ``vae`` by state-dict key (to evaluate both the
+        same way); returns ``vae``."""
+        mine = self.state_dict()
+        state = {f"{theirs}.{p}": mine[f"{ours}.{p}"] for ours, theirs in self.AECLI_NAMES.items() for p in self.PARAMS}
+        state.update({f"to_stats.{p}": torch.cat([mine[f"fc21.{p}"], mine[f"fc22.{p}"]]) for p in self.PARAMS})
+        vae.load_state_dict(state)  # strict: every key, every shape
         return vae
 
 

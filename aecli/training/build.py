@@ -25,7 +25,7 @@ from aecli.training.placement import JobSlot, cores_available, gpu_for_job, thre
 from aecli.training.state import Phase, TrainState, seed_everything
 from aecli.training.step import Precision, Step, optimizer_for
 
-log = logging.getLogger("aecli")
+log = logging.getLogger(__name__)
 
 
 def place_job(cfg: DictConfig, slot: JobSlot, world: World = World()) -> tuple[torch.device, str]:

@@ -34,7 +34,7 @@ from aecli.losses import ReconstructionLoss
 from aecli.training.distributed import World
 from aecli.training.state import Phase, TrainState
 
-log = logging.getLogger("aecli")
+log = logging.getLogger(__name__)
 
 
 @dataclass

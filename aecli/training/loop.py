@@ -22,7 +22,7 @@ from aecli.training.hooks import EpochResult, Hooks, Run
 from aecli.training.state import EpochState, Phase
 from aecli.training.step import NonFiniteLoss, Step, check_finite
 
-log = logging.getLogger("aecli")
+log = logging.getLogger(__name__)
 
 
 def train_epoch(run: Run, step_fn: Step, hooks: Hooks, sync_every: int) -> EpochResult:

@@ -37,7 +37,7 @@ from aecli.training.plan import Prepared, prepare
 from aecli.training.signals import SIGNALS
 from aecli.training.step import NonFiniteLoss
 
-log = logging.getLogger("aecli")
+log = logging.getLogger(__name__)
 
 
 @dataclass

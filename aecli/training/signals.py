@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-log = logging.getLogger("aecli")
+log = logging.getLogger(__name__)
 _IMPORTED = time.time()
 
 

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
 
 
-log = logging.getLogger("aecli")
+log = logging.getLogger(__name__)
 
 
 class StepScalars(Hook):

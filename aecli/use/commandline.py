@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 
 from aecli.components import build
 from aecli.errors import ConfigError
+from aecli.use import tables
 from aecli.use.trained import TrainedRun
 from aecli.use.trained import open_run as open_
 
@@ -77,7 +78,5 @@ def test_index(value: Any, n: int, key: str) -> int:
 
 
 def table(rows: list[list[Any]], header: list[str]) -> str:
-    """A markdown table (what the README quotes), numbers as given."""
-    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+    """A markdown table (what the README quotes): ``aecli.use.tables.markdown``."""
+    return tables.markdown(rows, header)

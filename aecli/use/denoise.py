@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 
+from aecli import metrics
+from aecli.data import ImageData
 from aecli.errors import ConfigError
 from aecli.images import image_grid, save_png
-from aecli.metrics import psnr_db
 from aecli.store import rundir
 from aecli.use import commandline as commands
 from aecli.use import inference
@@ -58,30 +59,33 @@ def folder(run: TrainedRun, input_dir: Path, output_dir: Path) -> None:
 
 @torch.no_grad()
 def synthetic(run: TrainedRun, noise: Any, args: argparse.Namespace) -> None:
-    """PSNR of noisy and denoised test images against the clean ones, and the grid."""
+    """PSNR of noisy and denoised test images against the clean ones (``aecli.metrics``, as
+    ``aecli.use.evaluate`` measures them), and a grid of the first test images."""
     if not noise.corrupts:
         raise ConfigError("--noise", f"this run trained without noise ({noise!r}), so there is none to apply",
                           "pass the noise to remove: --noise binomial:0.25 or --noise gaussian:0.3")
     data = run.data(args.data_root)
-    sq = {"noisy": 0.0, "denoised": 0.0, "clean input, reconstructed": 0.0}
-    rows: list[torch.Tensor] = []
-    with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):
-        torch.manual_seed(args.seed)  # the same corruption every time
-        for clean in inference.float_batches(run, data.test, data.max_value, "denoising"):
-            noisy = noise(clean)
-            denoised = run.model.reconstruct(noisy, run.recon)
-            for name, image in zip(sq, (noisy, denoised, run.model.reconstruct(clean, run.recon))):
-                sq[name] += float((image - clean).double().pow(2).sum())
-            rows = rows or [clean[:GRID_IMAGES], noisy[:GRID_IMAGES], denoised[:GRID_IMAGES]]
-    pixels = len(data.test) * clean[0].numel()
-    psnr = {name: psnr_db(total / pixels) for name, total in sq.items()}
+    with inference.seeded(args.seed, run.device):  # the same corruption every time
+        measured = metrics.denoising(run.model, data, data.test, run.recon, noise, inference.BATCH)
+    with inference.seeded(args.seed, run.device):  # a VAE's loss terms sample z
+        clean = metrics.reconstruction(run.model, data, data.test, run.recon, inference.BATCH)["psnr_db"]
+    psnr = {"noisy": measured["noisy_input_psnr_db"], "denoised": measured["denoised_psnr_db"],
+            "clean input, reconstructed": clean}
     out = commands.out_dir(args, run)
     grid, record = out / "denoise_synthetic.png", out / "denoise_synthetic.json"
-    save_png(image_grid(rows), grid)
+    save_png(image_grid(grid_rows(run, data, noise, args.seed)), grid)
     rundir.write_json(record, {"noise": repr(noise), "test_images": len(data.test), "seed": args.seed,
                                "psnr_db": psnr})
     print(f"{noise!r} on the {len(data.test)} test images, PSNR against the clean images:")
     print(commands.table([[name, f"{v:.2f}"] for name, v in psnr.items()], ["images", "PSNR (dB)"]))
     print(f"denoising gains {psnr['denoised'] - psnr['noisy']:+.2f} dB")
     commands.wrote(grid, record)
+
+
+def grid_rows(run: TrainedRun, data: ImageData, noise: Any, seed: int) -> list[torch.Tensor]:
+    """The first GRID_IMAGES test images: clean, corrupted (seeded), denoised."""
+    with inference.seeded(seed, run.device):
+        clean = data.as_float(inference.pick(data.test, range(min(GRID_IMAGES, len(data.test))), run.device))
+        noisy = noise(clean.clone())
+    return [clean, noisy, run.model.reconstruct(noisy, run.recon)]
 

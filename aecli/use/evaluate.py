@@ -24,11 +24,10 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aecli import metrics
 from aecli.config import plain
@@ -37,14 +36,10 @@ from aecli.errors import ConfigError
 from aecli.models import HasLikelihoodBound, likelihood_bound
 from aecli.store import rundir
 from aecli.use import commandline as commands
-from aecli.use import probes, report
+from aecli.use import inference, probes, report, tables
 from aecli.use.trained import TrainedRun, find_runs, open_run
 
-if TYPE_CHECKING:
-    import torch
-
-
-log = logging.getLogger("aecli")
+log = logging.getLogger(__name__)
 
 # Importance samples per image: the bound moves by ~0.02 nats from k = 100 to 1000 on a digits
 # VAE, and k = 100 takes ~0.1 s for the 360 test digits and ~5 s for 10,000 MNIST-size images
@@ -133,23 +128,13 @@ def timed(result: dict[str, Any], name: str, section: Callable[[], dict[str, Any
     result[f"seconds/{name}"] = round(time.perf_counter() - start, 3)
 
 
-@contextmanager
-def seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Torch's RNG seeded for one section, and put back afterwards."""
-    import torch
-
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        yield
-
-
 # --- the sections ----------------------------------------------------------------------------
 
 def reconstruction(run: TrainedRun, data: ImageData, batch: int, opts: Options) -> dict[str, Any]:
     """The training loss terms, MSE, PSNR (``aecli.metrics.reconstruction``, which also gives a
     VAE's -ELBO) and SSIM of the test split's reconstructions."""
 
-    with seeded(opts.seed, run.device):  # a VAE's loss terms sample z
+    with inference.seeded(opts.seed, run.device):  # a VAE's loss terms sample z
         out: dict[str, Any] = {f"test/{k}": v for k, v in
                                metrics.reconstruction(run.model, data, data.test, run.recon, batch).items()}
     out["test/ssim"] = metrics.ssim(run.model, data, data.test, run.recon, batch)
@@ -168,7 +153,7 @@ def likelihood(run: TrainedRun, data: ImageData, opts: Options, notes: list[str]
         if opts.iw_samples is not None or isinstance(run.model, HasLikelihoodBound):  # a VAE: say why not
             notes.append(f"no likelihood bound: {why_not}")
         return {}
-    with seeded(opts.seed, run.device):
+    with inference.seeded(opts.seed, run.device):
         bound = metrics.neg_log_likelihood(run.model, data, data.test, run.recon, k, opts.progress)
     return {"test/iw_bound_nats_per_image": bound, "iw_samples": k}
 
@@ -181,7 +166,7 @@ def denoising(run: TrainedRun, data: ImageData, batch: int, noise: Any, opts: Op
         notes.append("no denoising measured: " + (f"--noise {opts.noise}" if opts.noise is not None else
                      "the run trained without noise (pass --noise binomial or --noise gaussian to measure it)"))
         return {}
-    with seeded(opts.seed, run.device):
+    with inference.seeded(opts.seed, run.device):
         out = metrics.denoising(run.model, data, data.test, run.recon, noise, batch)
     return {"denoise_noise": repr(noise), **{f"test/{k}": v for k, v in out.items()}}
 
@@ -203,8 +188,8 @@ def representations(run: TrainedRun, data: ImageData, batch: int, opts: Options,
     test_idx = torch.arange(len(data.test))
     y_train, y_test = data.labels["train"][train_idx].numpy(), data.labels["test"].numpy()
     k = min(opts.knn_k, len(train_idx))
-    codes = probes.Features(probes.codes(run.model, data, data.train, train_idx, batch),
-                            probes.codes(run.model, data, data.test, test_idx, batch))
+    codes = probes.Features(*(inference.codes(run, split, data.max_value, idx, batch).float().cpu().numpy()
+                              for split, idx in ((data.train, train_idx), (data.test, test_idx))))
     key = (str(plain(run.cfg.dataset)), opts.data_root, len(train_idx), opts.seed, k)
     if key not in opts.cache:
         opts.cache[key] = probes.Features(probes.pixels(data, data.train, train_idx, batch),
@@ -338,7 +323,7 @@ def write_table(runs: Sequence[TrainedRun], results: Sequence[dict[str, Any]], o
             + (f"\n## Codes vs pixels vs PCA\n\n{representations}" if representations else "")
             + (f"\nNotes:\n{notes}" if notes else ""))
     (out / "eval.md").write_text(text)
-    report.write_csv(rows, out / "eval.csv")
+    tables.write_csv(rows, out / "eval.csv")
     log.info("wrote %s, %s", out / "eval.md", out / "eval.csv")
 
 
@@ -349,13 +334,11 @@ def representation_table(names: Sequence[str], results: Sequence[dict[str, Any]]
     if not have:
         return ""
     k = have[0][1]["knn_k"]
-    head = "| run | code dims | probe: codes | probe: PCA | probe: pixels | " + " | ".join(
-        f"{k}-NN: {rep}" for rep in ("codes", "PCA", "pixels")) + " |"
-    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, r in have:
-        accuracies = [r[f"{kind}/{rep}_accuracy"] for kind in ("probe", "knn") for rep in ("codes", "pca", "pixels")]
-        lines.append(f"| {name} | {r['dims/codes']} | " + " | ".join(f"{a:.3f}" for a in accuracies) + " |")
-    return "\n".join(lines) + "\n"
+    header = ["run", "code dims", "probe: codes", "probe: PCA", "probe: pixels",
+              *(f"{k}-NN: {rep}" for rep in ("codes", "PCA", "pixels"))]
+    rows = [[name, r["dims/codes"], *(f"{r[f'{kind}/{rep}_accuracy']:.3f}" for kind in ("probe", "knn")
+                                      for rep in ("codes", "pca", "pixels"))] for name, r in have]
+    return tables.markdown(rows, header) + "\n"
 
 
 def legend(results: Sequence[dict[str, Any]], skipped: Sequence[str] = ()) -> str:
@@ -377,14 +360,14 @@ def run_table(result: dict[str, Any]) -> str:
     """One run's results as two markdown tables: the test metrics, and codes vs pixels vs PCA."""
     head = (f"{result['run_dir']} ({result['checkpoint']}, step {result['step']}, epoch {result['epoch']}): "
             f"{result['model']}, loss {result['loss']}, noise {result['noise']}")
-    lines = [head, "", "| test metric | value |", "|---|---|"]
-    lines += [f"| {k.removeprefix('test/')} | {v:.5g} |" for k, v in result.items() if k.startswith("test/")]
+    metrics_rows = [[k.removeprefix("test/"), f"{v:.5g}"] for k, v in result.items() if k.startswith("test/")]
     if "denoise_noise" in result:
-        lines.append(f"| denoising noise | {result['denoise_noise']} |")
+        metrics_rows.append(["denoising noise", result["denoise_noise"]])
+    lines = [head, "", tables.markdown(metrics_rows, ["test metric", "value"], numbers_right=False)]
     if "probe/codes_accuracy" in result:
-        lines += ["", f"| representation | dims | linear probe | {result['knn_k']}-NN |", "|---|---:|---:|---:|"]
-        lines += [f"| {name} | {result[f'dims/{name}']} | {result[f'probe/{name}_accuracy']:.3f} | "
-                  f"{result[f'knn/{name}_accuracy']:.3f} |" for name in ("codes", "pixels", "pca")]
+        rows = [[name, result[f"dims/{name}"], f"{result[f'probe/{name}_accuracy']:.3f}",
+                 f"{result[f'knn/{name}_accuracy']:.3f}"] for name in ("codes", "pixels", "pca")]
+        lines += ["", tables.markdown(rows, ["representation", "dims", "linear probe", f"{result['knn_k']}-NN"])]
     lines += ["", legend([result])] + [f"note: {n}" for n in result["notes"]]
     lines.append(f"took {result['seconds/total']:.1f} s")
     return "\n".join(lines)

@@ -3,9 +3,10 @@
 The model's encoder (``model.encode``) gets a linear classification head and is trained on N
 labelled train images per class; its test accuracy is compared with the same network from
 random initialisation, with the same budget (steps, batch, Adam learning rate), the same
-labelled images and the same head initialisation per seed. Two references, fitted to
-convergence by scikit-learn's logistic regression: the frozen pre-trained codes (a linear
-probe: what the codes hold without fine-tuning) and the raw pixels.
+labelled images and the same head initialisation per seed. Two references, read out by the
+linear probe of ``aecli.use.probes`` (the one ``aecli.use.evaluate`` reports; a fit that stops at
+its iteration cap before converging is named): the frozen pre-trained codes (what the codes
+hold without fine-tuning) and the raw pixels.
 Greedy layer-wise pre-training (stacked denoising autoencoders, Vincent et al. 2010) was
 proposed for exactly this: unlabelled images shape the encoder, few labels finish it.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -22,7 +24,7 @@ from aecli.data import ImageData, n_classes
 from aecli.errors import ConfigError
 from aecli.store import rundir
 from aecli.use import commandline as commands
-from aecli.use import inference
+from aecli.use import inference, probes
 from aecli.use.trained import TrainedRun
 
 TRAINED = {"pre-trained encoder, fine-tuned": "pre-trained", "random init, same network, trained": "random"}
@@ -49,6 +51,7 @@ def recipe(args: argparse.Namespace) -> None:
     test_pixels = data.as_float(data.test[:]).flatten(1).cpu()
     test_codes = inference.codes(run, data.test, data.max_value).cpu()
     accuracy: dict[str, list[float]] = {name: [] for name in (*TRAINED, *PROBES)}
+    unconverged: set[str] = set()
     for seed in commands.progress(range(args.seed, args.seed + args.seeds), args.seeds, "seeds"):
         x, y = labelled_subset(data, args.labels_per_class, seed, run.device)
         for name, weights in TRAINED.items():
@@ -57,9 +60,13 @@ def recipe(args: argparse.Namespace) -> None:
             accuracy[name].append(test_accuracy(run, model, data))
         with torch.no_grad():
             codes = run.model.encode(x).cpu()
-        accuracy[PROBES[0]].append(probe(codes, y, test_codes, data.labels["test"]))
-        accuracy[PROBES[1]].append(probe(x.flatten(1).cpu(), y, test_pixels, data.labels["test"]))
-    report(run, args, accuracy, len(x))
+        for name, train, test in ((PROBES[0], codes, test_codes), (PROBES[1], x.flatten(1).cpu(), test_pixels)):
+            features = probes.Features(train.numpy(), test.numpy())
+            score, converged = probes.linear_probe(features, y.cpu().numpy(), data.labels["test"].numpy(), seed)
+            accuracy[name].append(score)
+            if not converged:
+                unconverged.add(name)
+    report(run, args, accuracy, len(x), sorted(unconverged))
 
 
 def labelled_subset(data: ImageData, per_class: int, seed: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -85,18 +92,6 @@ def classifier(run: TrainedRun, weights: str, classes: int, seed: int) -> Classi
     return Classifier(encoder, classes).to(run.device)
 
 
-def probe(train: Tensor, y: Tensor, test: Tensor, test_y: Tensor) -> float:
-    """Test accuracy of scikit-learn's logistic regression on fixed features, fitted to
-    convergence (standardised first): what a linear read-out of these features can do."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    model.fit(train.numpy(), y.cpu().numpy())
-    return float(model.score(test.numpy(), test_y.numpy()))
-
-
 def fit(model: Classifier, x: Tensor, y: Tensor, steps: int, lr: float, seed: int, batch_size: int = 256) -> None:
     """``steps`` Adam steps of cross-entropy on batches of (x, y) (the whole set when it fits one),
     encoder and head together."""
@@ -118,8 +113,10 @@ def test_accuracy(run: TrainedRun, model: Classifier, data: ImageData) -> float:
     return float((predicted.cpu() == data.labels["test"]).double().mean())
 
 
-def report(run: TrainedRun, args: argparse.Namespace, accuracy: dict[str, list[float]], n_labelled: int) -> None:
-    """The accuracy table, the gain from pre-training, and the JSON record."""
+def report(run: TrainedRun, args: argparse.Namespace, accuracy: dict[str, list[float]], n_labelled: int,
+           unconverged: Sequence[str] = ()) -> None:
+    """The accuracy table, the gain from pre-training, the probes that stopped before
+    converging, and the JSON record."""
     n = args.labels_per_class
     print(f"{type(run.model).__name__}, {n} label{'s' if n > 1 else ''} per class ({n_labelled} images), "
           f"{args.steps} Adam steps at lr {args.lr:g}, test accuracy over {args.seeds} seed(s) (mean ± sd):")
@@ -127,9 +124,13 @@ def report(run: TrainedRun, args: argparse.Namespace, accuracy: dict[str, list[f
     pretrained, random = (accuracy[name] for name in TRAINED)
     gain = [p - r for p, r in zip(pretrained, random)]  # paired: same labelled images and head per seed
     print(f"pre-training gains {mean_sd(gain, '+')} in test accuracy (fine-tuned minus random init, paired by seed)")
+    for name in unconverged:
+        print(f"note: {name}: the logistic regression stopped at {probes.PROBE_MAX_ITER} lbfgs iterations before "
+              "converging (for some seed): the accuracy of that early-stopped fit")
     path = commands.out_dir(args, run) / f"finetune_{n}_per_class.json"
     rundir.write_json(path, {"labels_per_class": n, "labelled_images": n_labelled, "steps": args.steps,
-                             "lr": args.lr, "seeds": args.seeds, "test_accuracy": accuracy, "pretraining_gain": gain})
+                             "lr": args.lr, "seeds": args.seeds, "test_accuracy": accuracy, "pretraining_gain": gain,
+                             "probe_max_iter": probes.PROBE_MAX_ITER, "probe_unconverged": list(unconverged)})
     commands.wrote(path)
 
 

@@ -3,12 +3,13 @@ per-image reconstruction errors; and the user's own image files, read as the mod
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from aecli.data import ImageFiles, batches
+from aecli.data import ImageFiles, batches, sources
 from aecli.errors import ConfigError
 from aecli.use.commandline import progress, warn
 from aecli.use.trained import TrainedRun
@@ -16,13 +17,24 @@ from aecli.use.trained import TrainedRun
 BATCH = 1024
 
 
-def float_batches(run: TrainedRun, images: Tensor | ImageFiles, max_value: float, desc: str) -> Iterator[Tensor]:
-    """``images`` (a split's raw uint8 images, or floats with ``max_value`` 1) in order, as float
-    batches in [0, 1] on the run's device, with a progress bar."""
-    order = torch.arange(len(images), device=run.device)
-    n = -(-len(images) // BATCH)
-    for _, b in progress(batches(images, BATCH, order), n, desc):
-        yield b.to(run.device, torch.float32) / max_value
+def float_batches(run: TrainedRun, images: Tensor | ImageFiles, max_value: float, desc: str,
+                  indices: Tensor | None = None, batch: int = BATCH) -> Iterator[Tensor]:
+    """``images`` (a split's raw uint8 images, or floats with ``max_value`` 1), all of them or
+    those at ``indices``, in order, as float batches in [0, 1] on the run's device, with a
+    progress bar. Scaled as ``ImageData.as_float`` scales them for training (by the reciprocal),
+    so a model sees the same inputs bit for bit."""
+    order = torch.arange(len(images)) if indices is None else torch.as_tensor(indices)
+    for _, b in progress(batches(images, batch, order.to(run.device)), -(-len(order) // batch), desc):
+        yield b.to(run.device, torch.float32) * (1.0 / max_value)
+
+
+@contextmanager
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Torch's RNG seeded for one measurement (the same noise, the same samples every time),
+    and put back afterwards."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
 
 
 def pick(images: Tensor | ImageFiles, indices: Sequence[int] | Tensor, device: torch.device) -> Tensor:
@@ -33,9 +45,11 @@ def pick(images: Tensor | ImageFiles, indices: Sequence[int] | Tensor, device: t
 
 
 @torch.no_grad()
-def codes(run: TrainedRun, images: Tensor | ImageFiles, max_value: float) -> Tensor:
-    """``model.encode`` of every image (a VAE's posterior mean): (N, latent_dim) on the device."""
-    return torch.cat([run.model.encode(x) for x in float_batches(run, images, max_value, "encoding")])
+def codes(run: TrainedRun, images: Tensor | ImageFiles, max_value: float, indices: Tensor | None = None,
+          batch: int = BATCH) -> Tensor:
+    """``model.encode`` of every image (or those at ``indices``; a VAE's posterior mean):
+    (N, latent_dim) on the device."""
+    return torch.cat([run.model.encode(x) for x in float_batches(run, images, max_value, "encoding", indices, batch)])
 
 
 @torch.no_grad()
@@ -48,14 +62,12 @@ def errors(run: TrainedRun, images: Tensor | ImageFiles, max_value: float) -> Te
 
 
 def image_files(folder: Path, key: str, skip: Path | None = None) -> list[Path]:
-    """Every file under ``folder`` (sorted; hidden files and ``skip``'s contents left out)."""
+    """Every file under ``folder`` as a folder dataset lists it (``aecli.data.sources.image_files``,
+    any extension: each file that is no image is named when read), ``skip``'s contents left out;
+    no folder there is a ``ConfigError`` naming ``key``."""
     if not folder.is_dir():
         raise ConfigError(key, f"no folder at {folder}", "pass a folder that holds your images")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and not any(s.startswith(".") for s in
-                                                                          p.relative_to(folder).parts))
-    if skip is not None:
-        files = [p for p in files if skip.resolve() not in p.resolve().parents]
-    return files
+    return sources.image_files(folder, extensions=None, skip=skip)
 
 
 def read_images(files: list[Path], shape: tuple[int, ...]) -> tuple[list[Path], Tensor]:

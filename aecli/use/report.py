@@ -16,7 +16,6 @@ all models.
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import re
 from collections.abc import Sequence
@@ -27,7 +26,8 @@ from typing import Any
 import yaml
 
 from aecli.errors import ConfigError
-from aecli.store.rundir import read_json
+from aecli.store.rundir import job_dirs, read_json
+from aecli.use import tables
 
 DONE, FAILED, STOPPED, BROKEN, RUNNING = "done", "failed", "stopped", "broken", "running (or killed)"
 FILES = ("report.md", "report.csv", "report.png")
@@ -42,7 +42,6 @@ DEFAULT_SORT = "test/mse_per_pixel"
 LOG_RATIO = 100  # numeric swept values spanning this factor or more are plotted on a log axis
 LOG_TAG = re.compile(r"tag\(\s*((?:\w+\s*,\s*)+)")  # Hydra's tag(TAG, ..., SWEEP): the tags
 SWEEPS_NAMED = 5  # sweeps named when a dir holds sweeps but no jobs
-ERROR_WIDTH = 160  # characters of a failed job's error in the markdown table (the CSV has it all)
 
 
 @dataclass
@@ -126,18 +125,18 @@ def _yaml_get(path: Path, *keys: str) -> Any:
 
 
 def read_sweep(sweep_dir: Path) -> list[Job]:
-    """Every job dir (a subdir with ``.hydra/overrides.yaml``) of ``sweep_dir``, in the sweep's
-    order (job number); a clear ``ConfigError`` when there is none."""
+    """Every job dir of ``sweep_dir`` (``aecli.store.rundir.job_dirs``: a subdir with
+    ``.hydra/overrides.yaml``), in the sweep's order; a clear ``ConfigError`` when there is none."""
     if not sweep_dir.is_dir():
         raise ConfigError("SWEEP_DIR", f"{sweep_dir} is not a directory",
                           "pass the dir of a multirun, e.g. aecli report multirun/2026-01-01/12-00-00-123456")
-    jobs = [read_job(d) for d in sweep_dir.iterdir() if (d / ".hydra" / "overrides.yaml").is_file()]
+    jobs = [read_job(d) for d in job_dirs(sweep_dir)]
     if not jobs:
         below = sweeps_below(sweep_dir)
         raise ConfigError("SWEEP_DIR", f"{sweep_dir} holds no job dirs (subdirs with .hydra/overrides.yaml)"
                           + (f"; it holds {describe_sweeps(below)}" if below else ""),
                           "pass the dir of one multirun (python -m aecli.train -m ... prints it: 'sweep output dir')")
-    return sorted(jobs, key=lambda j: (j.num if j.num is not None else math.inf, j.dir.name))
+    return jobs
 
 
 def sweeps_below(path: Path) -> list[Path]:
@@ -209,32 +208,21 @@ def sort_rows(rows: Sequence[dict[str, Any]], key: str = DEFAULT_SORT) -> list[d
     return sorted(rows, key=lambda r: (rank[r["status"]], group(r), sign * _num(r[column]), r["job"] or 0))
 
 
-def _cell(value: Any, width: int = ERROR_WIDTH) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:,.0f}" if value >= 1000 else f"{value:.5g}"
-    try:  # swept numbers arrive as strings from overrides.yaml: shorten long floats
-        text = f"{float(value):.4g}" if "." in str(value) and len(str(value)) > 8 else str(value)
-    except ValueError:
-        text = str(value)
-    text = " ".join(text.split()).replace("|", "\\|")
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
-    """A GitHub-style markdown table (the ``dir`` column is left to the CSV)."""
+    """A GitHub-style markdown table (the ``dir`` column is left to the CSV; ``error`` only
+    when some job has one)."""
     columns = [c for c in rows[0] if c != "dir" and (c != "error" or any(r["error"] for r in rows))]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(r[c]) for c in columns) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+    return tables.markdown_records([{c: _short(r[c]) for c in columns} for r in rows], columns) + "\n"
 
 
-def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+def _short(value: Any) -> Any:
+    """Swept numbers arrive as strings from overrides.yaml: long decimals to 4 significant digits."""
+    if isinstance(value, str) and "." in value and len(value) > 8:
+        try:
+            return f"{float(value):.4g}"
+        except ValueError:
+            pass
+    return value
 
 
 def plot(jobs: Sequence[Job], keys: Sequence[str], path: Path, log_keys: set[str] = frozenset()) -> None:
@@ -343,7 +331,7 @@ def report(sweep_dir: Path, sort: str = DEFAULT_SORT) -> str:
         summary += f"; left out: {describe_sweeps(below)} (report each one on its own)"
     note = notes(jobs, evaluated)
     (sweep_dir / "report.md").write_text(f"# Sweep {sweep_dir}\n\n{len(jobs)} jobs: {summary}\n\n{table}\n{note}\n")
-    write_csv(rows, sweep_dir / "report.csv")
+    tables.write_csv(rows, sweep_dir / "report.csv")
     plot(jobs, keys, sweep_dir / "report.png", log_scaled_keys(sweep_dir, jobs))
     return f"{len(jobs)} jobs in {sweep_dir}: {summary}\n\n{table}\n{note}\n"
 

@@ -10,7 +10,6 @@ version: the ROC-AUC with which the error separates the held-out classes from th
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from aecli.data import ImageData
 from aecli.errors import ConfigError
 from aecli.store import rundir
 from aecli.use import commandline as commands
-from aecli.use import inference
+from aecli.use import inference, tables
 
 SHOWN = 5  # highest errors printed
 
@@ -48,7 +47,7 @@ def recipe(args: argparse.Namespace) -> None:
     columns["error"] = [f"{e:.6g}" for e in error.tolist()]
     out = commands.out_dir(args, run)
     path = out / f"scores_{stem}.csv"
-    write_csv(path, columns)
+    tables.write_csv([dict(zip(columns, values)) for values in zip(*columns.values())], path)
     order = error.argsort(descending=True)[:SHOWN]
     print(f"{len(error)} images, mean squared error per pixel: mean {error.mean():.4g}; highest: "
           + ", ".join(f"{names[i]} ({error[i]:.4g})" for i in order.tolist()))
@@ -79,10 +78,4 @@ def held_out_auc(error: Tensor, data: ImageData, classes: list[int], out: Path) 
     rundir.write_json(path, record)
     return path
 
-
-def write_csv(path: Path, columns: dict[str, list[Any]]) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(columns)
-        w.writerows(zip(*columns.values()))
 

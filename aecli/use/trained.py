@@ -22,7 +22,7 @@ from aecli.device import resolve_device
 from aecli.errors import ConfigError
 from aecli.store import checkpoint, rundir
 
-log = logging.getLogger("aecli")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -58,25 +58,19 @@ class TrainedRun:
 
 
 def find_runs(paths: list[str | Path]) -> list[Path]:
-    """Run dirs among ``paths``: each one itself, or (a multirun dir) every job dir in it."""
+    """Run dirs among ``paths``: each one itself, or (a multirun dir) every job dir in it
+    (``aecli.store.rundir.job_dirs``)."""
     out: list[Path] = []
     for p in map(Path, paths):
         if (p / "checkpoints").is_dir() or (p / ".hydra").is_dir() and not (p / "multirun.yaml").is_file():
             out.append(p)
             continue
-        # a sweep's job dirs are named by Hydra: <num>_<overrides> (or <num>); other dirs are not jobs
-        jobs = sorted((d for d in p.iterdir() if (d / ".hydra").is_dir() and d.name.split("_", 1)[0].isdigit()),
-                      key=_job_number) if p.is_dir() else []
+        jobs = rundir.job_dirs(p)
         if not jobs:
             raise ConfigError("RUN", f"{p} is not a run dir (no checkpoints/) nor a multirun dir (no job dirs)",
                               "pass the dir that aecli train printed ('run dir: ...'), or a sweep's dir")
         out.extend(jobs)
     return out
-
-
-def _job_number(d: Path) -> tuple[int, str]:
-    head = d.name.split("_", 1)[0]
-    return (int(head) if head.isdigit() else 10**9, d.name)
 
 
 def open_run(path: str | Path, which: str = "best", device: str = "auto",
