@@ -3,8 +3,12 @@
 The dataclasses below are registered in Hydra's ConfigStore (``register()``; ``aecli.conf``
 calls it on import) and are the base of ``conf/train.yaml`` and of each group option that
 has a fixed set of keys, so a wrong type or an unknown key (``+trainer.epoch=5``, a typo in an
-experiment file) is refused while Hydra composes the config. ``check(cfg)`` then checks
-ranges and cross-field rules. Both report in the ``aecli: error: KEY: what; fix: how`` form
+experiment file) is refused while Hydra composes the config, with the closest key as the fix.
+Each key's default and range are declared once, on its field (``bounded`` / ``sizes``, from
+``aecli.declare``): ``check(cfg)`` checks the ranges from there, as do the commands' flags
+(``bounds``); the models take their ``__init__`` defaults from here; the checkpoint allow-list is
+``targets()``; docs/configuration.md's key table is ``key_table()``. ``check`` also checks the
+cross-field rules. Both report in the ``aecli: error: KEY: what; fix: how`` form
 (``explain`` turns Hydra's and OmegaConf's composition errors into it). No torch import here.
 """
 from __future__ import annotations
