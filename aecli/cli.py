@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from aecli.config import RANGES, SCHEMAS
+from aecli.config import SCHEMAS
+from aecli.declare import bound_of
 from aecli.errors import AecliError, ConfigError
 from aecli.store import rundir
 
@@ -52,8 +53,8 @@ class NoiseOption:
 
 def _level_key(kind: str) -> str | None:
     """The key of a noise's level: its one field with a declared range (``noise.p``, ``noise.sigma``)."""
-    ranged = {key for key, *_ in RANGES}
-    return next((f.name for f in fields(SCHEMAS["noise"][kind]) if f"noise.{f.name}" in ranged), None)
+    schema = SCHEMAS["noise"][kind]
+    return next((f.name for f in fields(schema) if bound_of(schema, f.name) is not None), None)
 
 
 def noise_option(text: str) -> NoiseOption:
@@ -73,9 +74,9 @@ def noise_option(text: str) -> NoiseOption:
         value = float(level)
     except ValueError:
         raise ConfigError("--noise", f"{level!r} is not a number", f"use e.g. {examples}") from None
-    _, ok, must_be, _ = next(r for r in RANGES if r[0] == f"noise.{key}")
-    if not ok(value):
-        raise ConfigError("--noise", f"{key}={value:g} is out of range: a {kind} noise's {key} must be {must_be}",
+    bound = bound_of(SCHEMAS["noise"][kind], key)
+    if not bound.ok(value):
+        raise ConfigError("--noise", f"{key}={value:g} is out of range: a {kind} noise's {key} must be {bound.text}",
                           f"use e.g. --noise {kind}:{getattr(SCHEMAS['noise'][kind](), key)}")
     return NoiseOption(kind, value)
 

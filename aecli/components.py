@@ -9,6 +9,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from aecli.config import given
 from aecli.data import ImageData, keep_classes
 from aecli.errors import AecliError, ConfigError
 
@@ -17,7 +18,7 @@ def build(cfg: DictConfig, group: str, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate(cfg[group])``, with config mistakes re-worded for the user
     (Hydra's own message hides the cause behind 'see chained exception above')."""
     try:
-        return instantiate(cfg[group], **kwargs)
+        return instantiate(given(cfg[group]), **kwargs)  # a user's own class: only the keys given for it
     except InstantiationException as e:
         cause = e.__cause__
         if isinstance(cause, AecliError):

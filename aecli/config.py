@@ -3,20 +3,26 @@
 The dataclasses below are registered in Hydra's ConfigStore (``register()``; ``aecli.conf``
 calls it on import) and are the base of ``conf/train.yaml`` and of each group option that
 has a fixed set of keys, so a wrong type or an unknown key (``+trainer.epoch=5``, a typo in an
-experiment file) is refused while Hydra composes the config. ``check(cfg)`` then checks
-ranges and cross-field rules. Both report in the ``aecli: error: KEY: what; fix: how`` form
+experiment file) is refused while Hydra composes the config, with the closest key as the fix.
+Each key's default and range are declared once, on its field (``bounded`` / ``sizes``, from
+``aecli.declare``): ``check(cfg)`` checks the ranges from there, as do the commands' flags
+(``bounds``); the models take their ``__init__`` defaults from here; the checkpoint allow-list is
+``targets()``; docs/configuration.md's key table is ``key_table()``. ``check`` also checks the
+cross-field rules. Both report in the ``aecli: error: KEY: what; fix: how`` form
 (``explain`` turns Hydra's and OmegaConf's composition errors into it). No torch import here.
 """
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from aecli.declare import Bound, bound_of, bounded, sizes
 from aecli.errors import ConfigError
 
 # --- choice keys ---------------------------------------------------------------------------
@@ -63,22 +69,22 @@ def value(choice: Any) -> Any:
 class OptimConfig:
     """Adam."""
 
-    lr: float = 1e-3
-    weight_decay: float = 0.0
+    lr: float = bounded(1e-3, gt=0)
+    weight_decay: float = bounded(0.0, ge=0)
     fused: Any = "auto"  # auto | true | false
 
 
 @dataclass
 class TrainerConfig:
-    epochs: int = 10
-    max_steps: int | None = None
-    batch_size: int = 128
-    eval_batch_size: int = 1024
-    log_every_n_steps: int = 50
-    checkpoint_every_n_steps: int | None = None
+    epochs: int = bounded(10, ge=1)
+    max_steps: int | None = bounded(None, ge=1, example=1000, null="no limit")
+    batch_size: int = bounded(128, ge=1)
+    eval_batch_size: int = bounded(1024, ge=1)
+    log_every_n_steps: int = bounded(50, ge=1)
+    checkpoint_every_n_steps: int | None = bounded(None, ge=1, example=500, null="at epoch ends only")
     on_nan: OnNan = OnNan.stop
     progress: Progress = Progress.auto
-    grid_images: int = 8
+    grid_images: int = bounded(8, ge=1)
     num_threads: Any = "auto"  # auto | N | null
     precision: Precision = Precision.fp32
     compile: bool = False
@@ -114,41 +120,41 @@ class TrainConfig:
 @dataclass
 class MLPAutoencoderConfig:
     _target_: str = "aecli.models.MLPAutoencoder"
-    hidden_dims: list[int] = field(default_factory=lambda: [256])
-    latent_dim: int = 16
-    latent_activation: bool = False
+    hidden_dims: list[int] = sizes([256], ge=1)
+    latent_dim: int = bounded(16, ge=1)
+    latent_activation: bool = False  # ReLU on the code layer (the Keras-blog AE has one)
 
 
 @dataclass
 class ConvAutoencoderConfig:
     _target_: str = "aecli.models.ConvAutoencoder"
-    channels: list[int] = field(default_factory=lambda: [32, 64])
-    latent_dim: int = 16
+    channels: list[int] = sizes([32, 64], ge=1)  # one stride-2 3x3 conv each
+    latent_dim: int = bounded(16, ge=1)
 
 
 @dataclass
 class ConvVAEConfig:
     _target_: str = "aecli.models.ConvVAE"
-    channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
-    latent_dim: int = 128
-    beta: float = 1.0
+    channels: list[int] = sizes([32, 64, 128, 256], ge=1)  # one stride-2 conv + BatchNorm + LeakyReLU each
+    latent_dim: int = bounded(128, ge=1)
+    beta: float = bounded(1.0, ge=0)
 
 
 @dataclass
 class VAEConfig:
     _target_: str = "aecli.models.VAE"
-    hidden_dims: list[int] = field(default_factory=lambda: [400])
-    latent_dim: int = 20
-    beta: float = 1.0
+    hidden_dims: list[int] = sizes([400], ge=1)
+    latent_dim: int = bounded(20, ge=1)
+    beta: float = bounded(1.0, ge=0)
 
 
 @dataclass
 class StackedAutoencoderConfig:
     _target_: str = "aecli.models.StackedAutoencoder"
-    hidden_dims: list[int] = field(default_factory=lambda: [256, 128])
-    latent_dim: int = 16
-    pretrain_epochs: int = 2
-    pretrain_noise_levels: list[float] | None = None
+    hidden_dims: list[int] = sizes([256, 128], ge=1)
+    latent_dim: int = bounded(16, ge=1)
+    pretrain_epochs: int = bounded(2, ge=0)  # per layer
+    pretrain_noise_levels: list[float] | None = None  # e.g. [0.1, 0.2, 0.3]: noise level (p or sigma) per layer
 
 
 @dataclass
@@ -159,37 +165,44 @@ class NoNoiseConfig:
 @dataclass
 class MaskingNoiseConfig:
     _target_: str = "aecli.noise.MaskingNoise"
-    p: float = 0.25
+    p: float = bounded(0.25, ge=0, lt=1)
 
 
 @dataclass
 class GaussianNoiseConfig:
     _target_: str = "aecli.noise.GaussianNoise"
-    sigma: float = 0.3
+    sigma: float = bounded(0.3, ge=0)
     clip: bool = True
 
 
 @dataclass
-class LossConfig:
-    _target_: str = MISSING
+class SquaredErrorConfig:
+    _target_: str = "aecli.losses.SquaredError"
+
+
+@dataclass
+class BinaryCrossEntropyConfig:
+    _target_: str = "aecli.losses.BinaryCrossEntropy"
 
 
 @dataclass
 class DigitsConfig:
     _target_: str = "aecli.data.load_digits"
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2
-    split_seed: int = 0
-    classes: list[int] | None = None  # train/val keep only these class ids (test keeps all)
+    val_fraction: float = bounded(0.1, gt=0, lt=1)
+    test_fraction: float = bounded(0.2, gt=0, lt=1)
+    split_seed: int = 0  # fixes the train/val/test split, independent of the run's seed
+    # e.g. [0,1,2,3,4,5,6,7,8]: train/val keep only these class ids, test keeps all, so
+    # python -m aecli.score measures how well the held-out ones stand out
+    classes: list[int] | None = None
 
 
 @dataclass
 class TorchvisionConfig:
     _target_: str = "aecli.data.load_torchvision"
     name: str = "mnist"
-    root: str = "data"
-    download: bool = True
-    val_fraction: float = 0.1
+    root: str = "data"  # shared by all runs
+    download: bool = True  # false: fail with a message instead of reaching the internet
+    val_fraction: float = bounded(0.1, gt=0, lt=1)  # of the official train split (its test split: the test set)
     split_seed: int = 0
     classes: list[int] | None = None  # train/val keep only these class ids (test keeps all)
 
@@ -197,37 +210,49 @@ class TorchvisionConfig:
 @dataclass
 class FolderConfig:
     _target_: str = "aecli.data.load_folder"
+    # required: dataset.root=/path/to/images (home: dataset.root=$HOME/pictures; Hydra refuses an
+    # unquoted ~, quoted it works: 'dataset.root="~/pictures"')
     root: str = MISSING
-    image_size: int = 64
-    channels: int = 3
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
+    image_size: int = bounded(64, ge=1)
+    channels: int = 3  # 1: grey, 3: RGB
+    val_fraction: float = bounded(0.1, gt=0, lt=1)
+    test_fraction: float = bounded(0.1, gt=0, lt=1)
     split_seed: int = 0
-    max_memory_mb: float = 2048
-    num_workers: int = 2
+    max_memory_mb: float = bounded(2048, ge=0)  # decoded images above this stream from disk
+    num_workers: int = bounded(2, ge=0)  # processes that decode the images (the first time), and streamed batches
     on_bad_image: OnBadImage = OnBadImage.skip
-    cache: bool = True
-    classes: list[int] | None = None  # train/val keep only these class ids (test keeps all)
+    cache: bool = True  # keep the decoded images in root/.aecli-cache/ for the next run
+    # e.g. [0,1,2]: train/val keep only these classes (ids: sub-folders in sorted order), test
+    # keeps all; python -m aecli.score RUN test measures the held-out ones
+    classes: list[int] | None = None
 
 
 @dataclass
 class SamplePatchesConfig:
     _target_: str = "aecli.data.load_sample_patches"
-    patch_size: int = 32
-    patches: int = 6000
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
-    split_seed: int = 0
+    patch_size: int = bounded(32, ge=1)  # 1 to 213 px (64: the AntixK/PyTorch-VAE CelebA-64 setting)
+    patches: int = bounded(6000, ge=3)  # in all, shared by the splits in proportion
+    val_fraction: float = bounded(0.1, gt=0, lt=1)
+    test_fraction: float = bounded(0.1, gt=0, lt=1)
+    split_seed: int = 0  # fixes the blocks of each split and the crops
 
 
+# group -> option -> schema: every class and loader aecli builds, with its keys, defaults and
+# ranges. The models read their ``__init__`` defaults from here; the checkpoint allow-list is
+# their ``_target_``s (``targets``). Options that only set values (dae, mnist, ...) are YAML.
 SCHEMAS: dict[str, dict[str, type]] = {
     "model": {"ae": MLPAutoencoderConfig, "conv": ConvAutoencoderConfig, "vae": VAEConfig,
               "stacked": StackedAutoencoderConfig, "conv_vae": ConvVAEConfig},
     "noise": {"none": NoNoiseConfig, "binomial": MaskingNoiseConfig, "gaussian": GaussianNoiseConfig},
-    "loss": {"loss": LossConfig},
+    "loss": {"mse": SquaredErrorConfig, "bce": BinaryCrossEntropyConfig},
     "dataset": {"digits": DigitsConfig, "torchvision": TorchvisionConfig, "folder": FolderConfig,
                 "photos": SamplePatchesConfig},
 }
+
+
+def targets() -> dict[str, set[str]]:
+    """Every schema's ``_target_``, by group: what a checkpoint's config may name."""
+    return {group: {schema._target_ for schema in options.values()} for group, options in SCHEMAS.items()}
 
 
 def register() -> None:
@@ -244,31 +269,71 @@ def register() -> None:
 
 # --- range and cross-field checks ----------------------------------------------------------
 
-# key, test, what the value must be, an example fix. Keys absent from the config are skipped.
-RANGES: list[tuple[str, Callable[[Any], bool], str, str]] = [
-    ("noise.p", lambda v: 0.0 <= v < 1.0, "in [0, 1)", "noise.p=0.25"),
-    ("noise.sigma", lambda v: v >= 0.0, ">= 0", "noise.sigma=0.3"),
-    ("model.latent_dim", lambda v: v >= 1, ">= 1", "model.latent_dim=16"),
-    ("model.beta", lambda v: v >= 0.0, ">= 0", "model.beta=1.0"),
-    ("model.pretrain_epochs", lambda v: v >= 0, ">= 0", "model.pretrain_epochs=2"),
-    ("trainer.epochs", lambda v: v >= 1, ">= 1", "trainer.epochs=10"),
-    ("trainer.max_steps", lambda v: v >= 1, ">= 1 (or null: no limit)", "trainer.max_steps=1000"),
-    ("trainer.batch_size", lambda v: v >= 1, ">= 1", "trainer.batch_size=128"),
-    ("trainer.eval_batch_size", lambda v: v >= 1, ">= 1", "trainer.eval_batch_size=1024"),
-    ("trainer.log_every_n_steps", lambda v: v >= 1, ">= 1", "trainer.log_every_n_steps=50"),
-    ("trainer.grid_images", lambda v: v >= 1, ">= 1", "trainer.grid_images=8"),
-    ("trainer.checkpoint_every_n_steps", lambda v: v >= 1, ">= 1 (or null)", "trainer.checkpoint_every_n_steps=500"),
-    ("optim.lr", lambda v: v > 0.0, "> 0", "optim.lr=1e-3"),
-    ("optim.weight_decay", lambda v: v >= 0.0, ">= 0", "optim.weight_decay=0"),
-    ("dataset.val_fraction", lambda v: 0.0 < v < 1.0, "between 0 and 1", "dataset.val_fraction=0.1"),
-    ("dataset.test_fraction", lambda v: 0.0 < v < 1.0, "between 0 and 1", "dataset.test_fraction=0.1"),
-    ("dataset.image_size", lambda v: v >= 1, ">= 1", "dataset.image_size=64"),
-    ("dataset.num_workers", lambda v: v >= 0, ">= 0", "dataset.num_workers=2"),
-    ("dataset.max_memory_mb", lambda v: v >= 0, ">= 0", "dataset.max_memory_mb=2048"),
-    ("dataset.patch_size", lambda v: v >= 1, ">= 1", "dataset.patch_size=32"),
-    ("dataset.patches", lambda v: v >= 3, ">= 3", "dataset.patches=6000"),
-]
-NUMBER_LISTS = ("model.hidden_dims", "model.channels")
+def bounds(key: str) -> Bound | None:
+    """The one declared range of a dotted key, e.g. ``bounds("noise.p")`` or
+    ``bounds("trainer.epochs")`` (None: the key has no range). A group key is looked up in
+    every option of the group (``p`` is a masking noise's, whichever option names it)."""
+    group, _, rest = key.partition(".")
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    if group in fields and dataclasses.is_dataclass(fields[group].default_factory):
+        return bound_of(fields[group].default_factory, rest)
+    return next((b for schema in SCHEMAS.get(group, {}).values() if (b := bound_of(schema, rest))), None)
+
+
+def _check_sizes(key: str, value: Any, bound: Bound, fix: str) -> None:
+    """A list of whole numbers, each in ``bound`` (``aecli.declare.sizes``)."""
+    if not OmegaConf.is_list(value) or not all(isinstance(v, int) and not isinstance(v, bool) and bound.ok(v)
+                                               for v in value):
+        shown = list(value) if OmegaConf.is_list(value) else value
+        raise ConfigError(key, f"{shown!r} must be a list of whole numbers {bound.text}", fix)
+
+
+def key_table() -> str:
+    """The table (docs/configuration.md) of every declared key: option, key, default and range, in Markdown
+    (``tests/test_declared.py`` checks the page holds it as this prints it)."""
+    def shown(f: dataclasses.Field) -> str:
+        value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if value == MISSING:
+            return "required"
+        value = value.value if isinstance(value, Enum) else value
+        text = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+        return f"`{text}`"
+
+    rows = ["| option | key | default | range |", "|---|---|---|---|"]
+    sections = [(name, f"{name}.", f.default_factory) for f in dataclasses.fields(TrainConfig)
+                if dataclasses.is_dataclass(f.default_factory) for name in [f.name]]
+    sections += [(f"{group}={option}", f"{group}.", SCHEMAS[group][option]) for group in ("model", "noise", "dataset")
+                 for option in sorted(SCHEMAS.get(group, {}))]
+    for label, prefix, schema in sections:
+        for f in dataclasses.fields(schema):
+            if f.name != "_target_":
+                bound = f.metadata.get("bound")
+                said = (f"each {bound.text}" if bound.each else bound.text) if bound else ""
+                rows.append(f"| {label} | `{prefix}{f.name}` | {shown(f)} | {said} |")
+    return "\n".join(rows) + "\n"
+
+
+def _check_ranges(cfg: DictConfig) -> None:
+    """Each number against the range its schema declares (``aecli.declare.bounded``)."""
+    for group in cfg:
+        node = cfg[group] if group != "hydra" else None
+        schema = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
+        if not dataclasses.is_dataclass(schema):
+            continue
+        for f in dataclasses.fields(schema):
+            bound, value = f.metadata.get("bound"), node.get(f.name)
+            if bound is None or value is None:
+                continue
+            key, fix = f"{group}.{f.name}", f"use e.g. {group}.{f.name}={bound.example}"
+            if bound.each:
+                _check_sizes(key, value, bound, fix)
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(key, f"{value!r} is not a number", fix)
+            if not bound.ok(value):
+                raise ConfigError(key, f"{value} is out of range: it must be {bound.text}", fix)
+
+
 TRI_STATES = ("optim.fused", "trainer.cuda_graph", "trainer.channels_last", "trainer.cudnn_benchmark")
 
 
@@ -282,20 +347,7 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(missing[0], "has no value and needs one",
                           f"pass {missing[0]}=..." + (" (the folder holding your images)"
                                                       if missing[0] == "dataset.root" else ""))
-    for key, ok, must_be, fix in RANGES:
-        value = OmegaConf.select(cfg, key, default=None)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(key, f"{value!r} is not a number", f"use e.g. {fix}")
-        if not ok(value):
-            raise ConfigError(key, f"{value} is out of range: it must be {must_be}", f"use e.g. {fix}")
-    for key in NUMBER_LISTS:
-        value = OmegaConf.select(cfg, key, default=None)
-        if value is not None and (not OmegaConf.is_list(value)
-                                  or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)):
-            shown = list(value) if OmegaConf.is_list(value) else value
-            raise ConfigError(key, f"{shown!r} must be a list of whole numbers >= 1", f"use e.g. {key}=[256,128]")
+    _check_ranges(cfg)
     classes = OmegaConf.select(cfg, "dataset.classes", default=None)
     if classes is not None and (not OmegaConf.is_list(classes) or not classes
                                 or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in classes)):
@@ -327,9 +379,6 @@ def check(cfg: DictConfig) -> None:
 def _check_unknown_keys(node: Any, prefix: str = "") -> None:
     """Hydra adds ``+key=value`` overrides even to typed nodes (it opens them to do so), so a
     misspelt ``+trainer.epoch=5`` would pass silently: refuse keys that the schema lacks."""
-    import dataclasses
-    import difflib
-
     if not isinstance(node, DictConfig):
         return
     schema = OmegaConf.get_type(node)
@@ -341,13 +390,20 @@ def _check_unknown_keys(node: Any, prefix: str = "") -> None:
             continue
         full = f"{prefix}{key}"
         if known is not None and key not in known:
-            close = difflib.get_close_matches(str(key), sorted(known), n=1)
-            raise ConfigError(full, f"no such key{f' in {prefix[:-1]}' if prefix else ''}"
-                              + (f" (did you mean {prefix}{close[0]}?)" if close else ""),
-                              f"use {prefix}{close[0]}=..." if close else
-                              "check the spelling; python -m aecli.train --cfg job lists every key")
+            raise _no_such_key(full, known)
         if key != "callbacks" and not (known is None and prefix == ""):
             _check_unknown_keys(node._get_node(key), f"{full}.")
+
+
+def _no_such_key(full: str, known: set[str]) -> ConfigError:
+    """The refusal of an unknown key, with the closest known one as the fix when there is one."""
+    parent, _, key = full.rpartition(".")
+    prefix = f"{parent}." if parent else ""
+    close = difflib.get_close_matches(key, sorted(known), n=1)
+    return ConfigError(full, f"no such key{f' in {parent}' if parent else ''}"
+                       + (f" (did you mean {prefix}{close[0]}?)" if close else ""),
+                       f"use {prefix}{close[0]}=..." if close else
+                       "check the spelling; python -m aecli.train --cfg job lists every key")
 
 
 def _check_pretrain_noise_levels(cfg: DictConfig) -> None:
@@ -393,6 +449,9 @@ def explain(error: BaseException) -> ConfigError | None:
         key = getattr(cause, "full_key", None) or _key_in(text) or "config"
         first = str(cause).splitlines()[0].strip()
         if "not in" in first or "Key '" in first and "not" in first:
+            schema = getattr(cause, "object_type", None)
+            if dataclasses.is_dataclass(schema):  # a plain trainer.epoch=5: suggest as for +trainer.epoch=5
+                return _no_such_key(key, {f.name for f in dataclasses.fields(schema)})
             parent = key.rsplit(".", 1)[0] if "." in key else ""
             return ConfigError(key, f"no such key{f' in {parent}' if parent else ''}",
                                "check the spelling; python -m aecli.train --cfg job lists every key")
@@ -439,9 +498,23 @@ def _key_in(text: str) -> str | None:
     return match.group(1) if match else None
 
 
+def given(node: Any) -> Any:
+    """A group's node as its class is built from it: all of it for aecli's own class; for a
+    user's own class (``model._target_=my_pkg.MyAE`` on the ae option) only the keys the user
+    gave, those the option's schema lacks or that differ from its defaults, so the ae option's
+    other keys do not reach a class that never asked for them and its own defaults apply."""
+    schema = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
+    if not dataclasses.is_dataclass(schema) or node.get("_target_") == getattr(schema, "_target_", None):
+        return node
+    default, values = OmegaConf.structured(schema), OmegaConf.to_container(node, resolve=True, enum_to_str=True)
+    return OmegaConf.create({k: v for k, v in values.items() if k == "_target_" or k not in default
+                             or v != OmegaConf.to_container(default, enum_to_str=True)[k]})
+
+
 def plain(cfg: DictConfig) -> dict[str, Any]:
-    """The config as plain data (resolved, enums by name, without Hydra's own node)."""
-    return {k: OmegaConf.to_container(cfg[k], resolve=True, enum_to_str=True) if OmegaConf.is_config(cfg[k])
+    """The config as plain data (resolved, enums by name, without Hydra's own node; a user's
+    own class's group holds only the keys given for it, ``given``)."""
+    return {k: OmegaConf.to_container(given(cfg[k]), resolve=True, enum_to_str=True) if OmegaConf.is_config(cfg[k])
             else (cfg[k].name if hasattr(cfg[k], "name") and not isinstance(cfg[k], str) else cfg[k])
             for k in cfg if k != "hydra"}
 

@@ -4,12 +4,31 @@ Models output logits-like tensors shaped like their input. A loss says how those
 (``output``) and how far they are from the target, per element (``elementwise``); the model
 decides the reduction: per-pixel mean (ae, dae, conv, stacked) or per-image sum (vae). The names
 are not torch's (``nn.MSELoss`` and ``nn.BCELoss`` reduce; these return per-element values).
+Any class with these members is a ``ReconstructionLoss`` (a protocol): a user's own, named with
+``loss._target_=my_pkg.MyLoss``, trains, resumes and evaluates like these.
 """
 from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+
+@runtime_checkable
+class ReconstructionLoss(Protocol):
+    """What models, metrics and commands ask of a reconstruction loss."""
+
+    name: str  # names the loss in metrics and messages
+    log_likelihood: bool  # summed over pixels, is it -log p(x | z) in nats (a VAE's bound needs one)
+    needs_unit_range: bool  # the data must lie in [0, 1]
+
+    def output(self, logits: Tensor) -> Tensor:
+        """The image a model's output stands for."""
+
+    def elementwise(self, logits: Tensor, target: Tensor) -> Tensor:
+        """The loss per element, shaped like ``target`` (the model reduces it)."""
 
 
 class SquaredError:
@@ -69,5 +88,3 @@ class BCEWithLogitsFloat32CPU(torch.autograd.Function):
         grad_target = -grad * logits if ctx.needs_input_grad[1] else None
         return grad_logits, grad_target
 
-
-ReconstructionLoss = SquaredError | BinaryCrossEntropy

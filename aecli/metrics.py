@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from aecli.data import ImageData, batches
 from aecli.losses import ReconstructionLoss
+from aecli.models import HasLikelihoodBound, likelihood_bound
 
 
 def psnr_db(mse: float, data_range: float = 1.0) -> float:
@@ -44,7 +45,8 @@ def reconstruction(model: nn.Module, data: ImageData, raw: Tensor, recon: Recons
     out = {f"{k}_{model.loss_unit}": v for k, v in means.items()}
     out["mse_per_pixel"] = squared_error.item() / math.prod(raw.shape[1:]) / n
     out["psnr_db"] = psnr_db(out["mse_per_pixel"])
-    out.update(model.extra_metrics(means, recon))
+    if isinstance(model, HasLikelihoodBound):
+        out.update(model.extra_metrics(means, recon))
     return out
 
 
@@ -108,10 +110,13 @@ IW_PIXELS_PER_CALL = 2**24
 def neg_log_likelihood(model: nn.Module, data: ImageData, raw: Tensor, recon: ReconstructionLoss,
                        k: int, progress: bool | None = None) -> float | None:
     """The mean of ``model.neg_log_likelihood_bound`` over ``raw`` with ``k`` importance samples
-    (nats per image), or None when the model defines no likelihood. ``progress``: a tqdm bar
+    (nats per image), or None when the model defines no likelihood with ``recon``
+    (``aecli.models.likelihood_bound`` says why). ``progress``: a tqdm bar
     (None: only on a terminal). Draws from torch's global RNG."""
     from tqdm.auto import tqdm
 
+    if likelihood_bound(model, recon) is not None:
+        return None
     device = next(model.parameters()).device
     per_call = max(1, IW_PIXELS_PER_CALL // (k * math.prod(data.shape)))
     total = torch.zeros((), device=device, dtype=torch.float64)
@@ -119,8 +124,6 @@ def neg_log_likelihood(model: nn.Module, data: ImageData, raw: Tensor, recon: Re
               leave=False) as bar:
         for _, b in batches(raw, per_call, torch.arange(len(raw), device=device)):
             bound = model.neg_log_likelihood_bound(data.as_float(b), recon, k)
-            if bound is None:
-                return None
             total += bound.double().sum()
             bar.update(len(b))
     return total.item() / len(raw)

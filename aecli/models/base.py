@@ -1,16 +1,21 @@
 """The model contract: what every aecli model is, and what the trainer, the metrics and the
 commands that use a trained model ask of it. A custom model (``model._target_=my_pkg.MyAE``)
-subclasses ``Autoencoder`` and overrides what applies; the trainer never checks a model's class.
+subclasses ``Autoencoder`` (the core: ``encode``, ``decode``, ``loss``, ``latent_dim``,
+``loss_unit``, ``reconstruct``) and adds the capabilities that apply, each a protocol callers
+ask with ``isinstance``: ``HasPrior``, ``HasLikelihoodBound``, ``PretrainsInStages``. Nothing
+probes a model by calling it; the trainer never checks a model's class.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
 from aecli.losses import ReconstructionLoss
+from aecli.noise import Noise
 
 
 def mlp(dims: Sequence[int], last_activation: bool = False) -> nn.Sequential:
@@ -25,17 +30,20 @@ def mlp(dims: Sequence[int], last_activation: bool = False) -> nn.Sequential:
 
 
 @dataclass
-class Stage:
-    """A training phase that a model asks for before its end-to-end training (the greedy
-    layer-wise pre-training of a stack): ``module``'s own parameters are trained on
-    ``inputs(clean batch)`` corrupted by ``noise``, with ``module.loss``, for ``epochs``."""
+class Phase:
+    """One thing being trained: the whole model (the main phase), or a stage a model asks for
+    before its end-to-end training (``PretrainsInStages``: the greedy layer-wise pre-training of
+    a stack). ``module``'s own parameters are trained on ``inputs(clean batch)`` corrupted by
+    ``noise``, with ``module.loss``, for ``epochs``; the trainer gives it its ``optimizer``."""
 
-    name: str  # TensorBoard prefix, e.g. "pretrain/layer0"
+    name: str  # TensorBoard prefix: "train", "pretrain/layer0"
     module: nn.Module  # .loss(x_in, target, recon) -> terms; .parameters(): what is trained
     noise: Callable[[Tensor], Tensor]
-    inputs: Callable[[Tensor], Tensor]  # clean batch -> what the module sees (no gradient)
     epochs: int
-    unit: str  # the loss's reduction, named in its TensorBoard tags
+    unit: str  # the loss's reduction, named in every loss tag
+    inputs: Callable[[Tensor], Tensor] | None = None  # clean batch -> what the module sees (no gradient)
+    main: bool = False  # validated, imaged, best-checkpointed (the end-to-end phase)
+    optimizer: torch.optim.Optimizer | None = None  # set by the trainer
 
 
 class Autoencoder(nn.Module):
@@ -73,21 +81,45 @@ class Autoencoder(nn.Module):
         """What a user means by the reconstruction of ``x``: its code, decoded, as an image."""
         return recon.output(self.decode(self.encode(x)))
 
-    def pretraining_stages(self, noise: Callable[[Tensor], Tensor]) -> list[Stage]:
-        """Phases to train before the end-to-end phase, in order (none by default)."""
-        return []
 
-    def sample_latents(self, n: int, generator: torch.Generator) -> Tensor | None:
-        """``n`` codes drawn from the model's prior, to decode into samples; None for a model
-        without a prior (a plain autoencoder's codes follow no known distribution)."""
-        return None
+
+# --- capabilities: a model declares one by having its members; callers ask isinstance ------
+
+@runtime_checkable
+class HasPrior(Protocol):
+    """A model with a prior over its codes: samples are decoded prior draws."""
+
+    def sample_latents(self, n: int, generator: torch.Generator) -> Tensor:
+        """``n`` codes drawn from the prior, shape (n, latent_dim), on the CPU."""
+
+
+@runtime_checkable
+class HasLikelihoodBound(Protocol):
+    """A model that bounds -log p(x) (a VAE). The bound is a likelihood only with a loss that is
+    one (``needs_likelihood_loss``: the loss's ``log_likelihood``)."""
+
+    def neg_log_likelihood_bound(self, x: Tensor, recon: ReconstructionLoss, k: int) -> Tensor:
+        """Per image, an upper bound on -log p(x) in nats from ``k`` importance samples (the
+        bound of Burda et al. 2016; ``k = 1`` is the negative ELBO), shape (N,)."""
 
     def extra_metrics(self, means: dict[str, float], recon: ReconstructionLoss) -> dict[str, float]:
-        """Metrics derived from the mean loss terms of an evaluation pass (keys name units)."""
-        return {}
+        """Metrics derived from the mean loss terms of an evaluation pass (keys name units; a
+        VAE with bce: -ELBO in nats per image)."""
 
-    def neg_log_likelihood_bound(self, x: Tensor, recon: ReconstructionLoss, k: int) -> Tensor | None:
-        """Per image, an upper bound on -log p(x) in nats from ``k`` importance samples (the
-        bound of Burda et al. 2016; ``k = 1`` is the negative ELBO), shape (N,). None: the model
-        (or this loss) defines no likelihood, as for every autoencoder without a prior."""
-        return None
+
+@runtime_checkable
+class PretrainsInStages(Protocol):
+    """A model trained in stages before its end-to-end training (a greedy stack)."""
+
+    def pretraining_stages(self, noise: Noise) -> list[Phase]:
+        """The phases to train before the end-to-end phase, in order."""
+
+
+def likelihood_bound(model: object, recon: ReconstructionLoss) -> str | None:
+    """None if ``model`` gives a likelihood bound with ``recon``, else why not (for a message)."""
+    if not isinstance(model, HasLikelihoodBound):
+        return (f"the importance-weighted bound is a VAE metric; {type(model).__name__} defines no likelihood "
+                "(no prior over its codes)")
+    if not recon.log_likelihood:
+        return f"it needs a likelihood loss (loss=bce: -log p(x|z) in nats); this run trained with loss={recon.name}"
+    return None

@@ -7,7 +7,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from aecli.config import ConvAutoencoderConfig
 from aecli.models.base import Autoencoder
+
+D = ConvAutoencoderConfig()  # the declared defaults, for __init__'s own
 
 
 class ConvAutoencoder(Autoencoder):
@@ -21,8 +24,8 @@ class ConvAutoencoder(Autoencoder):
     def __init__(
         self,
         input_shape: Sequence[int],
-        channels: Sequence[int] = (32, 64),
-        latent_dim: int = 32,
+        channels: Sequence[int] = tuple(D.channels),
+        latent_dim: int = D.latent_dim,
     ) -> None:
         super().__init__(input_shape)
         self.latent_dim = int(latent_dim)

@@ -9,12 +9,16 @@ from itertools import pairwise
 
 from torch import Tensor, nn
 
+from aecli.config import ConvVAEConfig
 from aecli.errors import ConfigError
 from aecli.models.vae import GaussianVAE
 
 
 def _block(conv: nn.Module, channels: int) -> nn.ModuleList:
     return nn.ModuleList([conv, nn.BatchNorm2d(channels), nn.LeakyReLU()])
+
+
+D = ConvVAEConfig()  # the declared defaults, for __init__'s own
 
 
 class ConvVAE(GaussianVAE):
@@ -34,9 +38,9 @@ class ConvVAE(GaussianVAE):
     def __init__(
         self,
         input_shape: Sequence[int],
-        channels: Sequence[int] = (32, 64, 128, 256),
-        latent_dim: int = 128,
-        beta: float = 1.0,
+        channels: Sequence[int] = tuple(D.channels),
+        latent_dim: int = D.latent_dim,
+        beta: float = D.beta,
     ) -> None:
         super().__init__(input_shape, latent_dim, beta)
         c_in, height, width = self.input_shape

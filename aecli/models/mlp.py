@@ -6,7 +6,10 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
+from aecli.config import MLPAutoencoderConfig
 from aecli.models.base import Autoencoder, mlp
+
+D = MLPAutoencoderConfig()  # the declared defaults, for __init__'s own
 
 
 class MLPAutoencoder(Autoencoder):
@@ -18,9 +21,9 @@ class MLPAutoencoder(Autoencoder):
     def __init__(
         self,
         input_shape: Sequence[int],
-        hidden_dims: Sequence[int] = (256,),
-        latent_dim: int = 32,
-        latent_activation: bool = False,
+        hidden_dims: Sequence[int] = tuple(D.hidden_dims),
+        latent_dim: int = D.latent_dim,
+        latent_activation: bool = D.latent_activation,
     ) -> None:
         super().__init__(input_shape)
         self.latent_dim = int(latent_dim)

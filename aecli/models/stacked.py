@@ -9,9 +9,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from aecli.config import StackedAutoencoderConfig
 from aecli.losses import ReconstructionLoss
-from aecli.models.base import Autoencoder, Stage
+from aecli.models.base import Autoencoder, Phase
 from aecli.noise import Noise
+
+D = StackedAutoencoderConfig()  # the declared defaults, for __init__'s own
 
 
 class StackedAutoencoder(Autoencoder):
@@ -23,10 +26,10 @@ class StackedAutoencoder(Autoencoder):
     def __init__(
         self,
         input_shape: Sequence[int],
-        hidden_dims: Sequence[int] = (256, 128),
-        latent_dim: int = 32,
-        pretrain_epochs: int = 1,
-        pretrain_noise_levels: Sequence[float] | None = None,
+        hidden_dims: Sequence[int] = tuple(D.hidden_dims),
+        latent_dim: int = D.latent_dim,
+        pretrain_epochs: int = D.pretrain_epochs,
+        pretrain_noise_levels: Sequence[float] | None = D.pretrain_noise_levels,
     ) -> None:
         super().__init__(input_shape)
         self.latent_dim = int(latent_dim)
@@ -59,7 +62,7 @@ class StackedAutoencoder(Autoencoder):
                 h = torch.relu(h)
         return h.view(-1, *self.input_shape)
 
-    def pretraining_stages(self, noise: Noise) -> list[Stage]:
+    def pretraining_stages(self, noise: Noise) -> list[Phase]:
         """The greedy pre-training stages, bottom layer first, each with the noise it trains
         with: ``pretrain_noise_levels[k]`` (else the run's noise level) at layer k; only the
         image layer's Gaussian noise is clipped to [0, 1]."""
@@ -69,8 +72,8 @@ class StackedAutoencoder(Autoencoder):
             stage_noise = noise if level is None and k == 0 else noise.at_level(
                 noise.level if level is None else level, clip=(k == 0))
             layer = LayerStage(self, k)
-            out.append(Stage(f"pretrain/layer{k}", layer, stage_noise, layer.inputs, self.pretrain_epochs,
-                             layer.loss_unit))
+            out.append(Phase(f"pretrain/layer{k}", layer, stage_noise, self.pretrain_epochs, layer.loss_unit,
+                             layer.inputs))
         return out
 
 

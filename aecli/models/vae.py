@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from aecli.config import VAEConfig
 from aecli.losses import ReconstructionLoss
 from aecli.models.base import Autoencoder, mlp
 
@@ -85,15 +86,18 @@ class GaussianVAE(Autoencoder):
         return {"neg_elbo_nats_per_image": means["recon"] + means["kl"]}
 
 
+D = VAEConfig()  # the declared defaults, for __init__'s own
+
+
 class VAE(GaussianVAE):
     """The MLP VAE: ``hidden_dims`` ReLU layers to the mean and log-variance, mirrored back."""
 
     def __init__(
         self,
         input_shape: Sequence[int],
-        hidden_dims: Sequence[int] = (400,),
-        latent_dim: int = 20,
-        beta: float = 1.0,
+        hidden_dims: Sequence[int] = tuple(D.hidden_dims),
+        latent_dim: int = D.latent_dim,
+        beta: float = D.beta,
     ) -> None:
         super().__init__(input_shape, latent_dim, beta)
         n_in = math.prod(self.input_shape)

@@ -8,7 +8,7 @@ plain data) in torch's zip format. Reading it:
   the tensor data is refused instead of coming back as a weight of -3e35;
 - its keys and types are checked (``validate``) before anything uses them;
 - its config is never instantiated as it is: every ``_target_`` in it must be one of aecli's
-  own (``ALLOWED_TARGETS``) or one this process was given (``check_targets``).
+  own (``allowed_targets``) or one this process was given (``check_targets``).
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from aecli import config
 from aecli.errors import ConfigError, RunFailed
 from aecli.store.atomic import atomic_write
 
@@ -32,15 +33,9 @@ log = logging.getLogger(__name__)
 FORMAT = "aecli-checkpoint-2"
 LAST, BEST = "last.pt", "best.pt"
 
-# What a checkpoint's config may name: aecli's own classes and loaders, by group.
-ALLOWED_TARGETS = {
-    "model": {"aecli.models.MLPAutoencoder", "aecli.models.ConvAutoencoder", "aecli.models.VAE",
-              "aecli.models.StackedAutoencoder", "aecli.models.ConvVAE"},
-    "noise": {"aecli.noise.NoNoise", "aecli.noise.MaskingNoise", "aecli.noise.GaussianNoise"},
-    "loss": {"aecli.losses.SquaredError", "aecli.losses.BinaryCrossEntropy"},
-    "dataset": {"aecli.data.load_digits", "aecli.data.load_torchvision", "aecli.data.load_folder",
-                "aecli.data.load_sample_patches"},
-}
+def allowed_targets() -> dict[str, set[str]]:
+    """What a checkpoint's config may name, by group: every ``_target_`` of aecli's schemas."""
+    return config.targets()
 
 
 # --- writing ---------------------------------------------------------------------------------
@@ -187,12 +182,13 @@ def check_targets(config: dict[str, Any], trusted: Iterable[str] = (), source: s
     may sit only at the root of the model, noise, loss and dataset groups, no value may be an
     interpolation, and no other Hydra instantiate key may appear anywhere."""
     trusted = set(trusted)
+    allowed_by_group = allowed_targets()
 
     def walk(node: Any, path: str) -> None:
         if isinstance(node, dict):
             for k, v in node.items():
                 full = f"{path}.{k}" if path else str(k)
-                if isinstance(k, str) and k.startswith("_") and not (k == "_target_" and path in ALLOWED_TARGETS):
+                if isinstance(k, str) and k.startswith("_") and not (k == "_target_" and path in allowed_by_group):
                     raise ConfigError(key, f"{source} sets {full}, which would make aecli run code named in a file",
                                       "use a checkpoint written by aecli from a config you trust")
                 walk(v, full)
@@ -207,7 +203,7 @@ def check_targets(config: dict[str, Any], trusted: Iterable[str] = (), source: s
                               "use a checkpoint written by aecli")
 
     walk({k: v for k, v in config.items() if k != "callbacks"}, "")
-    for group, allowed in ALLOWED_TARGETS.items():
+    for group, allowed in allowed_by_group.items():
         target = (config.get(group) or {}).get("_target_") if isinstance(config.get(group), dict) else None
         if target is not None and target not in allowed | trusted:
             raise ConfigError(key, f"{source} names {group}._target_={target}, which is not one of aecli's own",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -18,6 +18,7 @@ from aecli.data import ImageData
 from aecli.device import resolve_device
 from aecli.errors import ConfigError
 from aecli.losses import ReconstructionLoss
+from aecli.models import PretrainsInStages
 from aecli.training.distributed import World
 from aecli.training.graph_step import GraphStep
 from aecli.training.placement import JobSlot, cores_available, gpu_for_job, threads_per_job
@@ -112,10 +113,10 @@ def new_state(parts: Parts, cfg: DictConfig, world: World = World()) -> TrainSta
         return optimizer_for(params, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.fused, parts.device,
                              capturable=uses_cuda_graph(cfg, parts.device, world))
 
-    phases = [Phase(s.name, s.module, adam(s.module.parameters()), s.noise, s.epochs, s.unit, s.inputs, main=False)
-              for s in parts.model.pretraining_stages(parts.noise)]
-    phases.append(Phase("train", parts.model, adam(parts.model.parameters()), parts.noise, cfg.trainer.epochs,
-                        parts.model.loss_unit, parts.to_layout))
+    stages = parts.model.pretraining_stages(parts.noise) if isinstance(parts.model, PretrainsInStages) else []
+    phases = [replace(s, optimizer=adam(s.module.parameters())) for s in stages]
+    phases.append(Phase("train", parts.model, parts.noise, cfg.trainer.epochs, parts.model.loss_unit,
+                        parts.to_layout, main=True, optimizer=adam(parts.model.parameters())))
     return TrainState(parts.model, phases, parts.precision.scaler())
 
 

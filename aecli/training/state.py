@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,21 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from aecli.errors import ConfigError
-
-
-@dataclass
-class Phase:
-    """One thing being trained: the whole model (the main phase), or what a model's
-    ``pretraining_stages`` asks for first."""
-
-    name: str  # TensorBoard prefix: "train", "pretrain/layer0"
-    module: nn.Module  # .loss(x_in, target, recon); its parameters are what is trained
-    optimizer: torch.optim.Optimizer
-    noise: Callable[[Tensor], Tensor]
-    epochs: int
-    unit: str  # the loss's reduction, named in every loss tag
-    inputs: Callable[[Tensor], Tensor] | None = None  # clean batch -> what the module sees
-    main: bool = True  # validated, imaged, best-checkpointed
+from aecli.models import Phase  # one record for a phase: the models' pre-training stages are phases too
 
 
 @dataclass

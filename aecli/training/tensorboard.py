@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from aecli.images import image_grid, save_png
+from aecli.models import HasPrior
 from aecli.training.distributed import epoch_totals
 from aecli.training.hooks import EpochResult, Hook, Run
 
@@ -96,7 +97,7 @@ class EpochScalars(Hook):
 class ImageGrids(Hook):
     """Each epoch of the main phase: a fixed validation batch | its corruption (when the noise
     changes anything) | the reconstruction of what the model was fed, and for a model with a
-    prior (``sample_latents``) 16 samples from the same prior draws every epoch. At the end the
+    prior (``HasPrior``) 16 samples from the same prior draws every epoch. At the end the
     last grids are also written as ``reconstruction.png`` and ``samples.png`` in the run dir."""
 
     def __init__(self, writer: SummaryWriter, n_images: int, seed: int) -> None:
@@ -111,8 +112,7 @@ class ImageGrids(Hook):
             with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):
                 torch.manual_seed(self.seed)
                 self.noisy = run.noise(self.clean.clone())
-        z = run.model.sample_latents(16, gen)
-        self.prior_z = None if z is None else z.to(run.device)
+        self.prior_z = run.model.sample_latents(16, gen).to(run.device) if isinstance(run.model, HasPrior) else None
 
     @torch.no_grad()
     def draw(self, run: Run) -> None:

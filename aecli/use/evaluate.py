@@ -33,7 +33,7 @@ from aecli import metrics
 from aecli.config import plain
 from aecli.data import ImageData
 from aecli.errors import ConfigError
-from aecli.losses import BinaryCrossEntropy
+from aecli.models import HasLikelihoodBound, likelihood_bound
 from aecli.store import rundir
 from aecli.use import commandline as commands
 from aecli.use import inference, probes, report, tables
@@ -148,9 +148,10 @@ def likelihood(run: TrainedRun, data: ImageData, opts: Options, notes: list[str]
     k = DEFAULT_IW_SAMPLES if opts.iw_samples is None else opts.iw_samples
     if k == 0:
         return {}
-    if not has_likelihood(run):
-        if opts.iw_samples is not None or "VAE metric" not in why_no_likelihood(run):
-            notes.append(f"no likelihood bound: {why_no_likelihood(run)}")
+    why_not = likelihood_bound(run.model, run.recon)
+    if why_not is not None:
+        if opts.iw_samples is not None or isinstance(run.model, HasLikelihoodBound):  # a VAE: say why not
+            notes.append(f"no likelihood bound: {why_not}")
         return {}
     with inference.seeded(opts.seed, run.device):
         bound = metrics.neg_log_likelihood(run.model, data, data.test, run.recon, k, opts.progress)
@@ -244,32 +245,12 @@ def _as_flag(error: ConfigError) -> ConfigError:
     return error
 
 
-def has_likelihood(run: TrainedRun, with_loss: Any = None) -> bool:
-    """Whether the run's model gives a likelihood bound with its loss (or ``with_loss``), asked
-    of the model on one blank image."""
-    import torch
-
-    with torch.no_grad():
-        x = torch.zeros(1, *run.model.input_shape, device=run.device)
-        return run.model.neg_log_likelihood_bound(x, with_loss or run.recon, 1) is not None
-
-
-def why_no_likelihood(run: TrainedRun) -> str:
-    """Why ``has_likelihood(run)`` is False: the model has none, or its loss is no likelihood."""
-
-    if not has_likelihood(run, BinaryCrossEntropy()):
-        return (f"the importance-weighted bound is a VAE metric; {type(run.model).__name__} defines no likelihood "
-                "(no prior over its codes)")
-    return (f"it needs a likelihood loss (loss=bce: -log p(x|z) in nats); this run trained with "
-            f"loss={run.recon.name}")
-
-
 def check_likelihood(runs: Sequence[TrainedRun], opts: Options) -> None:
     """``--iw-samples`` asked for explicitly needs at least one run with a likelihood (the
     others of a sweep are noted and skipped)."""
-    if opts.iw_samples in (None, 0) or any(has_likelihood(r) for r in runs):
+    if opts.iw_samples in (None, 0) or any(likelihood_bound(r.model, r.recon) is None for r in runs):
         return
-    raise ConfigError("--iw-samples", f"{runs[0].run_dir}: {why_no_likelihood(runs[0])}",
+    raise ConfigError("--iw-samples", f"{runs[0].run_dir}: {likelihood_bound(runs[0].model, runs[0].recon)}",
                       "drop --iw-samples for this run, or evaluate a run trained with model=vae (and loss=bce)")
 
 

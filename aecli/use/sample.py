@@ -17,6 +17,7 @@ from torch import Tensor
 
 from aecli.errors import ConfigError
 from aecli.images import image_grid, save_png
+from aecli.models import HasPrior
 from aecli.use import commandline as commands
 from aecli.use import inference
 from aecli.use.trained import TrainedRun
@@ -41,11 +42,11 @@ def recipe(args: argparse.Namespace) -> None:
 @torch.no_grad()
 def prior_samples(run: TrainedRun, n: int, seed: int) -> Tensor:
     """``n`` images decoded from codes drawn from the model's prior (``model.sample_latents``)."""
-    z = run.model.sample_latents(n, torch.Generator().manual_seed(seed))
-    if z is None:
+    if not isinstance(run.model, HasPrior):
         raise ConfigError("--n", f"{type(run.model).__name__} has no prior to draw codes from (an autoencoder's "
                           "codes follow no known distribution)", "use --interpolate A B (decodes the line between "
                           "two test images' codes; any model), or train a VAE (model=vae) to sample")
+    z = run.model.sample_latents(n, torch.Generator().manual_seed(seed))
     return run.recon.output(run.model.decode(z.to(run.device)))
 
 
@@ -63,7 +64,7 @@ def manifold(run: TrainedRun, side: int) -> list[Tensor]:
     """The decoder over a ``side`` x ``side`` grid of a 2-D prior's quantiles (5% to 95%),
     first code number left to right, second bottom to top; one row per tensor."""
     model = run.model
-    if model.sample_latents(1, torch.Generator()) is None or model.latent_dim != 2:
+    if not isinstance(model, HasPrior) or model.latent_dim != 2:
         raise ConfigError("--manifold", f"the manifold needs a VAE with latent_dim=2 (this run: "
                           f"{type(model).__name__}, latent_dim={model.latent_dim})",
                           "train model=vae model.latent_dim=2; for a 2-D autoencoder, aecli map RUN "
