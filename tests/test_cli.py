@@ -155,9 +155,15 @@ def test_user_hooks_see_every_event_and_can_stop_the_run_without_system_exit(tmp
 
 
 def test_hooks_from_the_config(tmp_path):
-    cfg = quick_cfg("trainer.epochs=1", "+callbacks.pause._target_=tests.faults.PauseAt",
-                    "+callbacks.pause.step=999")
-    assert run(cfg, tmp_path).status == "completed"  # built from the config (a bad target would raise)
+    """A hook named in the config fires (every step, every epoch, start and end), sees the final
+    metrics, and its state travels in the checkpoint."""
+    cfg = quick_cfg("trainer.epochs=2", "+callbacks.count._target_=tests.custom.CallCounter")
+    result = run(cfg, tmp_path)
+    steps = read(tmp_path)["step"]
+    assert steps == 20  # 10 steps per digits epoch
+    calls = {"fit_start": 1, "step_end": steps, "epoch_end": 2, "fit_end": 1}
+    assert result.metrics["hook_calls"] == calls
+    assert read(tmp_path)["hooks"]["call_counter"] == {"calls": {k: v for k, v in calls.items() if k != "fit_end"}}
 
 
 def test_a_custom_model_gets_grids_samples_metrics_and_exact_resume(tmp_path):
