@@ -3,6 +3,7 @@
 [0, 1]), the files it writes read back, and its refusals."""
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -14,25 +15,18 @@ import torch
 from aecli import cli, metrics
 from aecli.cli import noise_option
 from aecli.models.base import Autoencoder
-from aecli.training.run import run
 from aecli.use import evaluate
 from aecli.use.trained import open_run
 
-from .conftest import make_cfg, read_events, snapshot
-
-# a higher learning rate than the default 1e-3: trained enough in 10-15 epochs (~0.5 s each)
-FAST = ("trainer.progress=log", "trainer.log_every_n_steps=50", "optim.lr=3e-3")
+from .conftest import read_events, snapshot
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
-    """ae, dae (binomial p=0.25) and vae (bce) trained on the digits."""
+def runs(trained_runs, tmp_path_factory) -> dict[str, Path]:
+    """ae, dae (binomial p=0.25) and vae (bce) trained on the digits (the session's, copied: these
+    tests write eval.json and TensorBoard files into the run dirs)."""
     root = tmp_path_factory.mktemp("runs")
-    out = {}
-    for name, epochs in (("ae", 10), ("dae", 15), ("vae", 15)):
-        out[name] = root / name
-        run(make_cfg(f"model={name}", f"trainer.epochs={epochs}", *FAST), out[name])
-    return out
+    return {name: Path(shutil.copytree(path, root / name)) for name, path in trained_runs.items()}
 
 
 @pytest.fixture(scope="module")
