@@ -79,6 +79,7 @@ def run(cfg: DictConfig, run_dir: str | Path, *, choices: dict[str, str] | None 
         run_ = hooks.Run(cfg, run_dir, state, parts.data, parts.model, parts.recon, parts.noise, parts.device,
                          cfg.trainer.batch_size, all_hooks, config=plain(cfg), world=world)
         describe(parts, prepared)
+        log.info("processes: %d (world size%s)", world.size, ", torchrun" if world.distributed else "")
         try:
             finished = fit(run_, all_hooks, parts, cfg)
             if not finished:
@@ -133,7 +134,7 @@ def finish(run_: hooks.Run, all_hooks: hooks.Hooks, parts: Parts, cfg: DictConfi
                 "best_step": state.best_step, "epochs": state.epoch if state.phases[state.phase].main else 0,
                 "steps": state.step, "images_per_sec": last.images_per_sec if last else None,
                 "best_val_loss": state.best_val if math.isfinite(state.best_val) else None,
-                "torch_threads": torch.get_num_threads()})
+                "torch_threads": torch.get_num_threads(), "world_size": run_.world.size})
     all_hooks.on_fit_end(run_, out)
     if run_.world.main:
         rundir.write_json(run_.run_dir / "metrics.json", out)

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 
 from aecli.components import build
 from aecli.errors import ConfigError
+from aecli.store import rundir
 from aecli.use import tables
 from aecli.use.trained import TrainedRun
 from aecli.use.trained import open_run as open_
@@ -26,9 +27,26 @@ T = TypeVar("T")
 
 
 def open_run(args: argparse.Namespace) -> TrainedRun:
-    """The run ``RUN`` names, with the ``--checkpoint`` model on ``--device``."""
+    """The run ``RUN`` names, with the ``--checkpoint`` model on ``--device``; a run still
+    training there is named in a warning (its checkpoints change under the command)."""
+    run = open_(args.run, args.checkpoint, args.device)
+    still_training(run.run_dir)
+    return run
 
-    return open_(args.run, args.checkpoint, args.device)
+
+def still_training(run_dir: Path) -> str | None:
+    """Warn when a process holds ``run_dir``'s lock (the run is still training); who holds it."""
+    holder = rundir.holder(run_dir)
+    if holder is not None:
+        warn(f"{run_dir} is still training ({holder}): this uses its checkpoint as it is now")
+    return holder
+
+
+def check_writable(out: Path, run_dir: Path, given: bool) -> None:
+    """Refuse to write into a run dir that a training process holds (``given``: --out named it)."""
+    if Path(out).absolute() == Path(run_dir).absolute() and rundir.holder(run_dir) is not None:
+        raise ConfigError("--out", f"{run_dir} is still training (its lock is held), so nothing is written into it",
+                          "pass --out DIR for the outputs, or wait until the run has finished")
 
 
 def noise(run: TrainedRun, option: Any) -> Any:
@@ -40,12 +58,46 @@ def noise(run: TrainedRun, option: Any) -> Any:
 def out_dir(args: argparse.Namespace, run: TrainedRun) -> Path:
     """Where outputs go: ``--out`` (made if needed), else the run dir."""
     out = Path(args.out) if args.out is not None else run.run_dir
+    check_writable(out, run.run_dir, args.out is not None)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError("--out", f"cannot make {out} ({e.strerror or e})",
                           "pass --out DIR where you can write") from None
     return out
+
+
+def noise_name(noise: Any) -> str:
+    """A noise as the command line names it: ``binomial:0.25``, ``gaussian:0.3`` (the kind of the
+    config schema whose ``_target_`` built it, and its level)."""
+    from dataclasses import asdict
+
+    from aecli.config import SCHEMAS
+
+    kind = next((k for k, schema in SCHEMAS["noise"].items()
+                 if asdict(schema())["_target_"].rsplit(".", 1)[-1] == type(noise).__name__), type(noise).__name__)
+    level = getattr(noise, "level", None)
+    return kind if level is None else f"{kind}:{level:g}"
+
+
+def source_tag(path: Path) -> str:
+    """A file-name part for an input path: its name and a short hash of its absolute path, so two
+    folders (or files) of the same name never map to one output."""
+    import hashlib
+
+    resolved = str(Path(path).expanduser().resolve())
+    return f"{Path(resolved).name or 'root'}-{hashlib.sha1(resolved.encode()).hexdigest()[:6]}"
+
+
+def run_title(run: TrainedRun) -> str:
+    """How figures name a run: the model class and the run dir (and a non-best checkpoint)."""
+    which = "" if run.checkpoint_name == "best.pt" else f", {run.checkpoint_name}"
+    return f"{type(run.model).__name__} ({run.run_dir.name}{which})"
+
+
+def class_name(classes: list[str] | None, k: int) -> str:
+    """Label ``k`` as its class name, where the dataset names its classes."""
+    return classes[k] if classes and 0 <= k < len(classes) else str(k)
 
 
 def wrote(*paths: Path) -> None:

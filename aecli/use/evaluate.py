@@ -225,6 +225,7 @@ def open_runs(paths: Sequence[str | Path], opts: Options) -> tuple[list[TrainedR
         for run_dir in found:
             try:
                 runs.append(open_run(run_dir, opts.checkpoint, opts.device))
+                commands.still_training(run_dir)
             except ConfigError as e:
                 if found == [Path(path)]:
                     raise _as_flag(e) from None
@@ -285,6 +286,8 @@ def output_dirs(runs: Sequence[TrainedRun], out: Path | None) -> list[Path]:
     """Where each run's ``eval.json`` goes: its run dir, or ``--out`` (several runs: ``--out``/the
     run's dir relative to the runs' common parent, as in the table), made if needed."""
     if out is None:
+        for run in runs:  # a run still training: its dir is its own (aecli.use.commandline)
+            commands.check_writable(run.run_dir, run.run_dir, False)
         return [run.run_dir for run in runs]
     parent = common_parent([r.run_dir for r in runs])
     dirs = [out / run.run_dir.absolute().relative_to(parent) if len(runs) > 1 else out for run in runs]

@@ -131,12 +131,30 @@ def read_sweep(sweep_dir: Path) -> list[Job]:
         raise ConfigError("SWEEP_DIR", f"{sweep_dir} is not a directory",
                           "pass the dir of a multirun, e.g. aecli report multirun/2026-01-01/12-00-00-123456")
     jobs = [read_job(d) for d in job_dirs(sweep_dir)]
+    fill_defaults(jobs)
     if not jobs:
         below = sweeps_below(sweep_dir)
         raise ConfigError("SWEEP_DIR", f"{sweep_dir} holds no job dirs (subdirs with .hydra/overrides.yaml)"
                           + (f"; it holds {describe_sweeps(below)}" if below else ""),
                           "pass the dir of one multirun (python -m aecli.train -m ... prints it: 'sweep output dir')")
     return jobs
+
+
+def fill_defaults(jobs: Sequence[Job]) -> None:
+    """Single runs gathered in one dir (the README's one model per command): a key that some jobs
+    override and others leave at its default gets the default's value in the others (the group
+    choice Hydra recorded, e.g. ``model=ae``, else the composed config's value), and a job
+    without a Hydra job number (a single run) is numbered by its place in the dir."""
+    keys = list(dict.fromkeys(k for j in jobs for k in j.overrides))
+    for i, job in enumerate(jobs):
+        if job.num is None:
+            job.num = i
+        for key in keys:
+            if key not in job.overrides:
+                choice = _yaml_get(job.dir / ".hydra" / "hydra.yaml", "hydra", "runtime", "choices", key)
+                value = choice if choice is not None else _yaml_get(job.dir / ".hydra" / "config.yaml",
+                                                                    *key.split("."))
+                job.overrides[key] = "(default)" if value is None or isinstance(value, dict) else str(value)
 
 
 def sweeps_below(path: Path) -> list[Path]:
