@@ -85,14 +85,17 @@ def source_tag(path: Path) -> str:
     folders (or files) of the same name never map to one output."""
     import hashlib
 
-    resolved = str(Path(path).expanduser().resolve())
-    return f"{Path(resolved).name or 'root'}-{hashlib.sha1(resolved.encode()).hexdigest()[:6]}"
+    resolved = Path(path).expanduser().resolve()
+    name = (resolved.name if resolved.is_dir() else resolved.stem) or "root"
+    return f"{name}-{hashlib.sha1(str(resolved).encode()).hexdigest()[:6]}"
 
 
 def run_title(run: TrainedRun) -> str:
-    """How figures name a run: the model class and the run dir (and a non-best checkpoint)."""
+    """How figures name a run: the model class, the noise it trained with, the run dir (its
+    parent too: a date, a sweep) and a checkpoint other than the best."""
+    noise = f" trained on {noise_name(run.noise)} noise" if run.noise.corrupts else ""
     which = "" if run.checkpoint_name == "best.pt" else f", {run.checkpoint_name}"
-    return f"{type(run.model).__name__} ({run.run_dir.name}{which})"
+    return f"{type(run.model).__name__}{noise} ({run.run_dir.parent.name}/{run.run_dir.name}{which})"
 
 
 def class_name(classes: list[str] | None, k: int) -> str:

@@ -74,14 +74,16 @@ def folder(run: TrainedRun, input_dir: Path, output_dir: Path) -> None:
 
 def output_names(files: list[Path], input_dir: Path, output_dir: Path) -> dict[Path, Path]:
     """Each input's PNG under ``output_dir`` at its relative path: ``a.jpg`` -> ``a.png``, or
-    ``a.jpg.png`` where another input has the same stem (``a.png``): two inputs never map to one output."""
+    ``a.jpg.png`` where another input has the same stem (``a.png``, which keeps its name): two
+    inputs never map to one output."""
     stems: dict[Path, int] = {}
     for f in files:
         stems[f.relative_to(input_dir).with_suffix("")] = stems.get(f.relative_to(input_dir).with_suffix(""), 0) + 1
     out = {}
     for f in files:
         rel = f.relative_to(input_dir)
-        out[f] = output_dir / (rel.with_suffix(".png") if stems[rel.with_suffix("")] == 1 else f"{rel}.png")
+        alone = stems[rel.with_suffix("")] == 1 or rel.suffix.lower() == ".png"
+        out[f] = output_dir / (rel.with_suffix(".png") if alone else f"{rel}.png")
     if len(set(out.values())) < len(out):  # e.g. a.jpg, a.png and a.jpg.png side by side
         raise ConfigError("INPUT_DIR", f"{input_dir} holds files whose results would share one name",
                           "rename the files that differ only in their extension")
