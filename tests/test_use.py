@@ -76,8 +76,11 @@ def drawn(monkeypatch):
     return seen
 
 
-def test_encode_writes_codes_labels_and_a_projector_entry(dae, tmp_path):
+def test_encode_writes_codes_labels_and_a_projector_entry(dae, tmp_path, capsys):
     assert cli.main(["encode", str(dae), "--split", "all", "--out", str(tmp_path)]) == 0
+    step = open_run(dae, device="cpu").state["step"]
+    assert f"the projector's files (codes, labels, image sprite) are in {tmp_path / f'{step:05d}'}/" \
+        in capsys.readouterr().out and (tmp_path / f"{step:05d}").is_dir()
     arrays = np.load(tmp_path / "codes_all.npz")
     digits = load_digits()
     assert arrays["codes"].shape == (1797, 16) and np.isfinite(arrays["codes"]).all()
@@ -449,3 +452,13 @@ def test_map_has_axes_and_a_title_naming_the_run(dae, tmp_path, drawn):
     assert cli.main(["map", str(dae), "--method", "pca", "--out", str(tmp_path)]) == 0
     assert "principal component 1" in drawn[0] and "principal component 2" in drawn[0]
     assert any(dae.name in t and "PCA" in t for t in drawn[0])
+
+
+def test_finetune_leaves_out_test_classes_without_train_labels(held_out, tmp_path, capsys):
+    argv = [str(held_out), "--labels-per-class", "3", "--steps", "5", "--seeds", "1", "--out", str(tmp_path)]
+    assert cli.main(["finetune", *argv]) == 0
+    out = capsys.readouterr().out
+    n_held = int((load_digits().labels["test"] == HELD_OUT).sum())
+    assert f"note: class(es) {HELD_OUT} have no train images in this run (dataset.classes): their {n_held}" in out
+    record = json.loads((tmp_path / "finetune_3_per_class.json").read_text())
+    assert record["test_images"] == 359 - n_held
