@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -437,6 +437,15 @@ def _tilde_override(text: str) -> ConfigError | None:
 def _key_in(text: str) -> str | None:
     match = re.search(r"(?:override|key|Key)\s+'?\+*([A-Za-z_][\w.]*)", text)
     return match.group(1) if match else None
+
+
+def noise_name(noise: Any) -> str:
+    """A noise as the command line names it: ``binomial:0.25``, ``gaussian:0.3`` (the kind of the
+    config schema whose ``_target_`` built it, and its level)."""
+    kind = next((k for k, schema in SCHEMAS["noise"].items()
+                 if asdict(schema())["_target_"].rsplit(".", 1)[-1] == type(noise).__name__), type(noise).__name__)
+    level = getattr(noise, "level", None)
+    return kind if level is None else f"{kind}:{level:g}"
 
 
 def plain(cfg: DictConfig) -> dict[str, Any]:

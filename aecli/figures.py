@@ -27,6 +27,7 @@ DPI = 100
 PAD = 2  # grey pixels around each tile
 FONT = 9  # points; at DPI 100 a line is about 15 px
 LINE_PX = 15
+TITLE_CHAR_PX = 8  # the widest a title character takes on average at FONT + 1 points (measured: ~7.4)
 MARK_COLOUR = "tab:red"
 
 
@@ -73,14 +74,15 @@ def grid_figure(rows: Sequence[Tensor], title: str, row_labels: Sequence[str] | 
     img_h, img_w = image.shape[:2]
     left = (max(len(s) for s in row_labels) * 7 + 16) if row_labels else 10
     left = max(left, 70) if axes else left
-    wrap = max(30, (img_w + left + 20) // 7)
+    wrap = max(30, (img_w + left) // TITLE_CHAR_PX)
     title_lines = textwrap.wrap(title, wrap)
     if len(title_lines) > 3:  # a narrow strip: a wider figure instead of a tall title
         wrap = max(wrap, len(title) // 3 + 10)
         title_lines = textwrap.wrap(title, wrap)
-    top = len(title_lines) * (LINE_PX + 2) + 14
-    bottom = 55 if axes else 10
-    fig_w, fig_h = max(img_w + left + 20, wrap * 7 + 20), img_h + top + bottom
+    top = len(title_lines) * (LINE_PX + 3) + 14
+    bottom = 80 if axes else 10  # rotated tick values and the axis name
+    fig_w = max(img_w + left + 20, max(map(len, title_lines)) * TITLE_CHAR_PX + 20)
+    fig_h = img_h + top + bottom
     fig = Figure(figsize=(fig_w / DPI, fig_h / DPI), dpi=DPI)
     ax = fig.add_axes((left / fig_w, bottom / fig_h, img_w / fig_w, img_h / fig_h))
     ax.imshow(image, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest", aspect="equal")

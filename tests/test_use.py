@@ -132,7 +132,7 @@ def test_search_by_index_and_by_file_write_the_query_then_its_neighbours(dae, tm
     assert f"MLPAutoencoder trained on binomial:0.25 noise ({dae.parent.name}/{dae.name})" in title
     assert "test image 5" in title and "framed" in title
     assert query == "query\ntest 5\n'8'"  # the query's label, under it
-    assert len(neighbours) == 4 and all(n.startswith(f"#{r + 1} test ") and "sim 0." in n and "'" in n
+    assert len(neighbours) == 4 and all(n.startswith(f"#{r + 1}\ntest ") and "sim 0." in n and "'" in n
                                         for r, n in enumerate(neighbours))
     digits = load_digits()
     save_digit(digits.test[5], tmp_path / "q.png")
@@ -141,7 +141,7 @@ def test_search_by_index_and_by_file_write_the_query_then_its_neighbours(dae, tm
     assert "| 1 | 5 | 8 | 1.000 |" in capsys.readouterr().out
     [by_file] = tmp_path.glob("search_q-*_k4.png")  # named by the file (and a hash of its path)
     png(by_file, 1, 5)
-    assert drawn[1][1] == "query\nyour image\n" and drawn[1][2].startswith("#1 test 5\nsim 1.000")
+    assert drawn[1][1] == "query\nyour image\n" and drawn[1][2].startswith("#1\ntest 5\nsim 1.000")
 
 
 def test_denoising_a_trained_dae_gains_psnr(dae, tmp_path, drawn):

@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
+from aecli.config import noise_name
 from aecli.figures import grid_figure, save_figure
 from aecli.images import image_grid
 from aecli.training.distributed import epoch_totals
@@ -146,7 +147,7 @@ class ImageGrids(Hook):
                 path, fig = run.run_dir / "samples.png", grid_figure(
                     rows, f"{who}: {sum(len(r) for r in rows)} images decoded from codes drawn from the prior N(0, I)")
             else:
-                labels = ["clean"] + ([f"corrupted ({run.noise!r})"] if self.noisy is not None else []) \
+                labels = ["clean"] + ([f"corrupted ({noise_name(run.noise)})"] if self.noisy is not None else []) \
                     + ["reconstructed" + (" from the corrupted" if self.noisy is not None else "")]
                 path, fig = run.run_dir / "reconstruction.png", grid_figure(
                     rows, f"{who}: the first {len(rows[0])} validation images", row_labels=labels)

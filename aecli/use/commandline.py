@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from omegaconf import OmegaConf
 
 from aecli.components import build
+from aecli.config import noise_name
 from aecli.errors import ConfigError
 from aecli.store import rundir
 from aecli.use import tables
@@ -65,19 +66,6 @@ def out_dir(args: argparse.Namespace, run: TrainedRun) -> Path:
         raise ConfigError("--out", f"cannot make {out} ({e.strerror or e})",
                           "pass --out DIR where you can write") from None
     return out
-
-
-def noise_name(noise: Any) -> str:
-    """A noise as the command line names it: ``binomial:0.25``, ``gaussian:0.3`` (the kind of the
-    config schema whose ``_target_`` built it, and its level)."""
-    from dataclasses import asdict
-
-    from aecli.config import SCHEMAS
-
-    kind = next((k for k, schema in SCHEMAS["noise"].items()
-                 if asdict(schema())["_target_"].rsplit(".", 1)[-1] == type(noise).__name__), type(noise).__name__)
-    level = getattr(noise, "level", None)
-    return kind if level is None else f"{kind}:{level:g}"
 
 
 def source_tag(path: Path) -> str:

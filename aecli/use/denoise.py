@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from aecli import metrics
+from aecli.config import noise_name
 from aecli.data import ImageData
 from aecli.errors import ConfigError
 from aecli.figures import grid_figure, save_figure
@@ -121,7 +122,7 @@ def synthetic(run: TrainedRun, noise: Any, args: argparse.Namespace) -> None:
     psnr = {"noisy": measured["noisy_input_psnr_db"], "denoised": measured["denoised_psnr_db"],
             "clean input, reconstructed": clean}
     out = commands.out_dir(args, run)
-    named = commands.noise_name(noise)
+    named = noise_name(noise)
     stem = f"denoise_synthetic_{named.replace(':', '')}_seed{args.seed}"
     grid, record = out / f"{stem}.png", out / f"{stem}.json"
     rows = grid_rows(run, data, noise, args.seed)

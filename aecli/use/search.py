@@ -67,7 +67,7 @@ def figure(run: TrainedRun, images: Tensor, what: str, indices: Tensor, similari
              else "")
     first = f"query\n{'test ' + str(query) if query is not None else 'your image'}\n" + (
         label(query) if query is not None else "")
-    captions = [first] + [f"#{r + 1} test {int(i)}\nsim {float(s):.3f}\n{label(int(i))}"
+    captions = [first] + [f"#{r + 1}\ntest {int(i)}\nsim {float(s):.3f}\n{label(int(i))}"
                           for r, (i, s) in enumerate(zip(indices, similarity))]
     title = (f"{commands.run_title(run)}: the {len(indices)} test images whose codes are nearest to {what}'s "
              "(cosine similarity), nearest first; the query is framed")
