@@ -451,7 +451,9 @@ def test_the_runs_pngs_are_titled_figures_and_metrics_record_the_world_size(dae,
 def test_map_has_axes_and_a_title_naming_the_run(dae, tmp_path, drawn):
     assert cli.main(["map", str(dae), "--method", "pca", "--out", str(tmp_path)]) == 0
     assert "principal component 1" in drawn[0] and "principal component 2" in drawn[0]
-    assert any(dae.name in t and "PCA" in t for t in drawn[0])
+    title = next(t for t in drawn[0] if "PCA" in t)
+    assert max(map(len, title.splitlines())) <= 80  # wrapped to fit the width
+    assert f"({dae.parent.name}/{dae.name}): PCA of the codes, 359 test images" in " ".join(title.split())
 
 
 def test_finetune_leaves_out_test_classes_without_train_labels(held_out, tmp_path, capsys):

@@ -4,6 +4,7 @@ themselves (a ``latent_dim=2`` model). A PNG, and the same figure in TensorBoard
 from __future__ import annotations
 
 import argparse
+import textwrap
 
 import numpy as np
 
@@ -13,6 +14,7 @@ from aecli.use import commandline as commands
 from aecli.use import inference
 
 FIGSIZE, DPI = (8.0, 6.5), 100  # map_METHOD.png is 800 x 650 pixels
+TITLE_CHARS = 80  # a title line that fits the plot's width
 AXES = {"pca": "principal component", "tsne": "t-SNE dimension", "code": "code number"}
 TITLES = {"pca": "PCA of the codes", "tsne": "t-SNE of the codes", "code": "the codes (latent_dim=2)"}
 
@@ -73,7 +75,7 @@ def scatter(xy: np.ndarray, labels: np.ndarray | None, classes: list[str] | None
             name = commands.class_name(classes, int(k))
             ax.scatter(xy[at, 0], xy[at, 1], s=8, color=cmap(int(k) % cmap.N), alpha=0.8, label=name)
         ax.legend(title="label", loc="center left", bbox_to_anchor=(1.0, 0.5), markerscale=2, frameon=False)
-    ax.set_title(title)
+    ax.set_title("\n".join(textwrap.wrap(title, TITLE_CHARS)))
     ax.set_xlabel(f"{axis} 1")
     ax.set_ylabel(f"{axis} 2")
     return fig

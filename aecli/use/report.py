@@ -262,13 +262,13 @@ def plot(jobs: Sequence[Job], keys: Sequence[str], path: Path, log_keys: set[str
         fig.text(0.5, 0.5, f"no completed jobs yet{note}", ha="center", va="center", fontsize=14)
     elif "model" in keys and "noise" in keys:
         _model_noise_bars(fig, done)
-        fig.suptitle(f"best test MSE per pixel, model x noise{note}")
+        fig.suptitle(f"{path.parent.name}: best test MSE per pixel, model x noise{note}")
     else:
         names = {j.objective_name for j in done}
         metric, label = (("objective", f"objective ({names.pop()})") if len(names) == 1
                          else ("test/mse_per_pixel", "test MSE per pixel"))
         _panels(fig, done, keys, metric, label, log_keys)
-        fig.suptitle(f"{label} per swept value{note}")
+        fig.suptitle(f"{path.parent.name}: {label} per swept value{note}")
     fig.savefig(path, dpi=DPI)  # no bbox_inches="tight": the pixel size stays FIGSIZE x DPI
     plt.close(fig)
 
