@@ -43,8 +43,8 @@ def still_training(run_dir: Path) -> str | None:
     return holder
 
 
-def check_writable(out: Path, run_dir: Path, given: bool) -> None:
-    """Refuse to write into a run dir that a training process holds (``given``: --out named it)."""
+def check_writable(out: Path, run_dir: Path) -> None:
+    """Refuse to write into a run dir that a training process holds."""
     if Path(out).absolute() == Path(run_dir).absolute() and rundir.holder(run_dir) is not None:
         raise ConfigError("--out", f"{run_dir} is still training (its lock is held), so nothing is written into it",
                           "pass --out DIR for the outputs, or wait until the run has finished")
@@ -59,7 +59,7 @@ def noise(run: TrainedRun, option: Any) -> Any:
 def out_dir(args: argparse.Namespace, run: TrainedRun) -> Path:
     """Where outputs go: ``--out`` (made if needed), else the run dir."""
     out = Path(args.out) if args.out is not None else run.run_dir
-    check_writable(out, run.run_dir, args.out is not None)
+    check_writable(out, run.run_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

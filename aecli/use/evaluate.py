@@ -310,7 +310,7 @@ def output_dirs(runs: Sequence[TrainedRun], out: Path | None) -> list[Path]:
     run's dir relative to the runs' common parent, as in the table), made if needed."""
     if out is None:
         for run in runs:  # a run still training: its dir is its own (aecli.use.commandline)
-            commands.check_writable(run.run_dir, run.run_dir, False)
+            commands.check_writable(run.run_dir, run.run_dir)
         return [run.run_dir for run in runs]
     parent = common_parent([r.run_dir for r in runs])
     dirs = [out / run.run_dir.absolute().relative_to(parent) if len(runs) > 1 else out for run in runs]
