@@ -57,9 +57,10 @@ def test_cli_writes_image_grids_and_png_files(vae_run):
     # 3 rows (clean | corrupted | reconstructed) x 8 images of 8x8 digits upscaled 7x, 1px borders
     assert png.size == (8 * 58, 3 * 58)
     assert "samples/prior" in events.Tags()["images"]
-    for name, size in (("reconstruction.png", (8 * 58, 3 * 58)), ("samples.png", (8 * 58, 2 * 58))):
+    # the run dir's PNGs: titled figures, tiles upscaled to >= 64 px, rows labelled (left margin)
+    for name, rows in (("reconstruction.png", 3), ("samples.png", 2)):
         image = Image.open(run_dir / name)
-        assert image.size == size
+        assert image.size[0] > 8 * 64 and image.size[1] > rows * 64
         assert len(image.convert("L").getcolors(maxcolors=100_000)) > 20  # drawn on, not blank
 
 

@@ -121,6 +121,10 @@ def test_several_runs_make_one_table_in_their_common_parent(results, runs):
     assert rows[0]["iw bound nats"] == "" and float(rows[2]["iw bound nats"]) > 0
     md = (parent / "eval.md").read_text()
     assert "| run | model | train noise | mse/px |" in md and "5-NN accuracy; fit on 1258 train images" in md
+    # compact: the probe and k-NN columns only in the representations table, 4 significant digits
+    header = md.split("\n\n")[1].splitlines()[0]
+    assert "probe" not in header and "knn" not in header and header.count("|") <= 12
+    assert f"| {results['ae']['test/mse_per_pixel']:.4g} |" in md and "probe codes" in rows[0]
 
 
 def test_a_dataset_without_labels_gets_reconstruction_only(runs):
@@ -184,3 +188,16 @@ def test_out_means_write_the_outputs_into_dir(runs, tmp_path, capsys):
     assert (tmp_path / "two" / "ae" / "eval.json").is_file() and (tmp_path / "two" / "eval.md").is_file()
     assert {name: snapshot(runs[name]) for name in ("ae", "dae")} == before
     capsys.readouterr()
+
+
+def test_evaluate_agrees_with_metrics_json_or_says_why(results, runs):
+    for name in ("ae", "vae"):
+        recorded = json.loads((runs[name] / "metrics.json").read_text())
+        r = results[name]
+        # the same model, the same pass: the deterministic metrics agree
+        assert r["test/mse_per_pixel"] == pytest.approx(recorded["test/mse_per_pixel"], rel=1e-9)
+        losses = [k for k in r if k.startswith("test/loss_")]
+        differ = [k for k in losses if r[k] != pytest.approx(recorded[k], rel=1e-6)]
+        explained = [n for n in r["notes"] if "in metrics.json" in n and "each pass differs" in n]
+        assert len(explained) == len(differ) and (differ or name == "ae")  # a VAE's loss samples z
+    assert not [n for n in results["ae"]["notes"] if "in metrics.json" in n]

@@ -71,6 +71,7 @@ class ImageData:
     max_value: float = 255.0
     labels: dict[str, Tensor] | None = None  # "train" | "val" | "test" -> (N,) int64
     classes: list[str] | None = None  # label k's name
+    files: dict[str, list[Path]] | None = None  # a folder dataset: each split's image files, aligned
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -302,7 +303,8 @@ def load_folder(
         splits = [ImageFiles([readable[i] for i in part], image_size, channels, num_workers) for part in parts]
     else:
         splits = [decoded.images[part] for part in parts]
-    return ImageData(*splits, **_class_labels(folder, readable, parts))
+    files_of = {name: [readable[i] for i in part] for name, part in zip(("train", "val", "test"), parts)}
+    return ImageData(*splits, **_class_labels(folder, readable, parts), files=files_of)
 
 
 def image_files(folder: Path, extensions: tuple[str, ...] | None = IMAGE_EXTENSIONS,

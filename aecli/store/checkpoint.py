@@ -66,6 +66,16 @@ def find(path: str | Path, name: str = LAST) -> Path:
     return p if p.is_file() else p / "checkpoints" / name
 
 
+def other_checkpoint(file: Path) -> str:
+    """The fix for a broken checkpoint file: the run's other one (never the broken file itself)."""
+    if file.name == BEST:
+        return (f"use the last checkpoint instead (--checkpoint last; {file.with_name(LAST)}), or retrain "
+                "(resume=auto continues from last.pt)")
+    if file.name == LAST:
+        return f"use the best checkpoint instead (--checkpoint best; {file.with_name(BEST)}), or start a new run"
+    return "use another checkpoint of the run (checkpoints/best.pt or checkpoints/last.pt), or start a new run"
+
+
 def read(path: str | Path, key: str = "resume", name: str = LAST) -> dict[str, Any]:
     """Load a checkpoint file (or a run dir's ``checkpoints/<name>``) and verify it: CRCs,
     aecli's marker, keys and types. Any problem is one ``ConfigError`` naming ``key`` and the file."""
@@ -79,11 +89,10 @@ def read(path: str | Path, key: str = "resume", name: str = LAST) -> dict[str, A
         bad = zipfile.ZipFile(io.BytesIO(data)).testzip()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError):
         raise ConfigError(key, f"{file} is not a checkpoint (not a whole file in torch's zip format: truncated, "
-                          "or another kind of file)", "use another checkpoint (e.g. checkpoints/best.pt) or "
-                          "start a new run") from None
+                          "or another kind of file)", other_checkpoint(file)) from None
     if bad is not None:
         raise ConfigError(key, f"{file} is damaged (CRC mismatch in {bad}: its bytes changed after it was written)",
-                          "use another checkpoint (e.g. checkpoints/best.pt) or start a new run")
+                          other_checkpoint(file))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's notes on pickle protocols: not the user's concern
@@ -93,7 +102,7 @@ def read(path: str | Path, key: str = "resume", name: str = LAST) -> dict[str, A
                           "code), so it is refused", "use a checkpoint written by aecli") from None
     except Exception as e:  # noqa: BLE001 - a zip that is no torch file
         raise ConfigError(key, f"{file} is not a readable checkpoint ({type(e).__name__})",
-                          "use another checkpoint (e.g. checkpoints/best.pt) or start a new run") from None
+                          other_checkpoint(file)) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         found = state.get("format") if isinstance(state, dict) else None
         older = f" (format {found!r}: an older aecli wrote it)" if isinstance(found, str) else ""
@@ -102,7 +111,7 @@ def read(path: str | Path, key: str = "resume", name: str = LAST) -> dict[str, A
     problem = validate(state)
     if problem:
         raise ConfigError(key, f"{file} is not a valid checkpoint: {problem}",
-                          "use another checkpoint (e.g. checkpoints/best.pt) or start a new run")
+                          other_checkpoint(file))
     return state
 
 

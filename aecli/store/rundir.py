@@ -56,6 +56,26 @@ def unlock(run_dir: Path) -> None:
         os.close(fd)
 
 
+def holder(run_dir: Path) -> str | None:
+    """Who holds ``run_dir``'s lock (a run still training there: pid, host, start time), or None
+    when no live process does. Reads only: a shared lock tried and dropped at once."""
+    path = Path(run_dir) / LOCK_FILE
+    if Path(run_dir).absolute() in _held or not path.is_file():
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    except OSError:
+        return _describe(os.pread(fd, 4096, 0))
+    finally:
+        os.close(fd)
+
+
 def _describe(raw: bytes) -> str:
     try:
         info = json.loads(raw.decode() or "{}")

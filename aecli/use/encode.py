@@ -34,7 +34,11 @@ def recipe(args: argparse.Namespace) -> None:
     path = out / f"codes_{args.split}.npz"
     np.savez(path, **arrays)
     projector(out, run, data, arrays, f"codes_{args.split}")
+    step = run.state["step"]
     commands.wrote(path, out / "projector_config.pbtxt")
+    # TensorBoard names the projector's folder by the step: say so, or it looks like litter
+    print(f"the projector's files (codes, labels, image sprite) are in {out / f'{step:05d}'}/ "
+          f"(named by TensorBoard after the checkpoint's step, {step})")
     print(f"{len(codes)} codes of size {codes.shape[1]}; see them with: tensorboard --logdir {out} (PROJECTOR tab)")
 
 

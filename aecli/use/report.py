@@ -131,12 +131,30 @@ def read_sweep(sweep_dir: Path) -> list[Job]:
         raise ConfigError("SWEEP_DIR", f"{sweep_dir} is not a directory",
                           "pass the dir of a multirun, e.g. aecli report multirun/2026-01-01/12-00-00-123456")
     jobs = [read_job(d) for d in job_dirs(sweep_dir)]
+    fill_defaults(jobs)
     if not jobs:
         below = sweeps_below(sweep_dir)
         raise ConfigError("SWEEP_DIR", f"{sweep_dir} holds no job dirs (subdirs with .hydra/overrides.yaml)"
                           + (f"; it holds {describe_sweeps(below)}" if below else ""),
                           "pass the dir of one multirun (python -m aecli.train -m ... prints it: 'sweep output dir')")
     return jobs
+
+
+def fill_defaults(jobs: Sequence[Job]) -> None:
+    """Single runs gathered in one dir (the README's one model per command): a key that some jobs
+    override and others leave at its default gets the default's value in the others (the group
+    choice Hydra recorded, e.g. ``model=ae``, else the composed config's value), and a job
+    without a Hydra job number (a single run) is numbered by its place in the dir."""
+    keys = list(dict.fromkeys(k for j in jobs for k in j.overrides))
+    for i, job in enumerate(jobs):
+        if job.num is None:
+            job.num = i
+        for key in keys:
+            if key not in job.overrides:
+                choice = _yaml_get(job.dir / ".hydra" / "hydra.yaml", "hydra", "runtime", "choices", key)
+                value = choice if choice is not None else _yaml_get(job.dir / ".hydra" / "config.yaml",
+                                                                    *key.split("."))
+                job.overrides[key] = "(default)" if value is None or isinstance(value, dict) else str(value)
 
 
 def sweeps_below(path: Path) -> list[Path]:
@@ -244,13 +262,13 @@ def plot(jobs: Sequence[Job], keys: Sequence[str], path: Path, log_keys: set[str
         fig.text(0.5, 0.5, f"no completed jobs yet{note}", ha="center", va="center", fontsize=14)
     elif "model" in keys and "noise" in keys:
         _model_noise_bars(fig, done)
-        fig.suptitle(f"best test MSE per pixel, model x noise{note}")
+        fig.suptitle(f"{path.parent.name}: best test MSE per pixel, model x noise{note}")
     else:
         names = {j.objective_name for j in done}
         metric, label = (("objective", f"objective ({names.pop()})") if len(names) == 1
                          else ("test/mse_per_pixel", "test MSE per pixel"))
         _panels(fig, done, keys, metric, label, log_keys)
-        fig.suptitle(f"{label} per swept value{note}")
+        fig.suptitle(f"{path.parent.name}: {label} per swept value{note}")
     fig.savefig(path, dpi=DPI)  # no bbox_inches="tight": the pixel size stays FIGSIZE x DPI
     plt.close(fig)
 
