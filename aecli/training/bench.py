@@ -337,11 +337,7 @@ def recipe(args: argparse.Namespace) -> None:
     unknown = [c for c in cases if c not in CASES]
     if unknown:
         raise ConfigError("--cases", f"{', '.join(unknown)}: no such case", f"pick from {', '.join(CASES)}")
-    try:
-        device = resolve_device(args.device)
-    except ConfigError as e:  # the training key (device=) is the flag --device here
-        raise ConfigError("--device", e.problem, "use --device cpu (or --device auto: a GPU only when there is "
-                          "one)") from None
+    device = resolve_device(args.device, flag="--device")
     for name in cases:  # every --aecli override checked before any work
         compose_case(name, device.type, args.aecli)
     try:

@@ -252,7 +252,7 @@ def open_runs(paths: Sequence[str | Path], opts: Options) -> tuple[list[TrainedR
                 commands.still_training(run_dir)
             except ConfigError as e:
                 if found == [Path(path)]:
-                    raise _as_flag(e) from None
+                    raise
                 skipped.append(f"{run_dir.name} ({e.problem})")
     if not runs:
         raise ConfigError("RUN", f"no job under {', '.join(map(str, paths))} has a checkpoint "
@@ -260,13 +260,6 @@ def open_runs(paths: Sequence[str | Path], opts: Options) -> tuple[list[TrainedR
     for s in skipped:
         log.warning("skipped %s", s)
     return runs, skipped
-
-
-def _as_flag(error: ConfigError) -> ConfigError:
-    """The device errors of ``open_run`` name the training config's key: name the flag here."""
-    if error.key == "device":
-        return ConfigError("--device", error.problem, "pass --device cpu (or --device auto)")
-    return error
 
 
 def check_likelihood(runs: Sequence[TrainedRun], opts: Options) -> None:
