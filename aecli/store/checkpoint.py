@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import logging
 import pickle
-import shutil
 import warnings
 import zipfile
 from collections.abc import Callable, Iterable
@@ -55,12 +54,11 @@ def save(state: dict[str, Any], *paths: Path) -> None:
     data = buffer.getvalue()
     for path in map(Path, paths):
         try:
-            atomic_write(path, lambda f: f.write(data))
-        except OSError as e:
-            free_mb = shutil.disk_usage(path.parent).free / 2**20 if path.parent.exists() else 0.0
-            raise RunFailed("hydra.run.dir", f"could not write {path} ({str(e)[:200]}; {free_mb:.1f} MB free on "
-                            "that disk); the previous checkpoint there is intact", "free disk space or fix the "
-                            f"dir's permissions, then continue with resume={path.parent.parent}") from None
+            atomic_write(path, lambda f: f.write(data), fix="free disk space or fix the dir's permissions, then "
+                         f"continue with resume={path.parent.parent}")
+        except RunFailed as e:
+            raise RunFailed("hydra.run.dir", f"{e.key}: {e.problem}; the previous checkpoint there is intact",
+                            e.fix) from None
 
 
 # --- reading ---------------------------------------------------------------------------------
