@@ -3,14 +3,23 @@ a damaged folder cache, planted links, temp files of dead writers, crafted check
 from __future__ import annotations
 
 import contextlib
+import csv
 import logging
 import os
 import signal
+from pathlib import Path
 
+import pytest
 import torch
+from PIL import Image
 
 from aecli.data import cache as foldercache
+from aecli.errors import ConfigError
+from aecli.images import save_png
+from aecli.store import rundir
+from aecli.use import report
 from tests.test_folders import all_images, load, log_counts, write_pngs
+from tests.test_report_eval import ae_metrics, fake_job
 
 
 @contextlib.contextmanager
@@ -83,3 +92,74 @@ def test_temp_files_of_dead_writers_in_the_cache_dir_are_removed_live_ones_kept(
         p.write_bytes(b"x" * 100)
     load(folder)
     assert not dead.exists() and not dead2.exists() and live.exists()
+
+
+# --- links planted in a run or sweep dir: never followed ------------------------------------
+
+@pytest.fixture
+def victim(tmp_path) -> Path:
+    """Someone's file that a planted link points at."""
+    path = tmp_path / "victim.rc"
+    path.write_text("export SAFE=1\n")
+    return path
+
+
+def test_a_lock_file_planted_as_a_link_is_refused_and_its_target_untouched(tmp_path, victim):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / rundir.LOCK_FILE).symlink_to(victim)
+    with pytest.raises(ConfigError, match="is a link or not a regular file"):
+        rundir.lock(run_dir)
+    assert victim.read_text() == "export SAFE=1\n"
+    (run_dir / rundir.LOCK_FILE).unlink()
+    os.link(victim, run_dir / rundir.LOCK_FILE)  # a hard link shares the victim's bytes
+    with pytest.raises(ConfigError, match="is a link or not a regular file"):
+        rundir.lock(run_dir)
+    assert victim.read_text() == "export SAFE=1\n"
+
+
+def test_atomic_write_replaces_a_planted_link_and_never_follows_one_at_its_temp_name(tmp_path, victim):
+    target = tmp_path / "reconstruction.png"
+    target.symlink_to(victim)
+    for n in range(5):  # links at the names an older aecli's temp files had
+        (tmp_path / f".reconstruction.png.{os.getpid() + n}.tmp").symlink_to(victim)
+    save_png(torch.zeros(1, 4, 4), target)
+    assert victim.read_text() == "export SAFE=1\n"
+    assert not target.is_symlink() and target.read_bytes().startswith(b"\x89PNG")
+
+
+def fake_sweep(sweep: Path, overrides: list[list[str]]) -> None:
+    for num, o in enumerate(overrides):
+        fake_job(sweep, num, o, ae_metrics(0.01 + num / 1000))
+
+
+def test_report_writes_no_file_through_a_planted_link_and_quotes_what_it_copies(tmp_path, victim):
+    fake_sweep(tmp_path / "sweep", [["+tag=$(touch CANARY)", "seed=1"], ["+tag==HYPERLINK(\"x\")", "seed=2"]])
+    for name in report.FILES:
+        (tmp_path / "sweep" / name).symlink_to(victim)
+    assert report.main([str(tmp_path / "sweep")]) == 0
+    assert victim.read_text() == "export SAFE=1\n"
+    for name in report.FILES:
+        assert not (tmp_path / "sweep" / name).is_symlink() and (tmp_path / "sweep" / name).stat().st_size > 0
+    text = (tmp_path / "sweep" / "report.csv").read_text()
+    assert '"$(touch CANARY)"' in text  # quoted
+    rows = list(csv.DictReader(text.splitlines()))
+    assert {r["tag"] for r in rows} == {"$(touch CANARY)", "'=HYPERLINK(\"x\")"}  # a formula stays text
+
+
+# --- report: sweeps without overrides, jobs with unreadable files --------------------------
+
+def test_report_of_a_sweep_without_overrides_draws_one_point_per_job(tmp_path):
+    fake_sweep(tmp_path, [[], []])
+    assert report.main([str(tmp_path)]) == 0
+    assert Image.open(tmp_path / "report.png").size == (1000, 600)
+
+
+def test_report_names_a_job_whose_overrides_cannot_be_read_and_goes_on(tmp_path, capsys):
+    fake_sweep(tmp_path, [["model=ae", "noise=none"], ["model=dae", "noise=gaussian"], ["model=ae", "noise=gaussian"]])
+    broken = next(tmp_path.glob("1_*"))
+    (broken / ".hydra" / "overrides.yaml").write_text("{{{ not yaml")
+    assert report.main([str(tmp_path)]) == 0
+    rows = {r["job"]: r for r in csv.DictReader((tmp_path / "report.csv").open())}
+    assert rows["1"]["status"] == report.BROKEN and "overrides.yaml" in rows["1"]["error"]
+    assert rows["0"]["status"] == rows["2"]["status"] == report.DONE

@@ -5,12 +5,14 @@ crash leaves the old file whole; temp files of dead writers are removed by ``rem
 A write that fails for lack of space or permission is one ``RunFailed`` naming the file."""
 from __future__ import annotations
 
+import csv
 import errno
+import io
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +44,11 @@ def remove_stale_temps(directory: Path) -> list[Path]:
     stale = []
     for p in sorted(directory.iterdir()):
         m = _TEMP.match(p.name)
-        if m and not _alive(int(m.group(1) or m.group(2))) and (p.is_symlink() or p.is_file()):
-            p.unlink(missing_ok=True)
+        if m and not _alive(int(m.group(1) or m.group(2))):
+            if p.is_dir() and not p.is_symlink():  # a staging dir (atomic_move's source)
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
             stale.append(p)
     return stale
 
@@ -94,7 +99,53 @@ def atomic_write(path: Path, write: Callable[[Any], None], fix: str = "") -> Non
             tmp.unlink(missing_ok=True)
 
 
+def temp_dir(directory: Path) -> Path:
+    """A new, private staging dir inside ``directory`` for a file a library writes by name (a
+    TensorBoard event file), moved into place with ``atomic_move``; ``remove_stale_temps`` knows it."""
+    return Path(tempfile.mkdtemp(dir=directory, prefix=f".staging.aecli-{os.getpid()}-", suffix=".tmp"))
+
+
+def atomic_move(source: Path, target: Path) -> None:
+    """Put the finished file ``source`` (same file system) in place of ``target`` in one rename,
+    fsynced: ``target`` is the old file or the new one, never neither, never half of one."""
+    try:
+        fd = os.open(source, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(source, target)
+        fsync_dir(Path(target).parent)
+    except OSError as e:
+        if e.errno in DISK_ERRORS:
+            raise write_failed(Path(target), e) from None
+        raise
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """``atomic_write`` of a text (UTF-8)."""
     data = text.encode()
     atomic_write(path, lambda f: f.write(data))
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet reads as a formula (OWASP CSV injection)
+
+
+def csv_cell(value: Any) -> Any:
+    """A value safe in a CSV opened by a spreadsheet: text that starts like a formula (and is not
+    a plain number) gets a leading ``'``, so it stays text."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        try:
+            float(value)
+        except ValueError:
+            return "'" + value
+    return value
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """A CSV file, atomically: every text cell quoted, formula-like text neutralised (``csv_cell``)."""
+    out = io.StringIO(newline="")
+    writer = csv.writer(out, quoting=csv.QUOTE_NONNUMERIC)
+    writer.writerow([csv_cell(h) for h in header])
+    writer.writerows([csv_cell(v) for v in row] for row in rows)
+    atomic_write_text(path, out.getvalue())

@@ -8,16 +8,21 @@
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
+import logging
 import os
 import socket
+import stat
 import time
 from pathlib import Path
 from typing import Any
 
 from aecli.errors import ConfigError
-from aecli.store.atomic import atomic_write
+from aecli.store.atomic import atomic_write, remove_stale_temps
+
+log = logging.getLogger("aecli")
 
 LOCK_FILE = ".aecli.lock"
 STATUS_FILE = "job_status.json"
@@ -32,7 +37,18 @@ def lock(run_dir: Path) -> None:
         return
     check_dir_path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:  # never through a link: a planted .aecli.lock -> ~/.bashrc would be truncated
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:  # a hard link shares another file's bytes
+            os.close(fd)
+            raise OSError(errno.ELOOP, "not a regular file")
+    except OSError as e:
+        if e.errno not in (errno.ELOOP, errno.EMLINK, errno.ENXIO):
+            raise
+        raise ConfigError("hydra.run.dir", f"{run_dir / LOCK_FILE} is a link or not a regular file: aecli did not "
+                          "make it, and will not write through it", f"remove {run_dir / LOCK_FILE} if the dir is "
+                          "yours (or choose another hydra.run.dir)") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -45,6 +61,8 @@ def lock(run_dir: Path) -> None:
     os.ftruncate(fd, 0)
     os.pwrite(fd, info, 0)
     _held[run_dir] = fd
+    for stale in remove_stale_temps(run_dir):
+        log.info("removed %s, left by a process killed while writing it", stale)
 
 
 def unlock(run_dir: Path) -> None:

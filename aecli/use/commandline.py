@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from aecli.errors import AecliError, ConfigError
+from aecli.store.atomic import DISK_ERRORS, remove_stale_temps, write_failed
 from aecli.use.trained import TrainedRun
 from aecli.use.trained import open_run as open_
 
@@ -44,6 +45,11 @@ def main(p: argparse.ArgumentParser, recipe: Callable[[argparse.Namespace], None
     except AecliError as e:
         print(e, file=sys.stderr)
         return 1
+    except OSError as e:  # a full disk or a refused write outside atomic_write (a library's own file)
+        if e.errno not in DISK_ERRORS:
+            raise
+        print(write_failed(Path(e.filename or "an output file"), e), file=sys.stderr)
+        return 1
     return 0
 
 
@@ -61,6 +67,7 @@ def out_dir(args: argparse.Namespace, run: TrainedRun) -> Path:
     except OSError as e:
         raise ConfigError("--out", f"cannot make {out} ({e.strerror or e})",
                           "pass --out DIR where you can write") from None
+    remove_stale_temps(out)  # what writers killed mid-write left there
     return out
 
 

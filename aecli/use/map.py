@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from aecli.errors import ConfigError
+from aecli.store.atomic import atomic_write
 from aecli.use import commandline as commands
 from aecli.use import inference
 
@@ -32,7 +33,7 @@ def recipe(args: argparse.Namespace) -> None:
                   f"{len(codes)} test images")
     out = commands.out_dir(args, run)
     path = out / f"map_{args.method}.png"
-    fig.savefig(path, dpi=DPI)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=DPI))
     from torch.utils.tensorboard import SummaryWriter
 
     with SummaryWriter(log_dir=str(out)) as writer:

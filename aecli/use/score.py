@@ -10,7 +10,6 @@ version: the ROC-AUC with which the error separates the held-out classes from th
 from __future__ import annotations
 
 import argparse
-import csv
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from torch import Tensor
 from aecli.data import ImageData
 from aecli.errors import ConfigError
 from aecli.store import rundir
+from aecli.store.atomic import write_csv as store_csv
 from aecli.use import commandline as commands
 from aecli.use import inference
 
@@ -85,10 +85,8 @@ def held_out_auc(error: Tensor, data: ImageData, classes: list[int], out: Path) 
 
 
 def write_csv(path: Path, columns: dict[str, list[Any]]) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(columns)
-        w.writerows(zip(*columns.values()))
+    """The columns as a CSV file, atomically, every cell made safe."""
+    store_csv(path, list(columns), zip(*columns.values()))
 
 
 def build_parser() -> argparse.ArgumentParser:
