@@ -6,6 +6,7 @@ import contextlib
 import csv
 import logging
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -16,10 +17,15 @@ from PIL import Image
 from aecli.data import cache as foldercache
 from aecli.errors import ConfigError
 from aecli.images import save_png
-from aecli.store import rundir
+from aecli.store import checkpoint, rundir
+from aecli.store.checkpoint import load_model
+from aecli.training.plan import prepare
+from aecli.training.run import run
 from aecli.use import report
+from tests.conftest import make_cfg, quick_cfg, snapshot
 from tests.test_folders import all_images, load, log_counts, write_pngs
 from tests.test_report_eval import ae_metrics, fake_job
+from tests.test_safety import tampered
 
 
 @contextlib.contextmanager
@@ -163,3 +169,51 @@ def test_report_names_a_job_whose_overrides_cannot_be_read_and_goes_on(tmp_path,
     rows = {r["job"]: r for r in csv.DictReader((tmp_path / "report.csv").open())}
     assert rows["1"]["status"] == report.BROKEN and "overrides.yaml" in rows["1"]["error"]
     assert rows["0"]["status"] == rows["2"]["status"] == report.DONE
+
+
+# --- crafted checkpoints: refused by what they are, before anything is allocated ---------------
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    run(quick_cfg("trainer.epochs=1"), run_dir)
+    return run_dir
+
+
+@pytest.fixture
+def copy(finished, tmp_path) -> Path:
+    return Path(shutil.copytree(finished, tmp_path / "run"))
+
+
+def test_garbage_before_a_good_checkpoint_is_called_damaged_not_code(copy):
+    file = copy / "checkpoints" / "last.pt"
+    file.write_bytes(b"garbage" + file.read_bytes())
+    with pytest.raises(ConfigError) as e:
+        checkpoint.read(file)
+    assert "does not start as torch's zip format" in e.value.problem and "code" not in e.value.problem
+
+
+def test_a_huge_file_is_refused_by_its_size_unread(copy, monkeypatch):
+    file = copy / "checkpoints" / "last.pt"
+    monkeypatch.setattr(checkpoint, "MAX_BYTES", 1000)
+    monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail("the file was read"))
+    with pytest.raises(ConfigError, match="more than the 0 GB a checkpoint may have: not read"):
+        checkpoint.read(file)
+
+
+def test_a_crafted_model_size_is_refused_by_the_stored_shapes_before_building(copy):
+    tampered(copy, lambda s: s["config"]["model"].update(hidden_dims=[2_000_000]))
+    (copy / "checkpoints" / "best.pt").unlink()
+    before = snapshot(copy)
+    for call in (lambda: load_model(copy, "last.pt"),
+                 lambda: prepare(make_cfg("resume=auto"), copy, overrides=["resume=auto"])):
+        with pytest.raises(ConfigError, match="does not fit its weights"):
+            call()
+    assert snapshot(copy) == before
+
+
+def test_resume_trusts_a_target_only_in_its_own_group(copy):
+    """The command's own dataset loader does not make the checkpoint's model._target_ trusted."""
+    tampered(copy, lambda s: s["config"]["model"].update(_target_="aecli.data.load_digits"))
+    with pytest.raises(ConfigError, match="model._target_=aecli.data.load_digits"):
+        prepare(make_cfg("resume=auto"), copy, overrides=["resume=auto"])

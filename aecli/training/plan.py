@@ -128,21 +128,23 @@ def resume_file(resume: str, run_dir: Path) -> Path | None:
     return checkpoint.find(resume)
 
 
-def targets_in(cfg: Any) -> set[str]:
-    """Every ``_target_`` that a config names (this process's own: trusted)."""
-    found: set[str] = set()
+def targets_in(cfg: Any) -> dict[str, set[str]]:
+    """Every ``_target_`` that a config names (this process's own: trusted), by top-level group."""
+    found: dict[str, set[str]] = {}
 
-    def walk(node: Any) -> None:
+    def walk(node: Any, group: str) -> None:
         if isinstance(node, dict):
             for k, v in node.items():
                 if k == "_target_" and isinstance(v, str):
-                    found.add(v)
-                walk(v)
+                    found.setdefault(group, set()).add(v)
+                walk(v, group)
         elif isinstance(node, list):
             for v in node:
-                walk(v)
+                walk(v, group)
 
-    walk(OmegaConf.to_container(cfg, resolve=False) if OmegaConf.is_config(cfg) else cfg)
+    node = OmegaConf.to_container(cfg, resolve=False) if OmegaConf.is_config(cfg) else cfg
+    for group, value in (node.items() if isinstance(node, dict) else ()):
+        walk(value, str(group))
     return found
 
 
@@ -177,6 +179,7 @@ def prepare(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None, 
                               "leave those keys out (resume takes them from the checkpoint), or start a new run "
                               "without resume")
         checkpoint.check_targets(saved, targets_in(cfg))
+        checkpoint.check_model_shapes(state)  # before the model is built: a crafted size allocates nothing
         cfg = effective_config(cfg, saved, keys)
         config.check(cfg)
     if follower:
