@@ -6,8 +6,11 @@ import contextlib
 import csv
 import logging
 import os
+import shlex
 import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,9 +25,10 @@ from aecli.store.checkpoint import load_model
 from aecli.training.plan import prepare
 from aecli.training.run import run
 from aecli.use import report
-from tests.conftest import make_cfg, quick_cfg, snapshot
+from tests.conftest import cli_env, make_cfg, popen_cli, quick_cfg, read_metrics, snapshot
 from tests.test_folders import all_images, load, log_counts, write_pngs
 from tests.test_report_eval import ae_metrics, fake_job
+from tests.test_resume import finish, wait_for_pause
 from tests.test_safety import tampered
 
 
@@ -217,3 +221,63 @@ def test_resume_trusts_a_target_only_in_its_own_group(copy):
     tampered(copy, lambda s: s["config"]["model"].update(_target_="aecli.data.load_digits"))
     with pytest.raises(ConfigError, match="model._target_=aecli.data.load_digits"):
         prepare(make_cfg("resume=auto"), copy, overrides=["resume=auto"])
+
+
+# --- stops before the first checkpoint; signals from the first instruction ------------------
+
+@pytest.mark.integration
+def test_a_stop_before_the_first_checkpoint_is_continued_by_the_printed_command_and_the_same_one(tmp_path,
+                                                                                                 monkeypatch):
+    command = ["dataset._target_=tests.faults.slow_digits", "trainer.epochs=1"]
+    printed = {}
+    for name in ("printed", "same"):
+        run_dir = tmp_path / name
+        proc = popen_cli(*command, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+        wait_for_pause(proc)
+        proc.send_signal(signal.SIGTERM)
+        code, out = finish(proc)
+        assert code == 143 and "before the first checkpoint" in out and "Continue with:\n" in out, out
+        printed[name] = shlex.split(out.split("Continue with:\n", 1)[1].splitlines()[0])[3:]
+        assert printed[name] == [f"resume='{run_dir}'"]  # quoted for Hydra
+    monkeypatch.setenv("AECLI_TEST_NO_PAUSE", "1")
+    overrides = (tmp_path / "printed" / ".hydra" / "overrides.yaml").read_text()
+    # the printed command (naming the test's own loader, as the user of an untrusted target must)
+    code, out = finish(popen_cli(*printed["printed"], "dataset._target_=tests.faults.slow_digits", cwd=tmp_path))
+    assert code == 0, out
+    assert read_metrics(tmp_path / "printed")["epochs"] == 1
+    assert (tmp_path / "printed" / ".hydra" / "overrides.yaml").read_text() == overrides  # its own command kept
+    # the same command again
+    code, out = finish(popen_cli(*command, f"hydra.run.dir={tmp_path / 'same'}", cwd=tmp_path))
+    assert code == 0, out
+    assert read_metrics(tmp_path / "same")["epochs"] == 1
+
+
+def test_a_dir_with_anything_more_than_a_start_is_still_refused(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / rundir.LOCK_FILE).write_text("")
+    (run_dir / "job_status.json").write_text('{"status": "STOPPED"}')
+    assert rundir.stopped_before_training(run_dir)
+    (run_dir / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="already holds files"):
+        rundir.check_new(run_dir)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_during_the_imports_exits_quietly(tmp_path, sig, code):
+    """As under ``python -m aecli.X`` (argv[0] is '-m' while Python locates the module): a signal
+    that arrives after aecli's first instruction, before the command's handlers, exits 128 + N."""
+    script = (f"import sys; sys.argv[0] = '-m'; import aecli, os, time; os.kill(os.getpid(), {int(sig)}); "
+              "time.sleep(30); print('not stopped')")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=cli_env(), capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == code and proc.stderr == "" and "not stopped" not in proc.stdout, proc.stderr
+
+
+def test_importing_aecli_in_a_program_leaves_its_signal_handlers_alone(tmp_path):
+    script = "import signal, aecli; assert signal.getsignal(signal.SIGINT) is signal.default_int_handler; " \
+             "assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL"
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=cli_env(), capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr

@@ -107,7 +107,7 @@ def check_new(run_dir: Path, ignore: tuple[str, ...] = ()) -> None:
     an earlier run, a run without its ``last.pt``, or files that are not a run at all."""
     check_dir_path(run_dir)
     files = [f for f in foreign_files(run_dir) if f not in ignore]
-    if not files:
+    if not files or stopped_before_training(run_dir):  # the same command again: a fresh start in it
         return
     has_run = (Path(run_dir) / "checkpoints" / "last.pt").is_file()
     listed = ", ".join(files[:5]) + (", ..." if len(files) > 5 else "")
@@ -115,6 +115,25 @@ def check_new(run_dir: Path, ignore: tuple[str, ...] = ()) -> None:
     raise ConfigError("hydra.run.dir", f"{run_dir} already holds {what}",
                       ("pass resume=auto to continue that run, or " if has_run else "")
                       + "drop hydra.run.dir for a new run dir, or choose an empty one")
+
+
+STARTUP_FILES = (LOCK_FILE, ".hydra", "train.log", STATUS_FILE)  # what a run writes before its first step
+
+
+def stopped_before_training(run_dir: Path) -> bool:
+    """An aecli run dir that holds only what aecli and Hydra write before training starts (no
+    checkpoint, no metrics, no event file), i.e. a run stopped or killed before its first
+    checkpoint: it is continued by a fresh start in the same dir."""
+    d = Path(run_dir)
+    if not is_run_dir(d) or (read_json(d / STATUS_FILE)[0] or {}).get("status") == "COMPLETED":
+        return False
+    for p in d.iterdir():
+        if p.name == "checkpoints":
+            if not p.is_dir() or p.is_symlink() or any(not c.name.endswith(".tmp") for c in p.iterdir()):
+                return False
+        elif p.name not in STARTUP_FILES and not p.name.endswith(".tmp"):
+            return False
+    return True
 
 
 def is_run_dir(run_dir: Path) -> bool:

@@ -124,9 +124,10 @@ def task(cfg: DictConfig) -> float | None:
 def stopped_message(result: Any, run_dir: Path) -> str:
     """What a stopped run tells its user: where it stopped and the command that continues it."""
     last = run_dir / "checkpoints" / "last.pt"
-    where = (f"checkpoint written to {last}. Continue with:\n  {continue_command(run_dir)}" if last.is_file()
-             else "before the first checkpoint: run the same command again")
-    return f"aecli: {result.signal}: stopped after step {result.step}; {where}"
+    where = (f"checkpoint written to {last}" if last.is_file()
+             else "before the first checkpoint (nothing trained yet: it starts afresh in that dir)")
+    return (f"aecli: {result.signal}: stopped after step {result.step}; {where}. Continue with:\n"
+            f"  {continue_command(run_dir)}")
 
 
 def picklable(error: BaseException) -> bool:

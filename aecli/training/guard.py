@@ -43,6 +43,6 @@ class RunGuard(Callback):
         if error is not None:
             raise Refused(error)
         PREPARED[run_dir] = prepared
-        if prepared.state is not None:
+        if prepared.state is not None or prepared.cfg.get("resume") not in (None, "auto"):  # keep its .hydra/
             with read_write(config.hydra), open_dict(config.hydra):
                 config.hydra.output_subdir = None
