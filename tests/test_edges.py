@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ from aecli.use import report
 from tests.conftest import cli_env, make_cfg, popen_cli, quick_cfg, read_metrics, snapshot
 from tests.test_folders import all_images, load, log_counts, write_pngs
 from tests.test_report_eval import ae_metrics, fake_job
-from tests.test_resume import finish, wait_for_pause
+from tests.test_resume import can_mount, finish, wait_for_pause
 from tests.test_safety import tampered
 
 
@@ -281,3 +282,42 @@ def test_importing_aecli_in_a_program_leaves_its_signal_handlers_alone(tmp_path)
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=cli_env(), capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_checkpoint_of_two_ranks_is_refused_by_one_process(copy):
+    tampered(copy, lambda s: s.update(rng_ranks=[s["rng"], s["rng"]]))
+    before = snapshot(copy)
+    with pytest.raises(ConfigError, match="written by a run of 2 process\\(es\\), this one has 1"):
+        run(quick_cfg("trainer.epochs=2", "resume=auto"), copy)
+    assert snapshot(copy) == before
+
+
+# --- a full disk: one message, a status that says so, no 0-byte file ------------------------
+
+FULL_DISK = textwrap.dedent("""
+    cd "$WORK"
+    mount -t tmpfs -o size=4m tmpfs mnt
+    head -c $(( $(df -k --output=avail mnt | tail -1) * 1024 - $FREE )) /dev/zero > mnt/filler 2>/dev/null
+    {python} -m aecli.train trainer.epochs=1 trainer.progress=log hydra.run.dir=$WORK/mnt/run > out.log 2>&1
+    echo "rc=$?" >> out.log
+    cat mnt/run/job_status.json >> out.log 2>/dev/null
+    find mnt/run -type f -empty -printf 'EMPTY %p\\n' >> out.log 2>/dev/null
+    find mnt/run -name '*.tmp' -printf 'TEMP %p\\n' >> out.log 2>/dev/null
+    true
+""")
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not can_mount(), reason="needs unprivileged mount namespaces (unshare -rm)")
+@pytest.mark.parametrize("free_kb", [0, 16, 20, 40, 600, 1060])  # Hydra, TB, last.pt, best.pt, metrics
+def test_a_full_disk_during_training_is_one_message_and_a_recorded_status(tmp_path, free_kb):
+    (tmp_path / "mnt").mkdir()
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c", FULL_DISK.format(python=sys.executable)],
+                          env={**cli_env(), "WORK": str(tmp_path), "FREE": str(free_kb * 1024)},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    log = (tmp_path / "out.log").read_text()
+    if "rc=0" in log:  # the run fitted: nothing to say
+        return
+    assert "rc=1" in log and "Traceback" not in log and log.count("aecli: error:") == 1, log
+    assert "EMPTY" not in log and "TEMP" not in log and '"RUNNING"' not in log, log

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,20 @@ def atomic_move(source: Path, target: Path) -> None:
         if e.errno in DISK_ERRORS:
             raise write_failed(Path(target), e) from None
         raise
+
+
+def quiet_disk_errors_in_writer_threads() -> None:
+    """TensorBoard's event writer writes in a thread and hands a full disk's OSError to the main
+    thread (which reports it as one message); without this, Python also prints the thread's traceback."""
+    default = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if not (isinstance(args.exc_value, OSError) and args.exc_value.errno in DISK_ERRORS
+                and type(args.thread).__name__ == "_AsyncWriterThread"):
+            default(args)
+
+    if getattr(threading.excepthook, "__name__", "") != "hook":
+        threading.excepthook = hook
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -59,8 +59,8 @@ def save(state: dict[str, Any], *paths: Path) -> None:
             atomic_write(path, lambda f: f.write(data), fix="free disk space or fix the dir's permissions, then "
                          f"continue with resume={path.parent.parent}")
         except RunFailed as e:
-            raise RunFailed("hydra.run.dir", f"{e.key}: {e.problem}; the previous checkpoint there is intact",
-                            e.fix) from None
+            kept = "; the previous checkpoint there is intact" if path.is_file() else ""
+            raise RunFailed("hydra.run.dir", f"{e.key}: {e.problem}{kept}", e.fix) from None
 
 
 # --- reading ---------------------------------------------------------------------------------

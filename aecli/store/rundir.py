@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aecli.errors import ConfigError
+from aecli.errors import ConfigError, RunFailed
 from aecli.store.atomic import atomic_write, remove_stale_temps
 
 log = logging.getLogger("aecli")
@@ -58,8 +58,11 @@ def lock(run_dir: Path) -> None:
                           "wait for it to finish (or stop it), or choose another hydra.run.dir") from None
     info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                        "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode()
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, info, 0)
+    try:  # who holds it, for the refusal of a second process; a full disk leaves it unnamed, not unlocked
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, info, 0)
+    except OSError:
+        pass
     _held[run_dir] = fd
     for stale in remove_stale_temps(run_dir):
         log.info("removed %s, left by a process killed while writing it", stale)
@@ -162,4 +165,30 @@ def read_json(path: Path) -> tuple[Any, str | None]:
 def write_status(run_dir: Path, status: str, error: str | None = None, return_value: float | None = None) -> None:
     """``job_status.json``: RUNNING, COMPLETED (+ the returned value), FAILED (+ the error) or
     STOPPED (a signal; the last checkpoint continues it)."""
-    write_json(Path(run_dir) / STATUS_FILE, {"status": status, "error": error, "return_value": return_value})
+    path, data = Path(run_dir) / STATUS_FILE, {"status": status, "error": error, "return_value": return_value}
+    try:
+        write_json(path, data)
+    except RunFailed:  # a full disk has no room for a temp file: overwrite the old one in place
+        if not _overwrite(path, (json.dumps(data, indent=2) + "\n").encode()):
+            raise
+
+
+def _overwrite(path: Path, text: bytes) -> bool:
+    """Rewrite the existing small regular file ``path`` in place (its freed block takes ``text``
+    on a full disk); never through a link. True when done."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            return False
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, text, 0)
+        os.fsync(fd)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from aecli.errors import AecliError, ConfigError
-from aecli.store.atomic import DISK_ERRORS, remove_stale_temps, write_failed
+from aecli.store.atomic import DISK_ERRORS, quiet_disk_errors_in_writer_threads, remove_stale_temps, write_failed
 from aecli.use.trained import TrainedRun
 from aecli.use.trained import open_run as open_
 
@@ -40,6 +40,7 @@ def main(p: argparse.ArgumentParser, recipe: Callable[[argparse.Namespace], None
          argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run ``recipe``; aecli's errors become one message and exit status 1."""
     args = p.parse_args(argv)
+    quiet_disk_errors_in_writer_threads()
     try:
         recipe(args)
     except AecliError as e:
