@@ -321,3 +321,38 @@ def test_a_full_disk_during_training_is_one_message_and_a_recorded_status(tmp_pa
         return
     assert "rc=1" in log and "Traceback" not in log and log.count("aecli: error:") == 1, log
     assert "EMPTY" not in log and "TEMP" not in log and '"RUNNING"' not in log, log
+
+
+READERS = {  # every command that reads a run, with arguments that make it write
+    "evaluate": ["mnt/run"], "encode": ["mnt/run"], "map": ["mnt/run"], "sample": ["mnt/run"],
+    "score": ["mnt/run", "test"], "search": ["mnt/run"], "denoise": ["mnt/run", "--synthetic"],
+    "finetune": ["mnt/run", "--steps", "2"], "report": ["mnt"],
+}
+FULL_DISK_READERS = textwrap.dedent("""
+    cd "$WORK"
+    mount -t tmpfs -o size=4m tmpfs mnt
+    cp -a "$FIRST" mnt/run
+    mkdir -p mnt/run/.hydra && printf -- '- seed=0\\n' > mnt/run/.hydra/overrides.yaml
+    head -c $(( $(df -k --output=avail mnt | tail -1) * 1024 - $FREE )) /dev/zero > mnt/filler 2>/dev/null
+    {commands}
+    find mnt -type f -empty -printf 'EMPTY %p\\n' 2>/dev/null
+    find mnt -name '*.tmp' -printf 'TEMP %p\\n' 2>/dev/null
+    true
+""")
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not can_mount(), reason="needs unprivileged mount namespaces (unshare -rm)")
+@pytest.mark.parametrize("free_kb", [0, 24])
+def test_a_full_disk_is_one_message_for_every_reading_command(tmp_path, finished, free_kb):
+    (tmp_path / "mnt").mkdir()
+    commands = "\n".join(f"echo '== {name}'; {sys.executable} -m aecli.{name} {' '.join(args)} 2>&1; echo \"rc=$?\""
+                         for name, args in READERS.items())
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c", FULL_DISK_READERS.format(commands=commands)],
+                          env={**cli_env(), "WORK": str(tmp_path), "FIRST": str(finished), "FREE": str(free_kb * 1024)},
+                          capture_output=True, text=True, timeout=600)
+    out = proc.stdout
+    assert "EMPTY" not in out and "TEMP" not in out, out
+    for name, part in (p.split("\n", 1) for p in out.split("== ")[1:]):
+        assert "Traceback" not in part and ("rc=0" in part or part.count("aecli: error:") == 1), f"{name}:\n{part}"
+        assert free_kb or "rc=1" in part, f"{name} wrote nothing on a full disk?\n{part}"

@@ -11,13 +11,14 @@ import io
 import os
 import re
 import shutil
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from aecli.errors import RunFailed
+from aecli.errors import AecliError, RunFailed
 
 # .NAME.aecli-PID-RANDOM.tmp (and an older aecli's .NAME.PID.tmp): the writer's pid is in the name
 _TEMP = re.compile(r"^\..+(?:\.aecli-(\d+)-[a-z0-9_]+|\.(\d+))\.tmp$")
@@ -121,6 +122,17 @@ def atomic_move(source: Path, target: Path) -> None:
         if e.errno in DISK_ERRORS:
             raise write_failed(Path(target), e) from None
         raise
+
+
+def failure_message(error: BaseException) -> int:
+    """For a command's ``main``: print aecli's error, or a full disk / refused write as one
+    message, and return the exit status 1; anything else is re-raised (a bug: its traceback)."""
+    if isinstance(error, OSError) and error.errno in DISK_ERRORS:
+        error = write_failed(Path(error.filename or "an output file"), error)
+    if not isinstance(error, AecliError):
+        raise error
+    print(error, file=sys.stderr)
+    return 1
 
 
 def quiet_disk_errors_in_writer_threads() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from aecli.errors import AecliError, ConfigError
-from aecli.store.atomic import DISK_ERRORS, quiet_disk_errors_in_writer_threads, remove_stale_temps, write_failed
+from aecli.store.atomic import failure_message, quiet_disk_errors_in_writer_threads, remove_stale_temps
 from aecli.use.trained import TrainedRun
 from aecli.use.trained import open_run as open_
 
@@ -43,14 +43,8 @@ def main(p: argparse.ArgumentParser, recipe: Callable[[argparse.Namespace], None
     quiet_disk_errors_in_writer_threads()
     try:
         recipe(args)
-    except AecliError as e:
-        print(e, file=sys.stderr)
-        return 1
-    except OSError as e:  # a full disk or a refused write outside atomic_write (a library's own file)
-        if e.errno not in DISK_ERRORS:
-            raise
-        print(write_failed(Path(e.filename or "an output file"), e), file=sys.stderr)
-        return 1
+    except (AecliError, OSError) as e:  # OSError: a full disk outside atomic_write (a library's own file)
+        return failure_message(e)
     return 0
 
 

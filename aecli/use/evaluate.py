@@ -34,10 +34,17 @@ from aecli import config, metrics
 from aecli.components import build
 from aecli.config import plain
 from aecli.data import ImageData
-from aecli.errors import ConfigError
+from aecli.errors import AecliError, ConfigError
 from aecli.losses import BinaryCrossEntropy
 from aecli.store import rundir
-from aecli.store.atomic import atomic_move, atomic_write_text, remove_stale_temps, temp_dir
+from aecli.store.atomic import (
+    atomic_move,
+    atomic_write_text,
+    failure_message,
+    quiet_disk_errors_in_writer_threads,
+    remove_stale_temps,
+    temp_dir,
+)
 from aecli.use import probes, report
 from aecli.use.trained import TrainedRun, find_runs, open_run
 
@@ -466,11 +473,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m aecli.evaluate`` / ``aecli-evaluate``: 0, or 1 with one message."""
     args, opts = parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    quiet_disk_errors_in_writer_threads()
     try:
         results = evaluate_paths(args.run_dirs, opts, args.out)
-    except ConfigError as e:
-        print(e, file=sys.stderr)
-        return 1
+    except (AecliError, OSError) as e:  # OSError: a full disk (one message) or a bug (re-raised)
+        return failure_message(e)
     if len(results) == 1:
         print(run_table(results[0]))
     else:

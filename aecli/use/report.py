@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import math
 import re
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 import yaml
 
 from aecli.errors import AecliError, ConfigError
-from aecli.store.atomic import atomic_write, atomic_write_text, remove_stale_temps
+from aecli.store.atomic import atomic_write, atomic_write_text, failure_message, remove_stale_temps
 from aecli.store.atomic import write_csv as store_csv
 from aecli.store.rundir import read_json
 
@@ -380,8 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         print(report(args.sweep_dir, args.sort))
-    except AecliError as e:
-        print(e, file=sys.stderr)
-        return 1
+    except (AecliError, OSError) as e:  # OSError: a full disk (one message) or a bug (re-raised)
+        return failure_message(e)
     print("wrote " + ", ".join(str(args.sweep_dir / f) for f in FILES))
     return 0
