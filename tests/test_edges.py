@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
 from aecli.data import cache as foldercache
@@ -356,3 +357,44 @@ def test_a_full_disk_is_one_message_for_every_reading_command(tmp_path, finished
     for name, part in (p.split("\n", 1) for p in out.split("== ")[1:]):
         assert "Traceback" not in part and ("rc=0" in part or part.count("aecli: error:") == 1), f"{name}:\n{part}"
         assert free_kb or "rc=1" in part, f"{name} wrote nothing on a full disk?\n{part}"
+
+
+def stopped_at_start(run_dir: Path, *overrides: str) -> Path:
+    """A run dir as a run stopped before its first checkpoint leaves it."""
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(make_cfg(*overrides)))
+    (run_dir / rundir.LOCK_FILE).write_text("")
+    (run_dir / "job_status.json").write_text('{"status": "STOPPED", "error": "SIGINT at step 0"}')
+    (run_dir / "events.out.tfevents.1.host.1.0").write_bytes(b"")
+    return run_dir
+
+
+def test_resume_of_a_dir_stopped_before_its_first_checkpoint_is_a_fresh_start_with_its_config(tmp_path):
+    run_dir = stopped_at_start(tmp_path / "run", "model.hidden_dims=[32]", "trainer.epochs=3")
+    prepared = prepare(make_cfg(f"resume={run_dir}", "trainer.epochs=2"), run_dir,
+                       overrides=[f"resume={run_dir}", "trainer.epochs=2"])
+    try:
+        assert prepared.state is None
+        assert list(prepared.cfg.model.hidden_dims) == [32]  # the dir's own config
+        assert prepared.cfg.trainer.epochs == 2  # a key that may change, typed now
+    finally:
+        rundir.unlock(run_dir)
+    with pytest.raises(ConfigError, match="does not match"):  # a key that may not change
+        prepare(make_cfg(f"resume={run_dir}", "model.latent_dim=3"), run_dir,
+                overrides=[f"resume={run_dir}", "model.latent_dim=3"])
+
+
+def test_temps_of_dead_writers_are_removed_when_the_run_dir_is_locked(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    dead = [run_dir / ".metrics.json.999999999.tmp", run_dir / ".eval.json.aecli-999999999-x1.tmp"]
+    for p in dead:
+        p.write_text("{")
+    staging = run_dir / ".staging.aecli-999999999-ab_c.tmp"
+    staging.mkdir()
+    (staging / "events.out.tfevents.1.eval").write_bytes(b"x")
+    live = run_dir / f".metrics.json.aecli-{os.getpid()}-zz.tmp"
+    live.write_text("{")
+    rundir.lock(run_dir)
+    rundir.unlock(run_dir)
+    assert not any(p.exists() for p in [*dead, staging]) and live.exists()

@@ -134,7 +134,8 @@ def stopped_before_training(run_dir: Path) -> bool:
         if p.name == "checkpoints":
             if not p.is_dir() or p.is_symlink() or any(not c.name.endswith(".tmp") for c in p.iterdir()):
                 return False
-        elif p.name not in STARTUP_FILES and not p.name.endswith(".tmp"):
+        elif not (p.name in STARTUP_FILES or p.name.endswith(".tmp")
+                  or p.name.startswith("events.out.tfevents.") and p.suffix != ".eval"):  # a new run purges these
             return False
     return True
 
