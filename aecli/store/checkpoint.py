@@ -123,9 +123,9 @@ def _read_bounded(file: Path, key: str) -> bytes:
     40 GB sparse file is refused in a line, not read into a MemoryError)."""
     size = file.stat().st_size
     available = _available_memory()
-    if size > MAX_BYTES or (available is not None and size > available):
-        limit = f"the {MAX_BYTES / 2**30:.0f} GB a checkpoint may have" if size > MAX_BYTES else \
-            f"the {available / 2**30:.1f} GB of free memory"
+    limit = (f"the {MAX_BYTES / 2**30:.0f} GB a checkpoint may have" if size > MAX_BYTES else
+             f"the {available / 2**30:.1f} GB of free memory" if available is not None and size > available else None)
+    if limit is not None:
         raise ConfigError(key, f"{file} is {size / 2**30:.1f} GB, more than {limit}: not read",
                           "use another checkpoint (e.g. checkpoints/best.pt); aecli's checkpoints are far smaller")
     try:
