@@ -25,6 +25,7 @@ from aecli.config import SCHEMAS
 from aecli.declare import bound_of
 from aecli.errors import AecliError, ConfigError
 from aecli.store import rundir
+from aecli.store.atomic import failure_message, quiet_disk_errors_in_writer_threads
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 RUN_HELP = "a run dir (the 'run dir: ...' that aecli train printed), or a checkpoint file in one"
@@ -419,10 +420,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # completion and the refusals above answer in ~0.5 s instead of ~5 s (measured on 2 busy
         # CPU cores: aecli evaluate --help, aecli map MISSING_DIR)
         module = importlib.import_module(command.module or f"aecli.use.{command.name}")
+        quiet_disk_errors_in_writer_threads()
         module.recipe(args)
-    except AecliError as e:
-        print(e, file=sys.stderr)
-        return 1
+    except (AecliError, OSError) as e:  # OSError: a full disk is one message too (anything else: re-raised)
+        return failure_message(e)
     return 0
 
 

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from aecli.data.cache import decoded_folder
 from aecli.data.decode import decode_image
-from aecli.errors import ConfigError
+from aecli.errors import ConfigError, printable
 
 log = logging.getLogger(__name__)
 
@@ -336,13 +336,15 @@ def _report_unreadable(folder: Path, files: list[Path], problems: list[str], on_
     bad = [(f.relative_to(folder), p) for f, p in zip(files, problems) if p]
     if not bad:
         return
-    shown = "; ".join(f"{f} ({p})" for f, p in bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
+    shown = "; ".join(printable(f"{f} ({p})") for f, p in bad[:10])
+    shown += f"; and {len(bad) - 10} more" if len(bad) > 10 else ""
+    folder = Path(printable(folder.resolve()))
     if on_bad_image == "fail":
-        raise ConfigError("dataset.root", f"{len(bad)} of {len(files)} image files under {folder.resolve()} "
+        raise ConfigError("dataset.root", f"{len(bad)} of {len(files)} image files under {folder} "
                           f"cannot be read: {shown}",
                           "replace or delete those files, or pass dataset.on_bad_image=skip to leave them out")
     log.warning("dataset.root: %d of %d image files under %s cannot be read and are left out: %s "
-                "(dataset.on_bad_image=fail refuses them instead)", len(bad), len(files), folder.resolve(), shown)
+                "(dataset.on_bad_image=fail refuses them instead)", len(bad), len(files), folder, shown)
 
 
 SMALL_SPLIT = 20  # fewer val or test images than this: their metrics are mostly noise

@@ -214,6 +214,13 @@ def open_writer(run_dir: Path, resumed_step: int | None) -> SummaryWriter:
     them all."""
     from torch.utils.tensorboard import SummaryWriter
 
-    if resumed_step is None and any(Path(run_dir).glob("events.out.tfevents.*")):
+    before = set(Path(run_dir).glob("events.out.tfevents.*"))
+    if resumed_step is None and before:
         resumed_step = 0
-    return SummaryWriter(log_dir=str(run_dir), purge_step=None if resumed_step is None else resumed_step + 1)
+    try:
+        return SummaryWriter(log_dir=str(run_dir), purge_step=None if resumed_step is None else resumed_step + 1)
+    except OSError:  # a full disk: leave no empty event file behind
+        for p in set(Path(run_dir).glob("events.out.tfevents.*")) - before:
+            if p.stat().st_size == 0:
+                p.unlink(missing_ok=True)
+        raise

@@ -20,6 +20,7 @@ from aecli.components import build
 from aecli.config import noise_name
 from aecli.errors import ConfigError
 from aecli.store import rundir
+from aecli.store.atomic import remove_stale_temps
 from aecli.use import tables
 from aecli.use.trained import TrainedRun
 from aecli.use.trained import open_run as open_
@@ -65,6 +66,7 @@ def out_dir(args: argparse.Namespace, run: TrainedRun) -> Path:
     except OSError as e:
         raise ConfigError("--out", f"cannot make {out} ({e.strerror or e})",
                           "pass --out DIR where you can write") from None
+    remove_stale_temps(out)  # what writers killed mid-write left there
     return out
 
 

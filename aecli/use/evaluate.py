@@ -23,6 +23,7 @@ import argparse
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +37,7 @@ from aecli.data import ImageData
 from aecli.errors import ConfigError
 from aecli.models import HasLikelihoodBound, likelihood_bound
 from aecli.store import rundir
+from aecli.store.atomic import atomic_move, atomic_write_text, remove_stale_temps, temp_dir
 from aecli.use import commandline as commands
 from aecli.use import inference, probes, report, tables
 from aecli.use.trained import TrainedRun, find_runs, open_run
@@ -305,15 +307,23 @@ def write_run_outputs(run: TrainedRun, result: dict[str, Any], where: Path | Non
 
 
     where = run.run_dir if where is None else where
+    remove_stale_temps(where)  # what evaluations killed mid-write left
     rundir.write_json(where / "eval.json", result)
-    earlier = list(where.glob(f"events.out.tfevents.*{EVENTS_SUFFIX}"))
-    writer = SummaryWriter(log_dir=str(where), filename_suffix=EVENTS_SUFFIX)
-    for key, value in result.items():
-        if key.startswith(TB_PREFIXES) and isinstance(value, (int, float)) and not isinstance(value, bool):
-            writer.add_scalar(f"eval/{key}", value, result["step"])
-    writer.close()
-    for path in earlier:
-        path.unlink(missing_ok=True)
+    earlier = sorted(where.glob(f"events.out.tfevents.*{EVENTS_SUFFIX}"))
+    staging = temp_dir(where)
+    try:
+        writer = SummaryWriter(log_dir=str(staging), filename_suffix=EVENTS_SUFFIX)
+        for key, value in result.items():
+            if key.startswith(TB_PREFIXES) and isinstance(value, (int, float)) and not isinstance(value, bool):
+                writer.add_scalar(f"eval/{key}", value, result["step"])
+        writer.close()
+        (new,) = staging.iterdir()
+        # one rename, in place of the earlier file: a kill leaves the old scalars or the new, never both
+        atomic_move(new, earlier[0] if earlier else where / new.name)
+        for path in earlier[1:]:
+            path.unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def common_parent(dirs: Sequence[Path]) -> Path:
@@ -343,7 +353,7 @@ def write_table(runs: Sequence[TrainedRun], results: Sequence[dict[str, Any]], o
     text = (f"# Evaluation of {len(runs)} runs\n\n{report.markdown(compact)}\n{legend(results, skipped)}"
             + (f"\n## Codes vs pixels vs PCA\n\n{representations}" if representations else "")
             + (f"\nNotes:\n{notes}" if notes else ""))
-    (out / "eval.md").write_text(text)
+    atomic_write_text(out / "eval.md", text)
     tables.write_csv(rows, out / "eval.csv")
     log.info("wrote %s, %s", out / "eval.md", out / "eval.csv")
 
