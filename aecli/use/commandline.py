@@ -1,7 +1,7 @@
 """What every command on a trained run shares (``aecli.use.encode``, ``aecli.use.map``, ``aecli.use.search``,
 ``aecli.use.denoise``, ``aecli.use.sample``, ``aecli.use.score``, ``aecli.use.finetune``): the command line
-(``RUN``, ``--checkpoint``, ``--device``, ``--out``), opening the run, where outputs go, progress
-bars, and bad input as one ``aecli: error: KEY: ...`` message with exit status 1.
+(``RUN``, ``--checkpoint``, ``--device``, ``--threads``, ``--out``), opening the run (and choosing its CPU
+threads), where outputs go, progress bars, and bad input as one ``aecli: error: KEY: ...`` message with exit status 1.
 
 Each command module holds its own recipe and calls ``main(parser, recipe, argv)``.
 """
@@ -13,7 +13,10 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
+
 from aecli.errors import AecliError, ConfigError
+from aecli.threads import choose_threads, cores_available, parse_threads
 from aecli.use.trained import TrainedRun
 from aecli.use.trained import open_run as open_
 
@@ -21,7 +24,7 @@ T = TypeVar("T")
 
 
 def parser(name: str, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
-    """A command's parser with the options every command has: RUN, --checkpoint, --device, --out."""
+    """A command's parser with the options every command has: RUN, --checkpoint, --device, --threads, --out."""
     p = argparse.ArgumentParser(prog=f"python -m aecli.{name}", description=description, epilog=epilog,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", metavar="RUN", help="a run dir (the 'run dir: ...' that python -m aecli.train printed), "
@@ -30,6 +33,7 @@ def parser(name: str, description: str, epilog: str | None = None) -> argparse.A
                    help="the model with the best validation loss (default) or the last one")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
                    help="where the model runs (default: auto, a GPU when there is one)")
+    add_threads(p)
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="write the outputs into DIR (default: the run dir)")
     return p
@@ -47,10 +51,38 @@ def main(p: argparse.ArgumentParser, recipe: Callable[[argparse.Namespace], None
     return 0
 
 
-def open_run(args: argparse.Namespace) -> TrainedRun:
-    """The run ``RUN`` names, with the ``--checkpoint`` model on ``--device``."""
+def add_threads(p: argparse.ArgumentParser) -> None:
+    """``--threads auto|N``: torch's CPU thread count."""
+    p.add_argument("--threads", default="auto", metavar="auto|N",
+                   help="torch's CPU threads: auto (default: the fastest for this model on this machine now, "
+                   "timed at startup in under a second) or a number")
 
-    return open_(args.run, args.checkpoint, args.device)
+
+def open_run(args: argparse.Namespace) -> TrainedRun:
+    """The run ``RUN`` names, with the ``--checkpoint`` model on ``--device`` and ``--threads`` set."""
+    threads = parse_threads(getattr(args, "threads", "auto"))  # before the checkpoint is read: a typo costs nothing
+    run = open_(args.run, args.checkpoint, args.device)
+    set_threads(run, threads)
+    return run
+
+
+def set_threads(run: TrainedRun, threads: int | str, batch: int = 256) -> None:
+    """``--threads``: a number is taken as is; ``auto`` on the CPU times the model's forward pass on a
+    batch at each thread count (``aecli.threads.choose_threads``) and says on stderr what it chose."""
+    if threads != "auto":
+        torch.set_num_threads(int(threads))
+        return
+    if run.device.type != "cpu":
+        return
+    x = torch.rand(batch, *run.model.input_shape)
+
+    def step() -> None:
+        with torch.no_grad():
+            run.model(x)
+
+    with torch.random.fork_rng(devices=[]):
+        _, why = choose_threads(step, cores_available())
+    print(f"aecli: torch threads: {torch.get_num_threads()} ({why})", file=sys.stderr)
 
 
 def out_dir(args: argparse.Namespace, run: TrainedRun) -> Path:

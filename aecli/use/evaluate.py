@@ -36,7 +36,9 @@ from aecli.data import ImageData
 from aecli.errors import ConfigError
 from aecli.losses import BinaryCrossEntropy
 from aecli.store import rundir
+from aecli.threads import parse_threads
 from aecli.use import probes, report
+from aecli.use.commandline import add_threads, set_threads
 from aecli.use.trained import TrainedRun, find_runs, open_run
 
 if TYPE_CHECKING:
@@ -73,6 +75,7 @@ class Options:
 
     checkpoint: str = "best"
     device: str = "auto"
+    threads: int | str = "auto"  # torch's CPU threads: auto (timed on the first run's model) | N
     iw_samples: int | None = None  # None: DEFAULT_IW_SAMPLES where the model has a likelihood
     noise: str = "run"  # run | none | binomial | gaussian
     noise_level: float | None = None  # p or sigma; None: the noise's own
@@ -241,6 +244,7 @@ def check_options(opts: Options) -> None:
                                   ("--noise-level", opts.noise_level, lambda v: v is None or v >= 0, ">= 0")):
         if not ok(value):
             raise ConfigError(flag, f"{value} is not {must}", f"pass {flag} with a value {must}, or leave it out")
+    opts.threads = parse_threads(opts.threads)
 
 
 def open_runs(paths: Sequence[str | Path], opts: Options) -> tuple[list[TrainedRun], list[str]]:
@@ -264,6 +268,7 @@ def open_runs(paths: Sequence[str | Path], opts: Options) -> tuple[list[TrainedR
         log.warning("skipped %s", s)
     for run in runs:
         eval_noise(run, opts)  # a bad --noise-level is refused now, not after the first run
+    set_threads(runs[0], opts.threads)
     return runs, skipped
 
 
@@ -432,6 +437,7 @@ def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Options]:
     p.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", help="a run dir, or a multirun dir (every job in it)")
     p.add_argument("--checkpoint", default="best", choices=("best", "last"), help="which checkpoint (default: best)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="default: auto")
+    add_threads(p)
     p.add_argument("--iw-samples", type=int, default=None, metavar="K",
                    help=f"importance samples for the VAE's -log p(x) bound (default {DEFAULT_IW_SAMPLES}; 0: skip)")
     p.add_argument("--noise", default="run", choices=("run", "none", "binomial", "gaussian"),
@@ -446,7 +452,7 @@ def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Options]:
     p.add_argument("--out", type=Path, default=None,
                    help="where several runs' eval.md / eval.csv go (default: the runs' common parent dir)")
     a = p.parse_args(argv)
-    opts = Options(checkpoint=a.checkpoint, device=a.device, iw_samples=a.iw_samples, noise=a.noise,
+    opts = Options(checkpoint=a.checkpoint, device=a.device, threads=a.threads, iw_samples=a.iw_samples, noise=a.noise,
                    noise_level=a.noise_level, batch_size=a.batch_size, probe_images=a.probe_images, knn_k=a.knn,
                    seed=a.seed, data_root=a.data_root)
     return a, opts
