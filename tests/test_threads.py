@@ -2,6 +2,7 @@
 (and reaches child processes), and thread counts are chosen by timing real steps."""
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from aecli.errors import ConfigError
 from aecli.threads import candidates, choose_threads, parse_threads
 from aecli.training.build import build_parts, time_threads
 from aecli.training.step import Precision
+from aecli.use.commandline import stage
 
 from .conftest import REPO, cli_env, make_cfg
 
@@ -139,3 +141,20 @@ def test_auto_threads_are_timed_and_logged_on_the_cpu():
     assert "the fastest by median step time" in parts.placement or "the only candidate" in parts.placement
     fixed = build_parts(make_cfg("trainer.num_threads=1"))
     assert fixed.placement.startswith("torch threads: 1 (trainer.num_threads=1; ") and "auto:" not in fixed.placement
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_long_stage_shows_its_name_and_elapsed_time_on_a_terminal(monkeypatch):
+    """t-SNE and the probes report no progress of their own: a ticking line says what runs and
+    for how long (on a terminal; nothing in logs and pipes)."""
+    for terminal, shown in ((Terminal(), True), (io.StringIO(), False)):
+        monkeypatch.setattr(sys, "stderr", terminal)
+        monkeypatch.setenv("COLUMNS", "80")
+        monkeypatch.setenv("LINES", "24")
+        with stage("t-SNE of the codes (359 images)"):
+            time.sleep(0.6)  # one tick
+        assert ("t-SNE of the codes (359 images): 00:00" in terminal.getvalue()) is shown

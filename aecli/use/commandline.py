@@ -8,8 +8,10 @@ Each command module holds its own recipe and calls ``main(parser, recipe, argv)`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from collections.abc import Callable, Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -111,6 +113,29 @@ def progress(items: Iterable[T], total: int | None = None, desc: str = "") -> It
     from tqdm import tqdm
 
     return tqdm(items, total=total, desc=desc, leave=False, file=sys.stderr, disable=None)
+
+
+@contextlib.contextmanager
+def stage(desc: str) -> Iterator[None]:
+    """A long step that reports no progress of its own (scikit-learn's t-SNE, a probe's fit): its
+    name and the seconds so far, ticking on stderr while it runs (a terminal only, as ``progress``)."""
+    from tqdm import tqdm
+
+    bar = tqdm(desc=desc, bar_format="{desc}: {elapsed}", leave=False, file=sys.stderr, disable=None)
+    done = threading.Event()
+
+    def tick() -> None:
+        while not done.wait(0.5):
+            bar.refresh()
+
+    ticker = threading.Thread(target=tick, daemon=True)
+    ticker.start()
+    try:
+        yield
+    finally:
+        done.set()
+        ticker.join()
+        bar.close()
 
 
 def test_index(value: Any, n: int, key: str) -> int:

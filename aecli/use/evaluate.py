@@ -38,7 +38,7 @@ from aecli.losses import BinaryCrossEntropy
 from aecli.store import rundir
 from aecli.threads import parse_threads
 from aecli.use import probes, report
-from aecli.use.commandline import add_threads, set_threads
+from aecli.use.commandline import add_threads, set_threads, stage
 from aecli.use.trained import TrainedRun, find_runs, open_run
 
 if TYPE_CHECKING:
@@ -214,12 +214,16 @@ def representations(run: TrainedRun, data: ImageData, batch: int, opts: Options,
         opts.cache[key] = probes.Features(probes.pixels(data, data.train, train_idx, batch),
                                           probes.pixels(data, data.test, test_idx, batch))
     pixels: probes.Features = opts.cache[key]
-    scores = {"codes": probes.score(codes, y_train, y_test, k, opts.seed)}
+    with stage(f"probes on the codes ({len(train_idx):,} train images)"):
+        scores = {"codes": probes.score(codes, y_train, y_test, k, opts.seed)}
     pixels_key, pca_key = (key, "pixels"), (key, "pca", codes.dims)
     if pixels_key not in opts.cache:
-        opts.cache[pixels_key] = probes.score(pixels, y_train, y_test, k, opts.seed)
+        with stage("probes on the pixels"):
+            opts.cache[pixels_key] = probes.score(pixels, y_train, y_test, k, opts.seed)
     if pca_key not in opts.cache:
-        opts.cache[pca_key] = probes.score(probes.pca(pixels, codes.dims, opts.seed), y_train, y_test, k, opts.seed)
+        with stage(f"probes on PCA-{codes.dims} of the pixels"):
+            opts.cache[pca_key] = probes.score(probes.pca(pixels, codes.dims, opts.seed), y_train, y_test, k,
+                                               opts.seed)
     scores["pixels"], scores["pca"] = opts.cache[pixels_key], opts.cache[pca_key]
     out: dict[str, Any] = {}
     for name, s in scores.items():
