@@ -18,7 +18,7 @@ from typing import Any
 
 from aecli.errors import ConfigError
 
-BUDGET_S = 0.8  # the whole choice (startup must stay under a second); at least 1 warm-up + 2 timed steps each
+BUDGET_S = 0.8  # the whole choice (startup must stay under a second): 1 warm-up + 1-12 timed steps each
 MAX_ROUNDS = 12  # timed steps per candidate when steps are fast (more only narrows noise we already outrun)
 MARGIN = 0.05  # more threads must be this much faster to be taken: fewer leave cores to the rest of the machine
 
@@ -67,6 +67,7 @@ def choose_threads(step: Callable[[], Any], most: int, budget: float = BUDGET_S)
         return counts[0], f"auto: {counts[0]}, the only candidate"
     start = time.perf_counter()
     times: dict[int, list[float]] = {n: [] for n in counts}
+    least = 2  # timed rounds; one when the warm-up round alone took a third of the budget (slow steps)
     for rounds in range(MAX_ROUNDS + 1):  # round 0 warms up (allocations, each count's thread pool)
         for n in counts:
             torch.set_num_threads(n)
@@ -74,7 +75,9 @@ def choose_threads(step: Callable[[], Any], most: int, budget: float = BUDGET_S)
             step()
             if rounds:
                 times[n].append(time.perf_counter() - t0)
-        if rounds >= 2 and time.perf_counter() - start > budget:
+        if rounds == 0 and time.perf_counter() - start > budget / 3:
+            least = 1
+        if rounds >= least and time.perf_counter() - start > budget:
             break
     median = {n: statistics.median(t) for n, t in times.items()}
     best = counts[0]
