@@ -55,6 +55,17 @@ def candidates(most: int) -> list[int]:
     return [*counts, max(most, 1)]
 
 
+def fastest(median: dict[int, float]) -> int:
+    """The count with the shortest median step; a larger count must beat the best smaller one by
+    ``MARGIN`` (a tie within noise goes to fewer threads)."""
+    counts = sorted(median)
+    best = counts[0]
+    for n in counts[1:]:
+        if median[n] < median[best] * (1 - MARGIN):
+            best = n
+    return best
+
+
 def choose_threads(step: Callable[[], Any], most: int, budget: float = BUDGET_S) -> tuple[int, str]:
     """Time ``step`` (a real training or inference step; it must leave no trace) at each of
     ``candidates(most)``, interleaved, within about ``budget`` seconds; set torch's thread count
@@ -80,10 +91,7 @@ def choose_threads(step: Callable[[], Any], most: int, budget: float = BUDGET_S)
         if rounds >= least and time.perf_counter() - start > budget:
             break
     median = {n: statistics.median(t) for n, t in times.items()}
-    best = counts[0]
-    for n in counts[1:]:  # ascending: a larger count must beat the best so far by MARGIN
-        if median[n] < median[best] * (1 - MARGIN):
-            best = n
+    best = fastest(median)
     torch.set_num_threads(best)
     timed = ", ".join(f"{n}: {median[n] * 1e3:.3g} ms" for n in counts)
     return best, (f"auto: {best}, the fastest by median step time ({timed}; {len(times[best])} timed steps "
