@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -70,7 +71,7 @@ def open_run(args: argparse.Namespace) -> TrainedRun:
 
 def set_threads(run: TrainedRun, threads: int | str, batch: int = 256) -> None:
     """``--threads``: a number is taken as is; ``auto`` on the CPU times the model's forward pass on a
-    batch at each thread count (``aecli.threads.choose_threads``) and says on stderr what it chose."""
+    batch at each thread count (``aecli.threads.choose_threads``) and says what it chose (log; stderr on a terminal)."""
     if threads != "auto":
         torch.set_num_threads(int(threads))
         return
@@ -84,7 +85,10 @@ def set_threads(run: TrainedRun, threads: int | str, batch: int = 256) -> None:
 
     with torch.random.fork_rng(devices=[]):
         _, why = choose_threads(step, cores_available())
-    print(f"aecli: torch threads: {torch.get_num_threads()} ({why})", file=sys.stderr)
+    line = f"torch threads: {torch.get_num_threads()} ({why})"
+    logging.getLogger("aecli").info(line)  # evaluate's log; the other commands: a terminal only, as progress bars
+    if sys.stderr.isatty():
+        print(f"aecli: {line}", file=sys.stderr)
 
 
 def out_dir(args: argparse.Namespace, run: TrainedRun) -> Path:
