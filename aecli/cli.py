@@ -2,7 +2,7 @@
 """``aecli COMMAND [ARGS]``: one command for all of aecli, one parser for every subcommand.
 
 ``aecli train ...`` hands its arguments to the Hydra app (``aecli.training.app``); the other
-commands share one set of options (``RUN``, ``--checkpoint``, ``--device``, ``--out``,
+commands share one set of options (``RUN``, ``--checkpoint``, ``--device``, ``--threads``, ``--out``,
 ``--data-root``, ``--seed``, ``--noise KIND[:LEVEL]``), each with one name, grammar and meaning.
 
 This module is light on purpose (argparse and ``aecli.config``, no torch): ``aecli --help``,
@@ -26,6 +26,7 @@ from aecli.declare import bound_of
 from aecli.errors import AecliError, ConfigError
 from aecli.store import rundir
 from aecli.store.atomic import failure_message, quiet_disk_errors_in_writer_threads
+from aecli.threads import parse_threads
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 RUN_HELP = "a run dir (the 'run dir: ...' that aecli train printed), or a checkpoint file in one"
@@ -104,7 +105,7 @@ def _parent() -> argparse.ArgumentParser:
 
 
 def run_options(many: bool = False) -> argparse.ArgumentParser:
-    """RUN (``many``: RUN...), --checkpoint, --device, --out: every command on a trained run."""
+    """RUN (``many``: RUN...), --checkpoint, --device, --threads, --out: every command on a trained run."""
     p = _parent()
     p.add_argument("run", metavar="RUN", nargs="+" if many else None,
                    help=RUN_HELP + (" (several; a multirun dir: every job in it)" if many else ""))
@@ -112,6 +113,9 @@ def run_options(many: bool = False) -> argparse.ArgumentParser:
                    help="the best model by the run's objective (default; by default its validation loss) "
                         "or the last one")
     device_option(p)
+    p.add_argument("--threads", type=parse_threads, default="auto", metavar="auto|N",
+                   help="torch's CPU threads: auto (default: the fastest for this model on this machine now, "
+                        "timed at startup in under a second) or a number")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="write the outputs into DIR (default: the run dir)")
     return p
@@ -284,6 +288,8 @@ def _bench(p: argparse.ArgumentParser) -> None:
                    help="config overrides for aecli's side, e.g. trainer.compile=true optim.fused=false")
     p.add_argument("--startup-runs", type=at_least(0, "--startup-runs"), default=3,
                    help="0: skip the startup measurement")
+    p.add_argument("--hog", type=at_least(0, "--hog"), default=0, metavar="N",
+                   help="then the same comparison with N busy-loop processes beside it (a loaded machine)")
 
 
 COMMANDS = (
@@ -327,7 +333,7 @@ COMMANDS = (
             ("aecli finetune RUN", "aecli finetune RUN --labels-per-class 1 --seeds 10"),
             _finetune, lambda: [run_options(), data_options(), seed_options("the first repeat")]),
     Command("bench", "time aecli's training step against a plain PyTorch loop",
-            ("aecli bench", "aecli bench --device cuda",
+            ("aecli bench", "aecli bench --hog 2   # also beside two busy-loop processes",
              "aecli bench --cases mlp-vae-128 --aecli trainer.compile=true"),
             _bench, module="aecli.training.bench"),
 )

@@ -361,7 +361,7 @@ def check(cfg: DictConfig) -> None:
     threads = OmegaConf.select(cfg, "trainer.num_threads", default=None)
     if threads not in (None, "auto") and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ConfigError("trainer.num_threads", f"{threads!r} is neither auto nor a whole number >= 1",
-                          "use trainer.num_threads=auto (cores / jobs running at once) or e.g. trainer.num_threads=4")
+                          "use trainer.num_threads=auto (the fastest count, timed) or e.g. trainer.num_threads=4")
     if OmegaConf.select(cfg, "dataset.channels", default=None) not in (None, 1, 3):
         raise ConfigError("dataset.channels", f"{cfg.dataset.channels} is not 1 or 3",
                           "use dataset.channels=1 (grey) or 3 (RGB)")

@@ -40,6 +40,7 @@ from aecli.store import rundir
 from aecli.store.atomic import atomic_move, atomic_write_text, remove_stale_temps, temp_dir
 from aecli.use import commandline as commands
 from aecli.use import inference, probes, report, tables
+from aecli.use.commandline import set_threads, stage
 from aecli.use.trained import TrainedRun, find_runs, open_run
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class Options:
 
     checkpoint: str = "best"
     device: str = "auto"
+    threads: int | str = "auto"  # torch's CPU threads: auto (timed on the first run's model) | N
     iw_samples: int | None = None  # None: DEFAULT_IW_SAMPLES where the model has a likelihood
     noise: Any = None  # --noise KIND[:LEVEL] (an aecli.cli.NoiseOption); None: the run's own noise
     batch_size: int | None = None  # None: the run's trainer.eval_batch_size
@@ -220,12 +222,16 @@ def representations(run: TrainedRun, data: ImageData, batch: int, opts: Options,
         opts.cache[key] = probes.Features(probes.pixels(data, data.train, train_idx, batch),
                                           probes.pixels(data, data.test, test_idx, batch))
     pixels: probes.Features = opts.cache[key]
-    scores = {"codes": probes.score(codes, y_train, y_test, k, opts.seed)}
+    with stage(f"probes on the codes ({len(train_idx):,} train images)"):
+        scores = {"codes": probes.score(codes, y_train, y_test, k, opts.seed)}
     pixels_key, pca_key = (key, "pixels"), (key, "pca", codes.dims)
     if pixels_key not in opts.cache:
-        opts.cache[pixels_key] = probes.score(pixels, y_train, y_test, k, opts.seed)
+        with stage("probes on the pixels"):
+            opts.cache[pixels_key] = probes.score(pixels, y_train, y_test, k, opts.seed)
     if pca_key not in opts.cache:
-        opts.cache[pca_key] = probes.score(probes.pca(pixels, codes.dims, opts.seed), y_train, y_test, k, opts.seed)
+        with stage(f"probes on PCA-{codes.dims} of the pixels"):
+            opts.cache[pca_key] = probes.score(probes.pca(pixels, codes.dims, opts.seed), y_train, y_test, k,
+                                               opts.seed)
     scores["pixels"], scores["pca"] = opts.cache[pixels_key], opts.cache[pca_key]
     out: dict[str, Any] = {}
     for name, s in scores.items():
@@ -261,6 +267,7 @@ def open_runs(paths: Sequence[str | Path], opts: Options) -> tuple[list[TrainedR
                           f"({'; '.join(skipped[:3])})", "pass a run (or sweep) whose jobs trained at least one epoch")
     for s in skipped:
         log.warning("skipped %s", s)
+    set_threads(runs[0], opts.threads)
     return runs, skipped
 
 
@@ -410,8 +417,8 @@ def recipe(args: argparse.Namespace) -> None:
     """``aecli evaluate RUN...``: every run measured, its table printed (several: also written)."""
     given = {"iw_samples": args.iw_samples, "batch_size": args.batch_size, "probe_images": args.probe_images,
              "knn_k": args.knn}
-    opts = Options(checkpoint=args.checkpoint, device=args.device, noise=args.noise, seed=args.seed,
-                   data_root=args.data_root, **{k: v for k, v in given.items() if v is not None})
+    opts = Options(checkpoint=args.checkpoint, device=args.device, threads=args.threads, noise=args.noise,
+                   seed=args.seed, data_root=args.data_root, **{k: v for k, v in given.items() if v is not None})
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     results = evaluate_paths(args.run, opts, args.out)
     if len(results) == 1:
