@@ -105,6 +105,9 @@ class ImageGrids(Hook):
         self.grids: dict[str, Tensor] = {}
 
     def on_fit_start(self, run: Run) -> None:
+        self.off = not run.data.images  # vectors: ``VectorReport`` instead
+        if self.off:
+            return
         gen = torch.Generator().manual_seed(self.seed)
         self.clean = run.data.as_float(run.data.val[: self.n_images].to(run.device))
         self.noisy = None
@@ -129,13 +132,15 @@ class ImageGrids(Hook):
         model.train(was_training)
 
     def on_epoch_end(self, run: Run, result: EpochResult, val: dict[str, float] | None) -> None:
-        if val is None:
+        if val is None or self.off:
             return
         self.draw(run)
         for tag, grid in self.grids.items():
             self.writer.add_image(tag, grid, run.state.step)
 
     def on_fit_end(self, run: Run, metrics: dict[str, Any]) -> None:
+        if self.off:
+            return
         self.draw(run)  # the model metrics.json describes (the best one)
         for tag, grid in self.grids.items():
             path = run.run_dir / ("samples.png" if tag.startswith("samples") else "reconstruction.png")
