@@ -124,7 +124,8 @@ def device_option(p: argparse.ArgumentParser, default: str = "auto") -> None:
 def data_options() -> argparse.ArgumentParser:
     p = _parent()
     p.add_argument("--data-root", metavar="DIR", default=None,
-                   help="where the run's dataset lies now, if it moved since training (its dataset.root)")
+                   help="where the run's dataset lies now, if it moved since training (its dataset.root; a "
+                   "table or corpus: its dataset.path)")
     return p
 
 
@@ -189,8 +190,11 @@ def _map(p: argparse.ArgumentParser) -> None:
 
 
 def _search(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--query", metavar="INDEX|IMAGE_FILE",
-                   help="a test image's index, or an image file (converted and resized as the model takes it)")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--query", metavar="INDEX|IMAGE_FILE",
+                      help="a test item's index, or an image file (converted and resized as the model takes it)")
+    what.add_argument("--query-text", metavar="TEXT", help="a corpus run (dataset=text): search by this text")
+    what.add_argument("--query-file", metavar="DOC.txt", help="a corpus run (dataset=text): search by this document")
     p.add_argument("--k", type=at_least(1, "--k"), default=8, help="how many neighbours (default 8)")
     p.add_argument("--measure", action="store_true",
                    help="precision@k by label over the whole test split: codes vs pixels vs PCA of the same size")
@@ -279,6 +283,7 @@ COMMANDS = (
             _map, lambda: [run_options(), data_options(), seed_options("PCA's solver and of t-SNE")]),
     Command("search", "similar-image search by code (cosine similarity), or its precision@k",
             ("aecli search RUN --query 42 --k 8", "aecli search RUN --query my_digit.png",
+             "aecli search RUN --query-text 'neural networks for text'",
              "aecli search RUN --measure --k 8"),
             _search, lambda: [run_options(), data_options(), seed_options("the PCA baseline of --measure")]),
     Command("denoise", "denoise your own images, or measure denoising on the corrupted test split",

@@ -36,5 +36,6 @@ def load_data(cfg: DictConfig, fitted: dict[str, Any] | None = None) -> ImageDat
     fitting a new one, so a resumed or opened run sees the vectors it trained on."""
     node = OmegaConf.to_container(cfg.dataset, resolve=True)
     classes = node.pop("classes", None)
-    extra = {"fitted": fitted} if fitted is not None else {}
+    # _convert_: the transform reaches the loader as plain dicts and lists, as it was stored
+    extra = {"fitted": fitted, "_convert_": "all"} if fitted is not None else {}
     return keep_classes(build(OmegaConf.create({"dataset": node}), "dataset", **extra), classes)

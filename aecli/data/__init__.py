@@ -1,7 +1,6 @@
 """The data wing: where images come from (``sources``), how files are decoded (``decode``) and
-cached (``cache``);
-tables and documents as vectors (``vectors``). The dataset loaders are the ``_target_`` of the ``dataset`` config group
-(``aecli.data.load_digits`` ...), so they are named here."""
+cached (``cache``); tables and documents as vectors (``vectors``). The dataset loaders are the
+``_target_`` of the ``dataset`` config group (``aecli.data.load_digits`` ...), so they are named here."""
 from aecli.data.sources import (
     ImageData,
     ImageFiles,

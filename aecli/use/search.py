@@ -1,14 +1,18 @@
 """``aecli search RUN --query INDEX|IMAGE_FILE --k 8``: the test images whose codes are
 closest to the query's by cosine similarity (the way documents are retrieved by their codes),
-as a PNG row: the query, then its neighbours, nearest first.
+as a PNG row: the query, then its neighbours, nearest first. On vectors (a table, a corpus) a
+table of the neighbours (name or first words, label, similarity) and its CSV; a corpus also takes
+``--query-text "..."`` or ``--query-file doc.txt``, vectorised with the run's vocabulary.
 
-``--measure``: precision@k by label over the whole test split (each test image the query, the
-others the gallery) for three representations of the same images: the model's codes, the raw
-pixels, and PCA of the pixels down to the code's size (fitted on the train split).
+``--measure``: precision@k by label over the whole test split (each test item the query, the
+others the gallery) for three representations of the same items: the model's codes, the raw
+pixels (a corpus: TF-IDF cosine), and PCA of them down to the code's size (a corpus: LSA; fitted
+on the train split); and the precision-recall curve over the fraction retrieved (PNG).
 """
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,11 +20,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from aecli.data import ImageData
+from aecli.data.vectors import tfidf, vectorize
 from aecli.errors import ConfigError
 from aecli.images import image_grid, save_png
 from aecli.store import rundir
+from aecli.store.atomic import atomic_write
 from aecli.use import commandline as commands
-from aecli.use import inference, probes
+from aecli.use import inference, probes, tables
 from aecli.use.trained import TrainedRun
 
 
@@ -30,29 +36,76 @@ def recipe(args: argparse.Namespace) -> None:
     if args.measure:
         return measure(run, data, args)
     n = check_k(args.k, len(data.test))
-    if args.query is None:
-        raise ConfigError("--query", "no query given", "pass --query INDEX (a test image) or --query IMAGE_FILE")
     gallery = inference.codes(run, data.test, data.max_value)
+    query = find_query(run, data, args, n)
+    code = gallery[query.index] if query.index is not None else run.model.encode(query.item)[0].detach()
+    similarity = F.cosine_similarity(gallery, code[None], dim=1)
+    if query.index is not None:
+        similarity[query.index] = -torch.inf  # the query itself is not its own neighbour
+    best = similarity.topk(args.k)
+    names = data.names["test"] if data.names else None
+    print(neighbours_table(best.indices.cpu(), best.values.cpu(), data.labels, data.classes, query.index, names))
+    out = commands.out_dir(args, run)
+    if data.images:
+        path = out / f"search_{query.name}.png"
+        neighbours = data.as_float(inference.pick(data.test, best.indices, run.device))
+        save_png(image_grid([torch.cat([query.item, neighbours])]), path)
+    else:
+        path = out / f"search_{query.name}.csv"
+        tables.write_csv([{"rank": r + 1, "test_index": int(i), "name": names[int(i)] if names else "",
+                           "label": label_name(data, int(data.labels["test"][i])) if data.labels else "",
+                           "cosine_similarity": f"{float(v):.4f}"}
+                          for r, (i, v) in enumerate(zip(best.indices.cpu(), best.values.cpu()))], path)
+    commands.wrote(path)
+
+
+@dataclass
+class Query:
+    """What to search for: a test item (``index``) or the user's own (an image, a text), as the model takes it."""
+
+    item: Tensor  # (1, ...) on the run's device
+    index: int | None
+    name: str
+
+
+def find_query(run: TrainedRun, data: ImageData, args: argparse.Namespace, n: int) -> Query:
+    """The query that ``--query`` (an index, or an image file), ``--query-text`` or ``--query-file`` names."""
+    text = getattr(args, "query_text", None)
+    file_arg = getattr(args, "query_file", None)
+    if file_arg is not None or text is not None:
+        if data.kind != "text":
+            raise ConfigError("--query-text" if text is not None else "--query-file",
+                              f"this run's items are {data.kind}s, not documents", "pass --query INDEX")
+        if file_arg is not None:
+            file = Path(file_arg)
+            if not file.is_file():
+                raise ConfigError("--query-file", f"no file at {file}", "pass a text file")
+            text, name = file.read_text(encoding="utf-8", errors="replace"), file.stem
+        else:
+            name = "text"
+        vector = torch.from_numpy(vectorize(data.transform, [text])).to(run.device)
+        if not vector.any():
+            raise ConfigError("--query-text" if file_arg is None else "--query-file",
+                              "none of its words is in the run's vocabulary", "use words of the corpus")
+        return Query(vector, None, name)
+    if args.query is None:
+        raise ConfigError("--query", "no query given", "pass --query INDEX (a test item)"
+                          + (" or --query IMAGE_FILE" if data.images else
+                             " or --query-text \"...\" / --query-file doc.txt" if data.kind == "text" else ""))
     if args.query.isdigit():
         index = commands.test_index(args.query, n, "--query")
-        image = data.as_float(inference.pick(data.test, [index], run.device))
-        code, name = gallery[index], f"test{index}"
-    else:
-        file = Path(args.query)
-        if not file.is_file():
-            raise ConfigError("--query", f"{args.query!r} is neither a test index nor an image file",
-                              f"pass an index from 0 to {n - 1}, or the path of an image file")
-        index, image = None, inference.read_image(file, run.model.input_shape, "--query").to(run.device)
-        code, name = run.model.encode(image)[0].detach(), file.stem
-    similarity = F.cosine_similarity(gallery, code[None], dim=1)
-    if index is not None:
-        similarity[index] = -torch.inf  # the query itself is not its own neighbour
-    best = similarity.topk(args.k)
-    path = commands.out_dir(args, run) / f"search_{name}.png"
-    neighbours = data.as_float(inference.pick(data.test, best.indices, run.device))
-    save_png(image_grid([torch.cat([image, neighbours])]), path)
-    print(neighbours_table(best.indices.cpu(), best.values.cpu(), data.labels, data.classes, index))
-    commands.wrote(path)
+        return Query(data.as_float(inference.pick(data.test, [index], run.device)), index, f"test{index}")
+    file = Path(args.query)
+    if not data.images or not file.is_file():
+        raise ConfigError("--query", f"{args.query!r} is neither a test index nor an image file"
+                          if data.images else f"{args.query!r} is not a test index",
+                          f"pass an index from 0 to {n - 1}" + (", or the path of an image file" if data.images
+                                                                 else ""))
+    return Query(inference.read_image(file, run.model.input_shape, "--query").to(run.device), None, file.stem)
+
+
+def label_name(data: ImageData, k: int) -> str:
+    return data.classes[k] if data.classes else str(k)
 
 
 def check_k(k: int, n: int) -> int:
@@ -64,12 +117,13 @@ def check_k(k: int, n: int) -> int:
 
 
 def neighbours_table(indices: Tensor, similarity: Tensor, labels: dict[str, Tensor] | None,
-                     classes: list[str] | None, query: int | None) -> str:
-    """The neighbours (test index, label, cosine similarity), and how many share the query's label."""
+                     classes: list[str] | None, query: int | None, names: list[str] | None = None) -> str:
+    """The neighbours (test index, name: a document's file or first words, label, cosine
+    similarity), and how many share the query's label."""
     name = (lambda k: classes[k] if classes else str(k))  # noqa: E731
-    rows = [[r + 1, int(i), name(int(labels["test"][i])) if labels else "", f"{s:.3f}"]
-            for r, (i, s) in enumerate(zip(indices, similarity))]
-    text = commands.table(rows, ["rank", "test index", "label", "cosine similarity"])
+    rows = [[r + 1, int(i), *([names[int(i)]] if names else []), name(int(labels["test"][i])) if labels else "",
+             f"{s:.3f}"] for r, (i, s) in enumerate(zip(indices, similarity))]
+    text = commands.table(rows, ["rank", "test index", *(["name"] if names else []), "label", "cosine similarity"])
     if labels is not None and query is not None:
         same = int((labels["test"][indices] == labels["test"][query]).sum())
         text += f"\n{same} of {len(indices)} share the query's label ({name(int(labels['test'][query]))})"
@@ -77,7 +131,9 @@ def neighbours_table(indices: Tensor, similarity: Tensor, labels: dict[str, Tens
 
 
 def measure(run: TrainedRun, data: ImageData, args: argparse.Namespace) -> None:
-    """Precision@k by label of codes, pixels and PCA of the pixels; a table and a JSON file."""
+    """Precision@k by label of the codes, the raw items (pixels; features; a corpus's TF-IDF) and the
+    linear baseline at the code's size (PCA; a corpus's LSA); a table, a JSON file, and a
+    precision-recall curve over the fraction of items retrieved (``search_precision_recall.png``)."""
     if data.labels is None:
         raise ConfigError("--measure", "this run's dataset has no labels, so precision by label cannot be measured",
                           "train on a labelled dataset (digits, mnist, ..., a folder with one sub-folder per class)")
@@ -85,21 +141,78 @@ def measure(run: TrainedRun, data: ImageData, args: argparse.Namespace) -> None:
     labels = data.labels["test"].to(run.device)
     dim = run.model.latent_dim
     every = {split: torch.arange(len(data.split(split))) for split in ("train", "test")}
-    pixels = probes.Features(*(probes.pixels(data, data.split(s), every[s], inference.BATCH) for s in every))
-    pca = probes.pca(pixels, dim, seed=args.seed)  # fit on the train pixels, as aecli.use.evaluate's baseline
+    raw = probes.Features(*(probes.pixels(data, data.split(s), every[s], inference.BATCH) for s in every))
+    base_name, base = probes.baseline(data, raw, dim, seed=args.seed)  # fit on the train split, as evaluate's
+    raw_name = "TF-IDF" if data.kind == "text" else "pixels" if data.images else "raw features"
+    raw_test = tfidf(data.transform, raw.test) if data.kind == "text" else raw.test
     features = {f"codes ({dim})": inference.codes(run, data.test, data.max_value),
-                f"pixels ({pixels.dims})": torch.from_numpy(pixels.test),
-                f"PCA of the pixels ({pca.dims})": torch.from_numpy(pca.test)}
-    scores = {name: precision_at_k(f.to(run.device, torch.float32), labels, args.k) for name, f in features.items()}
+                f"{raw_name} ({raw.dims})": torch.from_numpy(raw_test),
+                f"{base_name}{'' if base_name == 'LSA' else ' of the ' + raw_name} ({base.dims})":
+                    torch.from_numpy(base.test)}
+    features = {name: f.to(run.device, torch.float32) for name, f in features.items()}
+    scores = {name: precision_at_k(f, labels, args.k) for name, f in features.items()}
     counts = torch.bincount(labels).double()
-    chance = float((counts * (counts - 1)).sum() / (len(labels) * (len(labels) - 1)))  # a random other image
+    chance = float((counts * (counts - 1)).sum() / (len(labels) * (len(labels) - 1)))  # a random other item
     rows = [[name, f"{p:.3f}"] for name, p in scores.items()]
-    rows.append(["chance (a random other test image)", f"{chance:.3f}"])
-    print(f"precision@{args.k} by label, {len(labels)} test images, cosine similarity:")
+    rows.append(["chance (a random other test item)", f"{chance:.3f}"])
+    print(f"precision@{args.k} by label, {len(labels)} test items, cosine similarity:")
     print(commands.table(rows, ["representation", f"precision@{args.k}"]))
-    path = commands.out_dir(args, run) / f"search_precision_at_{args.k}.json"
-    rundir.write_json(path, {"k": args.k, "test_images": len(labels), "precision_at_k": scores, "chance": chance})
-    commands.wrote(path)
+    out = commands.out_dir(args, run)
+    curves = {name: precision_recall(f, labels) for name, f in features.items()}
+    plot = out / "search_precision_recall.png"
+    plot_precision_recall(curves, chance, plot)
+    path = out / f"search_precision_at_{args.k}.json"
+    rundir.write_json(path, {"k": args.k, "test_items": len(labels), "precision_at_k": scores, "chance": chance,
+                             "precision_recall": curves})
+    commands.wrote(path, plot)
+
+
+FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)  # of the other items, retrieved
+
+
+@torch.no_grad()
+def precision_recall(features: Tensor, labels: Tensor, chunk: int = 256) -> dict[str, list[float]]:
+    """Mean precision and recall by label when each item retrieves its nearest ``f`` of the
+    others (cosine similarity), for each ``f`` in ``FRACTIONS`` (at least one item): the curve of
+    Hinton & Salakhutdinov (2006), Fig. 4."""
+    unit = F.normalize(features.flatten(1), dim=1)
+    n = len(unit)
+    ranks = sorted({max(1, round(f * (n - 1))) for f in FRACTIONS})
+    relevant = (torch.bincount(labels, minlength=int(labels.max()) + 1)[labels] - 1).clamp(min=1).double()
+    precision, recall = torch.zeros(len(ranks), dtype=torch.float64), torch.zeros(len(ranks), dtype=torch.float64)
+    for start in range(0, n, chunk):
+        sims = unit[start : start + chunk] @ unit.T
+        rows = torch.arange(sims.shape[0], device=sims.device)
+        sims[rows, rows + start] = -torch.inf  # not itself
+        order = sims.argsort(dim=1, descending=True)[:, : n - 1]
+        hits = (labels[order] == labels[start : start + chunk, None]).cumsum(1).double().cpu()
+        for j, r in enumerate(ranks):
+            precision[j] += (hits[:, r - 1] / r).sum()
+            recall[j] += (hits[:, r - 1] / relevant[start : start + chunk].cpu()).sum()
+    return {"fraction": [r / (n - 1) for r in ranks], "precision": (precision / n).tolist(),
+            "recall": (recall / n).tolist()}
+
+
+def plot_precision_recall(curves: dict[str, dict[str, list[float]]], chance: float, path: Path) -> None:
+    """Precision against recall, one line per representation, the chance level dotted."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    for name, c in curves.items():
+        ax.plot(c["recall"], c["precision"], marker="o", markersize=3, label=name)
+    ax.axhline(chance, linestyle=":", color="grey", label="chance")
+    ax.set(xscale="log", xlabel="recall (fraction of same-label items retrieved)", ylabel="precision",
+           title="retrieval by cosine similarity, test split", ylim=(0, 1.02))
+    ax.legend()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write(path, lambda f: f.write(buffer.getvalue()))
 
 
 @torch.no_grad()
