@@ -31,6 +31,14 @@ class ReconstructionLoss(Protocol):
         """The loss per element, shaped like ``target`` (the model reduces it)."""
 
 
+@runtime_checkable
+class ModelsWords(Protocol):
+    """A loss over word counts whose natural unit is nats per word (``loss=multinomial``)."""
+
+    def nats_per_word(self, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """The batch's summed ``-log p`` over its words, and how many words it holds."""
+
+
 class SquaredError:
     """Squared error on a linear output (``loss=mse``)."""
 

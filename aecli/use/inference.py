@@ -61,6 +61,14 @@ def errors(run: TrainedRun, images: Tensor | ImageFiles, max_value: float) -> Te
     return torch.cat(out).cpu()
 
 
+@torch.no_grad()
+def feature_errors(run: TrainedRun, items: Tensor, max_value: float) -> Tensor:
+    """Each item's squared reconstruction error per feature (vectors: a table's columns),
+    (N, D) on the CPU; its mean over features is ``errors``."""
+    return torch.cat([(run.model.reconstruct(x, run.recon) - x).pow(2).flatten(1).cpu()
+                      for x in float_batches(run, items, max_value, "scoring")])
+
+
 def image_files(folder: Path, key: str, skip: Path | None = None) -> list[Path]:
     """Every file under ``folder`` as a folder dataset lists it (``aecli.data.sources.image_files``,
     any extension: each file that is no image is named when read), ``skip``'s contents left out;

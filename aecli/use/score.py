@@ -29,11 +29,14 @@ def recipe(args: argparse.Namespace) -> None:
     run = commands.open_run(args)
     if args.input == "test":
         data = run.data(args.data_root)
-        error = inference.errors(run, data.test, data.max_value)
-        names = [f"test {i}" for i in range(len(error))]
+        per_feature = None if data.images else inference.feature_errors(run, data.test, data.max_value)
+        error = inference.errors(run, data.test, data.max_value) if per_feature is None else per_feature.mean(1)
+        names = data.names["test"] if data.names else [f"test {i}" for i in range(len(error))]
         columns: dict[str, list[Any]] = {"index": list(range(len(error)))}
         if data.labels is not None:
             columns["label"] = data.labels["test"].tolist()
+        if per_feature is not None:
+            columns["top_features"] = top_features(per_feature, data.features)
         stem = "test"
     else:
         folder = Path(args.input)  # aecli.cli checked that it is one
@@ -49,16 +52,45 @@ def recipe(args: argparse.Namespace) -> None:
     path = out / f"scores_{stem}.csv"
     tables.write_csv([dict(zip(columns, values)) for values in zip(*columns.values())], path)
     order = error.argsort(descending=True)[:SHOWN]
-    print(f"{len(error)} images, mean squared error per pixel: mean {error.mean():.4g}; highest: "
-          + ", ".join(f"{names[i]} ({error[i]:.4g})" for i in order.tolist()))
+    what = "images, mean squared error per pixel" if "top_features" not in columns else \
+        "items, mean squared error per feature"
+    print(f"{len(error)} {what}: mean {error.mean():.4g}; highest: "
+          + ", ".join(f"{names[i]} ({error[i]:.4g}" + (f": {columns['top_features'][i]}" if "top_features" in columns
+                                                       else "") + ")" for i in order.tolist()))
     written = [path]
     classes = run.cfg.dataset.get("classes")
     if args.input == "test" and classes is not None and data.labels is not None:
-        written.append(held_out_auc(error, data, list(classes), out))
+        baseline = None if data.images else pca_errors(data, run.model.latent_dim)
+        written.append(held_out_auc(error, data, list(classes), out, baseline))
     commands.wrote(*written)
 
 
-def held_out_auc(error: Tensor, data: ImageData, classes: list[int], out: Path) -> Path:
+TOP_FEATURES = 3  # the features named per item: where its reconstruction error comes from
+
+
+def top_features(per_feature: Tensor, features: list[str] | None) -> list[str]:
+    """Per item, the ``TOP_FEATURES`` features (columns, words) with the largest squared
+    error, with their share of the item's error: why it scores high."""
+    share = per_feature / per_feature.sum(1, keepdim=True).clamp(min=1e-12)
+    top = share.topk(min(TOP_FEATURES, share.shape[1]), dim=1)
+    name = (lambda j: features[j] if features else f"feature {j}")  # noqa: E731
+    return ["; ".join(f"{name(j)} {100 * v:.0f}%" for j, v in zip(idx.tolist(), val.tolist()))
+            for idx, val in zip(top.indices, top.values)]
+
+
+def pca_errors(data: ImageData, dims: int) -> Tensor:
+    """The baseline of vectors' anomaly scores: each test item's squared error per feature
+    after PCA with ``dims`` components (the code's size), fit on the train split."""
+    from sklearn.decomposition import PCA
+
+    train, test = data.train.cpu().numpy(), data.test.cpu().numpy()
+    fit = PCA(n_components=min(dims, *train.shape), random_state=0).fit(train)
+    rebuilt = fit.inverse_transform(fit.transform(test))
+    return torch.from_numpy(((rebuilt - test) ** 2).mean(1))
+
+
+def held_out_auc(error: Tensor, data: ImageData, classes: list[int], out: Path,
+                 baseline: Tensor | None = None) -> Path:
     """Print and record how well the error separates the test images of classes left out of
     training (``dataset.classes``) from those of the trained classes: ROC-AUC."""
     from sklearn.metrics import roc_auc_score
@@ -71,9 +103,14 @@ def held_out_auc(error: Tensor, data: ImageData, classes: list[int], out: Path) 
               "trained_images": int((~held_out).sum()), "roc_auc": auc,
               "mean_error_held_out": float(error[held_out].mean()),
               "mean_error_trained": float(error[~held_out].mean())}
+    if baseline is not None and 0 < held_out.sum() < len(error):
+        record["pca_roc_auc"] = float(roc_auc_score(held_out.numpy(), baseline.numpy()))
     print(f"held-out classes {', '.join(missing)} ({record['held_out_images']} test images) against the trained "
           f"ones ({record['trained_images']}): ROC-AUC {auc:.3f}; mean error {record['mean_error_held_out']:.4g} "
           f"vs {record['mean_error_trained']:.4g}")
+    if "pca_roc_auc" in record:
+        print(f"PCA's reconstruction error at the code's size, fit on the same train rows: ROC-AUC "
+              f"{record['pca_roc_auc']:.3f}")
     path = out / "scores_test_auc.json"
     rundir.write_json(path, record)
     return path
