@@ -181,7 +181,7 @@ def default_hooks(cfg: DictConfig, writer: Any, choices: dict[str, str], mine: l
     bar = value(tc.progress) == "bar" or (value(tc.progress) == "auto" and _stderr_is_tty())
     ends = [callbacks.StopOnSignal(SIGNALS, tc.log_every_n_steps)]
     ends += [callbacks.MaxSteps(tc.max_steps)] if tc.max_steps is not None else []
-    logs = [tb.EpochScalars(writer), tb.ImageGrids(writer, tc.grid_images, cfg.seed),
+    logs = [tb.EpochScalars(writer), tb.ImageGrids(writer, tc.grid_images, cfg.seed), tb.VectorReport(writer),
             callbacks.ProgressReport(bar, tc.log_every_n_steps)] if world.main else []
     return [callbacks.FirstStepTime(), callbacks.SaveTransform(), *mine, *ends,
             tb.StepScalars(writer, tc.log_every_n_steps), *logs,
