@@ -78,6 +78,7 @@ def load_table(path: str, label_column: str | None = None, columns: list[str] | 
     if absent:
         raise ConfigError("dataset.columns", f"{path} has no column {absent[0]!r}", "name columns the file has")
     frame = frame[wanted]
+    _check_text_columns(frame, categorical or [], path)
     if missing not in ("refuse", "mean", "drop"):
         raise ConfigError("dataset.missing", f"{missing!r} is not refuse, mean or drop", "use dataset.missing=mean")
     holes = frame.isna().to_numpy()
@@ -131,11 +132,6 @@ def _fit_table(train: Any, columns: list[str], categorical: list[str], scale: st
     if unknown:
         raise ConfigError("dataset.categorical", f"{unknown[0]!r} is not a column of {path}", "name its columns")
     categories = {c: sorted(map(str, train[c].dropna().unique())) for c in categorical}
-    for c in columns:
-        if c not in categories and not np.issubdtype(train[c].dtype, np.number):
-            raise ConfigError("dataset.categorical", f"column {c!r} of {path} holds text ({train[c].iloc[0]!r}, ...)",
-                              f"one-hot code it with dataset.categorical=[{c}], or leave it out with "
-                              f"dataset.drop_columns=[{c}]")
     numeric = [c for c in columns if c not in categories]
     fill = {c: float(train[c].mean()) for c in numeric}
     body: dict[str, Any] = {"kind": "table", "columns": columns, "categories": categories, "fill": fill,
@@ -151,6 +147,17 @@ def _fit_table(train: Any, columns: list[str], categorical: list[str], scale: st
         shift, divide = np.zeros(x.shape[1]), np.ones(x.shape[1])
     divide = np.where(divide > 0, divide, 1.0)  # a constant column stays constant
     return seal(body | {"shift": [float(v) for v in shift], "divide": [float(v) for v in divide]})
+
+
+def _check_text_columns(frame: Any, categorical: list[str], path: str) -> None:
+    """Refuse a column of strings that is not to be one-hot coded, naming it."""
+    from pandas.api.types import is_numeric_dtype
+
+    for c in frame.columns:
+        if c not in categorical and not is_numeric_dtype(frame[c].dtype):
+            raise ConfigError("dataset.categorical", f"column {c!r} of {path} holds text "
+                              f"({frame[c].dropna().iloc[0]!r}, ...)", f"one-hot code it with "
+                              f"dataset.categorical=[{c}], or leave it out with dataset.drop_columns=[{c}]")
 
 
 def _feature_names(body: dict[str, Any]) -> list[str]:
