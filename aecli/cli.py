@@ -225,13 +225,14 @@ def _sample(p: argparse.ArgumentParser) -> None:
 
 
 def _score(p: argparse.ArgumentParser) -> None:
-    p.add_argument("input", metavar="INPUT", help="a folder of images, or test (the run's test split)")
+    p.add_argument("input", metavar="INPUT", help="a folder of images, or test (the run's test split); a table run: "
+                   "a table file; a corpus run: a folder of .txt files or a CSV / JSONL file")
 
 
 def _check_score(args: argparse.Namespace) -> None:
-    if args.input != "test" and not Path(args.input).is_dir():
-        raise ConfigError("INPUT", f"{args.input!r} is neither 'test' nor a folder",
-                          "pass a folder of images, or test for the run's test split")
+    if args.input != "test" and not Path(args.input).exists():
+        raise ConfigError("INPUT", f"{args.input!r} is neither 'test' nor a folder or file",
+                          "pass a folder of images (a table or corpus run: its file), or test for the run's test split")
 
 
 def _finetune(p: argparse.ArgumentParser) -> None:

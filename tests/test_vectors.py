@@ -139,6 +139,22 @@ def test_anomaly_scores_find_the_planted_rows_and_name_columns(anomaly_run, tmp_
     assert "%" in first and "x" in first  # its top contributing columns
 
 
+def test_score_a_table_file_ranks_the_planted_rows_first(anomaly_run, table, tmp_path):
+    assert cli.main(["score", str(anomaly_run), str(table), "--out", str(tmp_path)]) == 0
+    rows = list(pd.read_csv(tmp_path / "scores_rows.csv").itertuples())
+    assert len(rows) == 440
+    top = sorted(rows, key=lambda r: -r.error)[:40]
+    assert sum(int(r.item.split()[1]) > 400 for r in top) >= 28  # rows 401-440 are planted; chance: ~4
+
+
+def test_encode_and_map_documents(text_run, tmp_path):
+    assert cli.main(["encode", str(text_run), "--out", str(tmp_path)]) == 0
+    arrays = np.load(tmp_path / "codes_test.npz")
+    assert arrays["codes"].shape[1] == 10 and len(arrays["codes"]) == len(arrays["labels"])
+    assert cli.main(["map", str(text_run), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "map_pca.png").stat().st_size > 10_000
+
+
 def test_evaluate_on_vectors_skips_ssim_and_probes_codes(text_run, tmp_path):
     assert cli.main(["evaluate", str(text_run), "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "eval.json").read_text())

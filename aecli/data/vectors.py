@@ -188,6 +188,20 @@ def _apply_table(frame: Any, fitted: dict[str, Any], path: str) -> np.ndarray:
     return ((x - np.asarray(fitted["shift"])) / np.asarray(fitted["divide"])).astype(np.float32)
 
 
+def read_items(fitted: dict[str, Any], path: Path, text_column: str = "text") -> tuple[list[str], torch.Tensor]:
+    """New items for a trained run, through its fitted transform: every row of a table file
+    (named ``row N``), or every document of a corpus (a folder of .txt files, a CSV / JSONL);
+    float32 (N, D). Problems name ``INPUT``."""
+    try:
+        if fitted["kind"] == "table":
+            frame = _read_table(path)
+            return [f"row {i + 1}" for i in range(len(frame))], torch.from_numpy(_apply_table(frame, fitted, str(path)))
+        texts, names, _ = _read_documents(path, text_column, None)
+        return names, torch.from_numpy(vectorize(fitted, texts))
+    except ConfigError as e:
+        raise ConfigError("INPUT", e.problem, e.fix) from None
+
+
 def _split_rows(n: int, val_fraction: float, test_fraction: float, split_seed: int) -> list[torch.Tensor]:
     if n < 3:
         raise ConfigError("dataset.path", f"{n} rows are too few to split into train, val and test",

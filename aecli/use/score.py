@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from aecli.data import ImageData
+from aecli.data import ImageData, vectors
 from aecli.errors import ConfigError
 from aecli.store import rundir
 from aecli.use import commandline as commands
@@ -27,39 +27,46 @@ SHOWN = 5  # highest errors printed
 
 def recipe(args: argparse.Namespace) -> None:
     run = commands.open_run(args)
+    fitted, data = run.state.get("data_transform"), None
     if args.input == "test":
         data = run.data(args.data_root)
-        per_feature = None if data.images else inference.feature_errors(run, data.test, data.max_value)
-        error = inference.errors(run, data.test, data.max_value) if per_feature is None else per_feature.mean(1)
-        names = data.names["test"] if data.names else [f"test {i}" for i in range(len(error))]
-        columns: dict[str, list[Any]] = {"index": list(range(len(error)))}
+        items, max_value, features, stem = data.test, data.max_value, data.features, "test"
+        names = data.names["test"] if data.names else [f"test {i}" for i in range(len(items))]
+        columns: dict[str, list[Any]] = {"index": list(range(len(items)))}
         if data.labels is not None:
             columns["label"] = data.labels["test"].tolist()
-        if per_feature is not None:
-            columns["top_features"] = top_features(per_feature, data.features)
-        stem = "test"
+    elif fitted is not None:  # a table's rows, a corpus's documents, through the run's own transform
+        source = Path(args.input)
+        names, items = vectors.read_items(fitted, source, run.cfg.dataset.get("text_column", "text"))
+        items, max_value, stem = items.to(run.device), 1.0, source.stem or "items"
+        features, columns = fitted.get("features") or fitted.get("vocabulary"), {"item": names}
     else:
-        folder = Path(args.input)  # aecli.cli checked that it is one
+        folder = Path(args.input)  # aecli.cli checked that it exists
+        if not folder.is_dir():
+            raise ConfigError("INPUT", f"{folder} is not a folder", "pass a folder of images, or test")
         files, images = inference.read_images(inference.image_files(folder, "INPUT"), run.model.input_shape)
         if not files:
             raise ConfigError("INPUT", f"no readable image in {folder}",
                               "pass a folder that holds PNG, JPEG, ... images")
-        error = inference.errors(run, images.to(run.device), 1.0)
+        items, max_value, features, stem = images.to(run.device), 1.0, None, folder.name or "images"
         names = [str(f) for f in files]
-        columns, stem = {"file": names}, folder.name or "images"
+        columns = {"file": names}
+    per_feature = None if fitted is None else inference.feature_errors(run, items, max_value)
+    error = inference.errors(run, items, max_value) if per_feature is None else per_feature.mean(1)
+    if per_feature is not None:
+        columns["top_features"] = top_features(per_feature, features)
     columns["error"] = [f"{e:.6g}" for e in error.tolist()]
     out = commands.out_dir(args, run)
     path = out / f"scores_{stem}.csv"
     tables.write_csv([dict(zip(columns, values)) for values in zip(*columns.values())], path)
     order = error.argsort(descending=True)[:SHOWN]
-    what = "images, mean squared error per pixel" if "top_features" not in columns else \
-        "items, mean squared error per feature"
+    what = "images, mean squared error per pixel" if per_feature is None else "items, mean squared error per feature"
     print(f"{len(error)} {what}: mean {error.mean():.4g}; highest: "
-          + ", ".join(f"{names[i]} ({error[i]:.4g}" + (f": {columns['top_features'][i]}" if "top_features" in columns
+          + ", ".join(f"{names[i]} ({error[i]:.4g}" + (f": {columns['top_features'][i]}" if per_feature is not None
                                                        else "") + ")" for i in order.tolist()))
     written = [path]
     classes = run.cfg.dataset.get("classes")
-    if args.input == "test" and classes is not None and data.labels is not None:
+    if data is not None and classes is not None and data.labels is not None:
         baseline = None if data.images else pca_errors(data, run.model.latent_dim)
         written.append(held_out_auc(error, data, list(classes), out, baseline))
     commands.wrote(*written)
