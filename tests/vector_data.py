@@ -7,17 +7,26 @@ from pathlib import Path
 import numpy as np
 
 
-def topic_corpus(folder: Path, topics: int = 4, per_topic: int = 60, words: int = 40, seed: int = 0) -> Path:
-    """``folder/topic<t>/<n>.txt``: each document's words drawn 70% from its topic's own 25 words
-    and 30% from 40 words every topic shares; 'the', 'and' (stop words) sprinkled in."""
+def topic_corpus(folder: Path, topics: int = 4, per_topic: int = 60, words: int = 40, seed: int = 0,
+                 own: float = 0.7, other: float = 0.0, topic_words: int = 25) -> Path:
+    """``folder/topic<t>/<n>.txt``: each document's words drawn with probability ``own`` from its
+    topic's ``topic_words`` words, ``other`` from one other topic's (picked per document), and the
+    rest from 40 words every topic shares; within a topic the words are Zipf-distributed; 'the',
+    'and' (stop words) sprinkled in."""
     rng = np.random.default_rng(seed)
-    own = [[f"t{t}w{i}" for i in range(25)] for t in range(topics)]
+    vocab = [[f"t{t}w{i}" for i in range(topic_words)] for t in range(topics)]
+    zipf = 1.0 / np.arange(1, topic_words + 1)
+    zipf /= zipf.sum()
     shared = [f"common{i}" for i in range(40)]
     for t in range(topics):
         (folder / f"topic{t}").mkdir(parents=True, exist_ok=True)
         for n in range(per_topic):
-            picks = [str(rng.choice(own[t])) if rng.random() < 0.7 else str(rng.choice(shared)) for _ in range(words)]
-            (folder / f"topic{t}" / f"{n:03d}.txt").write_text("the " + " and ".join(picks) + "\n")
+            second = int(rng.choice([u for u in range(topics) if u != t]))
+            draw = rng.random(words)
+            picks = [vocab[t][rng.choice(topic_words, p=zipf)] if d < own
+                     else vocab[second][rng.choice(topic_words, p=zipf)] if d < own + other
+                     else shared[rng.integers(len(shared))] for d in draw]
+            (folder / f"topic{t}" / f"{n:04d}.txt").write_text("the " + " and ".join(picks) + "\n")
     return folder
 
 
