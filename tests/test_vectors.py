@@ -104,6 +104,21 @@ def test_conv_models_refuse_vectors_with_one_message(table):
         assert e.value.key == "model" and "vectors of 14 features" in e.value.problem and "model=ae" in e.value.fix
 
 
+def test_bce_on_word_counts_is_refused_with_the_representation_as_fix(corpus):
+    with pytest.raises(ConfigError) as e:
+        build_parts(quick("dataset=text", f"dataset.path={corpus}", "model=ae", "loss=bce"))
+    assert e.value.key == "loss" and "dataset.representation=binary" in e.value.fix
+
+
+@pytest.mark.parametrize("model", ["vae", "stacked", "dae"])
+def test_the_other_vector_models_train_on_documents(model, corpus, tmp_path):
+    result = train(quick("dataset=text", f"dataset.path={corpus}", f"model={model}", "loss=bce",
+                         "dataset.representation=binary", "trainer.epochs=1", "model.latent_dim=4",
+                         *(["model.pretrain_epochs=1"] if model == "stacked" else [])), tmp_path / "run")
+    assert result.status == "completed" and math.isfinite(result.objective)
+    assert (tmp_path / "run" / "reconstruction_words.md").read_text().count("|") > 12
+
+
 def test_multinomial_loss_is_nats_per_word():
     counts = torch.tensor([[2.0, 0.0, 1.0, 1.0]])
     nats, words = Multinomial().nats_per_word(torch.zeros(1, 4), counts)  # uniform: log 4 per word

@@ -77,8 +77,10 @@ def build_parts(cfg: DictConfig, slot: JobSlot = JobSlot(), data: ImageData | No
     recon: ReconstructionLoss = build(cfg, "loss")
     top = float(data.train.max()) / data.max_value if not data.streamed else 1.0  # files: uint8/255
     if recon.needs_unit_range and top > 1.0:
-        raise ConfigError("loss", f"loss={recon.name} needs data in [0, 1], but this dataset reaches {top:.3g}",
-                          "use loss=mse, or a dataset whose pixels lie in [0, 1]")
+        fix = {"text": "use dataset.representation=binary, or loss=multinomial for word counts",
+               "table": "use loss=mse, or dataset.scale=minmax (the train split's range; other splits may "
+                        "still leave it)"}.get(data.kind, "use loss=mse, or a dataset whose pixels lie in [0, 1]")
+        raise ConfigError("loss", f"loss={recon.name} needs data in [0, 1], but this dataset reaches {top:.3g}", fix)
     data = data.to(device)
     model = build(cfg, "model", input_shape=data.shape).to(device)
     noise = build(cfg, "noise")
