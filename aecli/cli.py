@@ -195,6 +195,9 @@ def _search(p: argparse.ArgumentParser) -> None:
                       help="a test item's index, or an image file (converted and resized as the model takes it)")
     what.add_argument("--query-text", metavar="TEXT", help="a corpus run (dataset=text): search by this text")
     what.add_argument("--query-file", metavar="DOC.txt", help="a corpus run (dataset=text): search by this document")
+    p.add_argument("--gallery", metavar="PATH", help="search your own collection instead of the test split: a "
+                   "folder of images, a table file or a corpus (as the run was trained on); encoded once, the codes "
+                   "cached by content in PATH's .aecli-cache/ (or --out)")
     p.add_argument("--k", type=at_least(1, "--k"), default=8, help="how many neighbours (default 8)")
     p.add_argument("--measure", action="store_true",
                    help="precision@k by label over the whole test split: codes vs pixels vs PCA of the same size")

@@ -7,7 +7,8 @@
    (``dataset.classes``); ROC-AUC of the AE's reconstruction error vs PCA's at the code's size
    (``aecli score RUN test``);
 3. speed: encoding 100k table rows, and exact cosine search of one query's top 10 among 100k and
-   1M codes by chunked matrix products (CPU).
+   1M codes by chunked matrix products (CPU); ``aecli search --gallery`` end to end on tables of
+   100k and 1M rows (first call and cached), with the peak memory.
 
     python scripts/vector_figures.py OUT_DIR [--quick]
 """
@@ -68,7 +69,7 @@ def anomalies(out: Path, epochs: int) -> dict:
 
 def speed(out: Path) -> dict:
     """Seconds to encode 100k rows through a trained table model, and to search 100k / 1M codes."""
-    from aecli.use import inference
+    from aecli.use import gallery, inference
     from aecli.use.trained import open_run
 
     run = open_run(out / "cancer_4", device="cpu")
@@ -77,13 +78,39 @@ def speed(out: Path) -> dict:
     inference.codes(run, rows, 1.0)
     result = {"encode_100k_rows_s": round(time.perf_counter() - start, 3)}
     for n in (100_000, 1_000_000):
-        gallery = torch.nn.functional.normalize(torch.randn(n, 32), dim=1)
-        query = torch.nn.functional.normalize(torch.randn(1, 32), dim=1)
+        codes = torch.nn.functional.normalize(torch.randn(n, 32), dim=1)
         start = time.perf_counter()
-        best = torch.cat([(query @ gallery[i : i + 262_144].T) for i in range(0, n, 262_144)], 1).topk(10)
+        values, _ = gallery.nearest(codes, torch.randn(32), 10)  # what aecli search --gallery runs
         result[f"search_{n}_codes_s"] = round(time.perf_counter() - start, 4)
-        result[f"gallery_{n}_mb"] = round(gallery.numel() * 4 / 2**20, 1)
-        assert len(best.indices[0]) == 10
+        result[f"gallery_{n}_mb"] = round(codes.numel() * 4 / 2**20, 1)
+        assert len(values) == 10
+    return result
+
+
+def gallery_speed(out: Path, sizes: tuple[int, ...]) -> dict:
+    """``aecli search RUN --gallery rows.csv --query 0`` on tables of ``sizes`` rows (the
+    breast-cancer columns, resampled with noise): wall seconds of the first call (read, hash,
+    encode, cache, search) and the second (cache hit), and the peak memory of the process."""
+    import resource
+
+    import pandas as pd
+
+    frame = pd.read_csv(out / "breast_cancer.csv")
+    rng = np.random.default_rng(0)
+    result = {}
+    for n in sizes:
+        table = out / f"gallery_{n}.csv"
+        if not table.exists():
+            rows = frame.iloc[rng.integers(len(frame), size=n)].reset_index(drop=True)
+            numeric = [c for c in rows.columns if c != "diagnosis"]
+            rows[numeric] *= rng.normal(1.0, 0.02, size=(n, len(numeric)))
+            rows.to_csv(table, index=False)
+        for attempt in ("first", "cached"):
+            start = time.perf_counter()
+            aecli("search", str(out / "cancer_4"), "--gallery", str(table), "--query", "0", "--k", "10",
+                  "--out", str(out / f"gallery_{n}_out"), "--device", "cpu")
+            result[f"gallery_{n}_{attempt}_s"] = round(time.perf_counter() - start, 2)
+        result[f"gallery_{n}_peak_rss_mb_so_far"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
     return result
 
 
@@ -91,7 +118,7 @@ def main(out: str, quick: bool = False) -> None:
     folder = Path(out).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     figures = {"retrieval": retrieval(folder, 5 if quick else 40), "anomalies": anomalies(folder, 5 if quick else 150)}
-    figures["speed"] = speed(folder)
+    figures["speed"] = speed(folder) | gallery_speed(folder, (10_000,) if quick else (100_000, 1_000_000))
     (folder / "figures.json").write_text(json.dumps(figures, indent=2) + "\n")
     for dims, r in figures["retrieval"].items():
         print(f"{dims} dims: precision@10 " + ", ".join(f"{k} {v:.3f}" for k, v in r["precision_at_k"].items())

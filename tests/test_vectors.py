@@ -19,6 +19,7 @@ from aecli.losses import Multinomial
 from aecli.store import checkpoint
 from aecli.training.build import build_parts
 from aecli.training.run import run as train
+from aecli.use import gallery
 from aecli.use.trained import open_run
 
 from .conftest import make_cfg
@@ -222,3 +223,30 @@ def test_the_transform_survives_resume(tmp_path, table):
     state = checkpoint.read(run_dir / "checkpoints" / "last.pt")
     assert state["data_transform"] == scaler and state["step"] > 3
     assert np.isclose(state["data_transform"]["shift"][0], scaler["shift"][0])
+
+
+def test_chunked_exact_search_is_the_full_product_topk():
+    codes = torch.nn.functional.normalize(torch.randn(1000, 8, generator=torch.Generator().manual_seed(0)), dim=1)
+    query = torch.randn(8, generator=torch.Generator().manual_seed(1))
+    values, indices = gallery.nearest(codes, query, 7, chunk=64)
+    full = (codes @ torch.nn.functional.normalize(query, dim=0)).topk(7)
+    assert torch.equal(indices, full.indices) and torch.allclose(values, full.values)
+
+
+def test_a_gallery_is_encoded_once_and_cached_by_content(text_run, corpus, tmp_path, capsys):
+    own = tmp_path / "mine"
+    own.mkdir()
+    for t in (0, 3):
+        for f in sorted((corpus / f"topic{t}").glob("*.txt"))[:10]:
+            (own / f"{t}_{f.name}").write_text(f.read_text())
+    args = ["search", str(text_run), "--gallery", str(own), "--k", "5", "--out", str(tmp_path / "out")]
+    assert cli.main([*args, "--query-text", "t3w0 t3w1 t3w2"]) == 0
+    assert "codes written to" in capsys.readouterr().out
+    rows = pd.read_csv(tmp_path / "out" / "search_gallery_text.csv")
+    assert (rows["name"].str.startswith("3_")).sum() >= 4
+    assert cli.main([*args, "--query", "0"]) == 0
+    assert "codes read from" in capsys.readouterr().out
+    (own / "0_extra.txt").write_text("t0w1 t0w2 t0w3\n")  # new content: encoded again
+    assert cli.main([*args, "--query", "0"]) == 0
+    assert "codes written to" in capsys.readouterr().out
+    assert len(list((tmp_path / "out").glob("codes-*.npz"))) == 2

@@ -26,12 +26,14 @@ from aecli.images import image_grid, save_png
 from aecli.store import rundir
 from aecli.store.atomic import atomic_write
 from aecli.use import commandline as commands
-from aecli.use import inference, probes, tables
+from aecli.use import gallery, inference, probes, tables
 from aecli.use.trained import TrainedRun
 
 
 def recipe(args: argparse.Namespace) -> None:
     run = commands.open_run(args)
+    if getattr(args, "gallery", None) is not None:
+        return search_gallery(run, args)
     data = run.data(args.data_root)
     if args.measure:
         return measure(run, data, args)
@@ -69,39 +71,67 @@ class Query:
 
 
 def find_query(run: TrainedRun, data: ImageData, args: argparse.Namespace, n: int) -> Query:
-    """The query that ``--query`` (an index, or an image file), ``--query-text`` or ``--query-file`` names."""
-    text = getattr(args, "query_text", None)
-    file_arg = getattr(args, "query_file", None)
+    """The query that ``--query`` (a test index, or an image file), ``--query-text`` or ``--query-file`` names."""
+    if args.query is not None and args.query.isdigit():
+        index = commands.test_index(args.query, n, "--query")
+        return Query(data.as_float(inference.pick(data.test, [index], run.device)), index, f"test{index}")
+    return own_query(run, args, f"an index from 0 to {n - 1}")
+
+
+def own_query(run: TrainedRun, args: argparse.Namespace, index_fix: str) -> Query:
+    """The user's own query as the model takes it: ``--query-text`` / ``--query-file`` (a corpus run:
+    vectorised with its vocabulary), or ``--query IMAGE_FILE`` (an image run)."""
+    fitted = run.state.get("data_transform")
+    kind = fitted["kind"] if fitted else "image"
+    text, file_arg = getattr(args, "query_text", None), getattr(args, "query_file", None)
     if file_arg is not None or text is not None:
-        if data.kind != "text":
-            raise ConfigError("--query-text" if text is not None else "--query-file",
-                              f"this run's items are {data.kind}s, not documents", "pass --query INDEX")
+        key = "--query-text" if text is not None else "--query-file"
+        if kind != "text":
+            raise ConfigError(key, f"this run's items are {kind}s, not documents", f"pass --query with {index_fix}")
         if file_arg is not None:
             file = Path(file_arg)
             if not file.is_file():
-                raise ConfigError("--query-file", f"no file at {file}", "pass a text file")
+                raise ConfigError(key, f"no file at {file}", "pass a text file")
             text, name = file.read_text(encoding="utf-8", errors="replace"), file.stem
         else:
             name = "text"
-        vector = torch.from_numpy(vectorize(data.transform, [text])).to(run.device)
+        vector = torch.from_numpy(vectorize(fitted, [text])).to(run.device)
         if not vector.any():
-            raise ConfigError("--query-text" if file_arg is None else "--query-file",
-                              "none of its words is in the run's vocabulary", "use words of the corpus")
+            raise ConfigError(key, "none of its words is in the run's vocabulary", "use words of the corpus")
         return Query(vector, None, name)
+    own = " or --query IMAGE_FILE" if kind == "image" else ' or --query-text "..." / --query-file doc.txt' \
+        if kind == "text" else ""
     if args.query is None:
-        raise ConfigError("--query", "no query given", "pass --query INDEX (a test item)"
-                          + (" or --query IMAGE_FILE" if data.images else
-                             " or --query-text \"...\" / --query-file doc.txt" if data.kind == "text" else ""))
-    if args.query.isdigit():
-        index = commands.test_index(args.query, n, "--query")
-        return Query(data.as_float(inference.pick(data.test, [index], run.device)), index, f"test{index}")
+        raise ConfigError("--query", "no query given", f"pass --query with {index_fix}{own}")
     file = Path(args.query)
-    if not data.images or not file.is_file():
-        raise ConfigError("--query", f"{args.query!r} is neither a test index nor an image file"
-                          if data.images else f"{args.query!r} is not a test index",
-                          f"pass an index from 0 to {n - 1}" + (", or the path of an image file" if data.images
-                                                                 else ""))
+    if kind != "image" or not file.is_file():
+        raise ConfigError("--query", f"{args.query!r} is neither an index nor an image file" if kind == "image"
+                          else f"{args.query!r} is not an index", f"pass {index_fix}{own}")
     return Query(inference.read_image(file, run.model.input_shape, "--query").to(run.device), None, file.stem)
+
+
+def search_gallery(run: TrainedRun, args: argparse.Namespace) -> None:
+    """``--gallery PATH``: the user's own collection, encoded once (cached by content), searched exactly."""
+    found = gallery.encoded(run, Path(args.gallery), Path(args.out) if args.out is not None else None)
+    n = len(found.names)
+    if not 1 <= args.k < n:
+        raise ConfigError("--k", f"{args.k} neighbours out of a gallery of {n} items", f"pass --k from 1 to {n - 1}")
+    print(f"gallery: {n} items, codes {'read from' if found.cached else 'written to'} {found.cache}")
+    if args.query is not None and args.query.isdigit():
+        index = commands.test_index(args.query, n, "--query")
+        query, code = Query(found.codes[index : index + 1], index, f"item{index}"), found.codes[index]
+    else:
+        query = own_query(run, args, f"a gallery item's index, 0 to {n - 1}")
+        code = run.model.encode(query.item)[0].detach()
+    similarity, indices = gallery.nearest(found.codes, code, args.k + (query.index is not None))
+    keep = indices != (query.index if query.index is not None else -1)  # the query itself is not its own neighbour
+    similarity, indices = similarity[keep][: args.k].cpu(), indices[keep][: args.k].cpu()
+    rows = [{"rank": r + 1, "item": int(i), "name": found.names[int(i)], "cosine_similarity": f"{float(v):.4f}"}
+            for r, (i, v) in enumerate(zip(indices, similarity))]
+    print(commands.table([list(r.values()) for r in rows], list(rows[0])))
+    path = commands.out_dir(args, run) / f"search_gallery_{query.name}.csv"
+    tables.write_csv(rows, path)
+    commands.wrote(path)
 
 
 def label_name(data: ImageData, k: int) -> str:
