@@ -8,6 +8,8 @@ table of the neighbours (name or first words, label, similarity) and its CSV; a 
 others the gallery) for three representations of the same items: the model's codes, the raw
 pixels (a corpus: TF-IDF cosine), and PCA of them down to the code's size (a corpus: LSA; fitted
 on the train split); and the precision-recall curve over the fraction retrieved (PNG).
+
+``--gallery PATH``: the user's own collection instead of the test split (``aecli.use.gallery``).
 """
 from __future__ import annotations
 
