@@ -96,7 +96,8 @@ def load_table(path: str, label_column: str | None = None, columns: list[str] | 
     fitted = unsealed(fitted, "table")
     matrix = torch.from_numpy(_apply_table(frame, fitted, path))
     extra = _labels(labels_raw.to_numpy() if labels_raw is not None else None, parts)
-    return ImageData(*(matrix[p] for p in parts), max_value=1.0, kind="table", transform=fitted,
+    train, val, test = (matrix[p] for p in parts)
+    return ImageData(train, val, test, max_value=1.0, kind="table", transform=fitted,
                      features=list(fitted["features"]), **extra)
 
 
@@ -241,7 +242,8 @@ def load_text(path: str, text_column: str = "text", label_column: str | None = N
         fitted = _fit_text([texts[i] for i in parts[0].tolist()], vocab_size, representation, stop_words, min_df)
     fitted = unsealed(fitted, "text")
     matrix = torch.from_numpy(vectorize(fitted, texts))
-    return ImageData(*(matrix[p] for p in parts), max_value=1.0, kind="text", transform=fitted,
+    train, val, test = (matrix[p] for p in parts)
+    return ImageData(train, val, test, max_value=1.0, kind="text", transform=fitted,
                      features=list(fitted["vocabulary"]),
                      names={s: [names[i] for i in p.tolist()] for s, p in zip(("train", "val", "test"), parts)},
                      **_labels(labels_raw, parts))
