@@ -129,7 +129,8 @@ def device_option(p: argparse.ArgumentParser, default: str = "auto") -> None:
 def data_options() -> argparse.ArgumentParser:
     p = _parent()
     p.add_argument("--data-root", metavar="DIR", default=None,
-                   help="where the run's dataset lies now, if it moved since training (its dataset.root)")
+                   help="where the run's dataset lies now, if it moved since training (its dataset.root; a "
+                   "table or corpus: its dataset.path)")
     return p
 
 
@@ -200,8 +201,14 @@ def _check_search(args: argparse.Namespace) -> None:
 
 
 def _search(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--query", metavar="INDEX|IMAGE_FILE",
-                   help="a test image's index, or an image file (converted and resized as the model takes it)")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--query", metavar="INDEX|IMAGE_FILE",
+                      help="a test item's index, or an image file (converted and resized as the model takes it)")
+    what.add_argument("--query-text", metavar="TEXT", help="a corpus run (dataset=text): search by this text")
+    what.add_argument("--query-file", metavar="DOC.txt", help="a corpus run (dataset=text): search by this document")
+    p.add_argument("--gallery", metavar="PATH", help="search your own collection instead of the test split: a "
+                   "folder of images, a table file or a corpus (as the run was trained on); encoded once, the codes "
+                   "cached by content in PATH's .aecli-cache/ (or --out)")
     p.add_argument("--k", type=at_least(1, "--k"), default=8, help="how many neighbours (default 8)")
     p.add_argument("--measure", action="store_true",
                    help="precision@k by label over the whole test split: codes vs pixels vs PCA of the same size")
@@ -254,13 +261,14 @@ def _check_sample(args: argparse.Namespace) -> None:
 
 
 def _score(p: argparse.ArgumentParser) -> None:
-    p.add_argument("input", metavar="INPUT", help="a folder of images, or test (the run's test split)")
+    p.add_argument("input", metavar="INPUT", help="a folder of images, or test (the run's test split); a table run: "
+                   "a table file; a corpus run: a folder of .txt files or a CSV / JSONL file")
 
 
 def _check_score(args: argparse.Namespace) -> None:
-    if args.input != "test" and not Path(args.input).is_dir():
-        raise ConfigError("INPUT", f"{args.input!r} is neither 'test' nor a folder",
-                          "pass a folder of images, or test for the run's test split")
+    if args.input != "test" and not Path(args.input).exists():
+        raise ConfigError("INPUT", f"{args.input!r} is neither 'test' nor a folder or file",
+                          "pass a folder of images (a table or corpus run: its file), or test for the run's test split")
 
 
 def _finetune(p: argparse.ArgumentParser) -> None:
@@ -313,7 +321,7 @@ COMMANDS = (
             ("aecli map RUN", "aecli map RUN --method tsne --seed 1", "aecli map RUN --method code   # latent_dim=2"),
             _map, lambda: [run_options(), data_options(), seed_options("PCA's solver and of t-SNE")]),
     Command("search", "similar-image search by code (cosine similarity), or its precision@k",
-            ("aecli search RUN --query 42 --k 8", "aecli search RUN --query my_digit.png",
+            ("aecli search RUN --query 42 --k 8", "aecli search RUN --query-text 'neural networks for text'",
              "aecli search RUN --measure --k 8"),
             _search, lambda: [run_options(), data_options(), seed_options("the PCA baseline of --measure")],
             check=_check_search),

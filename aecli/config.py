@@ -186,6 +186,11 @@ class BinaryCrossEntropyConfig:
 
 
 @dataclass
+class MultinomialConfig:
+    _target_: str = "aecli.losses.Multinomial"
+
+
+@dataclass
 class DigitsConfig:
     _target_: str = "aecli.data.load_digits"
     val_fraction: float = bounded(0.1, gt=0, lt=1)
@@ -237,6 +242,56 @@ class SamplePatchesConfig:
     split_seed: int = 0  # fixes the blocks of each split and the crops
 
 
+class Scale(Enum):
+    standard = "standard"  # zero mean, unit variance (the train split's)
+    minmax = "minmax"  # [0, 1] over the train split's range
+    none = "none"
+
+
+class Missing(Enum):
+    refuse = "refuse"  # name the first row and column without a value
+    mean = "mean"  # fill with the train split's column mean
+    drop = "drop"  # leave those rows out
+
+
+class Representation(Enum):
+    binary = "binary"  # 1 where a word occurs (loss=bce)
+    counts = "counts"  # word counts (loss=multinomial)
+    tfidf = "tfidf"  # l2-normalised TF-IDF, idf from the train split
+
+
+@dataclass
+class TableConfig:
+    _target_: str = "aecli.data.load_table"
+    path: str = MISSING  # a .csv, .tsv, .npy or .npz file, one row per item
+    label_column: str | None = None  # class labels (left out of the features)
+    columns: list[str] | None = None  # the feature columns (null: all but the label)
+    drop_columns: list[str] | None = None
+    categorical: list[str] | None = None  # string columns to one-hot code (other string columns are refused)
+    scale: Scale = Scale.standard  # fitted on the train split, stored in the checkpoint
+    missing: Missing = Missing.refuse
+    val_fraction: float = bounded(0.1, gt=0, lt=1)
+    test_fraction: float = bounded(0.2, gt=0, lt=1)
+    split_seed: int = 0
+    classes: list[int] | None = None  # train/val keep only these class ids (test keeps all): score's AUC
+
+
+@dataclass
+class TextConfig:
+    _target_: str = "aecli.data.load_text"
+    path: str = MISSING  # a folder of .txt files (sub-folders: classes), or a CSV / JSONL file
+    text_column: str = "text"  # CSV / JSONL: the documents' column
+    label_column: str | None = None  # CSV / JSONL: the class labels' column
+    vocab_size: int = bounded(2000, ge=1)  # the most frequent words of the train split
+    representation: Representation = Representation.counts
+    stop_words: bool = True  # leave out scikit-learn's English stop words
+    min_df: int = bounded(2, ge=1)  # words in fewer train documents are left out
+    val_fraction: float = bounded(0.1, gt=0, lt=1)
+    test_fraction: float = bounded(0.2, gt=0, lt=1)
+    split_seed: int = 0
+    classes: list[int] | None = None
+
+
 # group -> option -> schema: every class and loader aecli builds, with its keys, defaults and
 # ranges. The models read their ``__init__`` defaults from here; the checkpoint allow-list is
 # their ``_target_``s (``targets``). Options that only set values (dae, mnist, ...) are YAML.
@@ -244,9 +299,9 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "model": {"ae": MLPAutoencoderConfig, "conv": ConvAutoencoderConfig, "vae": VAEConfig,
               "stacked": StackedAutoencoderConfig, "conv_vae": ConvVAEConfig},
     "noise": {"none": NoNoiseConfig, "binomial": MaskingNoiseConfig, "gaussian": GaussianNoiseConfig},
-    "loss": {"mse": SquaredErrorConfig, "bce": BinaryCrossEntropyConfig},
+    "loss": {"mse": SquaredErrorConfig, "bce": BinaryCrossEntropyConfig, "multinomial": MultinomialConfig},
     "dataset": {"digits": DigitsConfig, "torchvision": TorchvisionConfig, "folder": FolderConfig,
-                "photos": SamplePatchesConfig},
+                "photos": SamplePatchesConfig, "table": TableConfig, "text": TextConfig},
 }
 
 

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from aecli.config import ConvVAEConfig
 from aecli.errors import ConfigError
+from aecli.models.base import image_shape
 from aecli.models.vae import GaussianVAE
 
 
@@ -42,7 +43,7 @@ class ConvVAE(GaussianVAE):
         latent_dim: int = D.latent_dim,
         beta: float = D.beta,
     ) -> None:
-        super().__init__(input_shape, latent_dim, beta)
+        super().__init__(image_shape(input_shape, "model=conv_vae"), latent_dim, beta)
         c_in, height, width = self.input_shape
         _check_size(height, width, len(channels))
         chans = [c_in, *channels]

@@ -66,21 +66,24 @@ class Parts:
 
 
 def build_parts(cfg: DictConfig, slot: JobSlot = JobSlot(), data: ImageData | None = None,
-                world: World = World()) -> Parts:
+                world: World = World(), fitted: dict[str, Any] | None = None) -> Parts:
     """Device, seed, data (on the device), loss, model, noise and precision, as ``cfg`` says
-    (``data``: these images instead of ``cfg.dataset``'s); a config that does not fit is a
+    (``data``: these images instead of ``cfg.dataset``'s; ``fitted``: a resumed run's stored
+    scaler or vocabulary, ``aecli.components.load_data``); a config that does not fit is a
     ``ConfigError`` (nothing is written here). DDP: every rank builds the same model (the run's
     seed), then draws its own random numbers (noise) from seed + rank."""
     if world.distributed and slot.num is None:
         slot = JobSlot(jobs_at_once=world.local_size, launcher="torchrun")
     device, placement = place_job(cfg, slot, world)
     seed_everything(cfg.seed)
-    data = data if data is not None else load_data(cfg)
+    data = data if data is not None else load_data(cfg, fitted)
     recon: ReconstructionLoss = build(cfg, "loss")
     top = float(data.train.max()) / data.max_value if not data.streamed else 1.0  # files: uint8/255
     if recon.needs_unit_range and top > 1.0:
-        raise ConfigError("loss", f"loss={recon.name} needs data in [0, 1], but this dataset reaches {top:.3g}",
-                          "use loss=mse, or a dataset whose pixels lie in [0, 1]")
+        fix = {"text": "use dataset.representation=binary, or loss=multinomial for word counts",
+               "table": "use loss=mse, or dataset.scale=minmax (the train split's range; other splits may "
+                        "still leave it)"}.get(data.kind, "use loss=mse, or a dataset whose pixels lie in [0, 1]")
+        raise ConfigError("loss", f"loss={recon.name} needs data in [0, 1], but this dataset reaches {top:.3g}", fix)
     data = data.to(device)
     model = build(cfg, "model", input_shape=data.shape).to(device)
     noise = build(cfg, "noise")

@@ -147,8 +147,9 @@ def reconstruction(run: TrainedRun, data: ImageData, batch: int, opts: Options) 
     with inference.seeded(opts.seed, run.device):  # a VAE's loss terms sample z
         out: dict[str, Any] = {f"test/{k}": v for k, v in
                                metrics.reconstruction(run.model, data, data.test, run.recon, batch).items()}
-    out["test/ssim"] = metrics.ssim(run.model, data, data.test, run.recon, batch)
-    out["ssim_window"] = f"gaussian, sigma {metrics.ssim_sigma(*data.shape[1:]):.2f}"
+    if data.images:  # SSIM compares image windows; a table row or a document has none
+        out["test/ssim"] = metrics.ssim(run.model, data, data.test, run.recon, batch)
+        out["ssim_window"] = f"gaussian, sigma {metrics.ssim_sigma(*data.shape[1:]):.2f}"
     return out
 
 
@@ -229,9 +230,9 @@ def representations(run: TrainedRun, data: ImageData, batch: int, opts: Options,
         with stage("probes on the pixels"):
             opts.cache[pixels_key] = probes.score(pixels, y_train, y_test, k, opts.seed)
     if pca_key not in opts.cache:
-        with stage(f"probes on PCA-{codes.dims} of the pixels"):
-            opts.cache[pca_key] = probes.score(probes.pca(pixels, codes.dims, opts.seed), y_train, y_test, k,
-                                               opts.seed)
+        with stage(f"probes on the {codes.dims}-dim baseline"):
+            opts.cache[pca_key] = probes.score(probes.baseline(data, pixels, codes.dims, opts.seed)[1], y_train,
+                                               y_test, k, opts.seed)
     scores["pixels"], scores["pca"] = opts.cache[pixels_key], opts.cache[pca_key]
     out: dict[str, Any] = {}
     for name, s in scores.items():
@@ -240,6 +241,9 @@ def representations(run: TrainedRun, data: ImageData, batch: int, opts: Options,
     if unconverged:
         notes.append(f"the linear probe stopped at {probes.PROBE_MAX_ITER} lbfgs iterations before converging on "
                      f"{', '.join(unconverged)}: the accuracy of that early-stopped fit")
+    if not data.images:
+        name = "LSA (TF-IDF, truncated SVD)" if data.kind == "text" else "PCA"
+        notes.append(f"vectors: 'pixels' are the {data.kind}'s raw features, 'pca' is {name} at the code's size")
     out.update({"probe_train_images": len(train_idx), "test_images": len(test_idx), "knn_k": k,
                 "chance_accuracy": float(np.bincount(y_test).max() / len(y_test))})
     return out
