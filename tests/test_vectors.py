@@ -141,7 +141,8 @@ def test_codes_retrieve_same_topic_documents_far_above_chance(text_run, corpus, 
     assert (tmp_path / "search_precision_recall.png").stat().st_size > 10_000
     assert cli.main(["search", str(text_run), "--query-text", "t3w1 t3w2 t3w7 t3w9", "--k", "5",
                      "--out", str(tmp_path)]) == 0
-    rows = (tmp_path / "search_text.csv").read_text().splitlines()[1:]
+    [found] = tmp_path.glob("search_text_k*.csv")
+    rows = found.read_text().splitlines()[1:]
     assert len(rows) == 5 and sum("topic3" in r for r in rows) >= 4
 
 
@@ -157,7 +158,8 @@ def test_anomaly_scores_find_the_planted_rows_and_name_columns(anomaly_run, tmp_
 
 def test_score_a_table_file_ranks_the_planted_rows_first(anomaly_run, table, tmp_path):
     assert cli.main(["score", str(anomaly_run), str(table), "--out", str(tmp_path)]) == 0
-    rows = list(pd.read_csv(tmp_path / "scores_rows.csv").itertuples())
+    [found] = tmp_path.glob("scores_file_rows-*.csv")
+    rows = list(pd.read_csv(found).itertuples())
     assert len(rows) == 440
     top = sorted(rows, key=lambda r: -r.error)[:40]
     assert sum(int(r.item.split()[1]) > 400 for r in top) >= 28  # rows 401-440 are planted; chance: ~4

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from aecli.data import vectors
+from aecli.data import sources, vectors
 from aecli.errors import ConfigError
 from aecli.store.atomic import atomic_write
 from aecli.use import inference
@@ -43,9 +43,9 @@ def files_of(run: TrainedRun, path: Path) -> list[Path]:
         raise ConfigError("--gallery", f"no file or folder at {path}", "pass a folder of images, a table or a corpus")
     if path.is_file():
         return [path]
-    kind = (run.state.get("data_transform") or {}).get("kind")
-    files = inference.image_files(path, "--gallery")
-    return [f for f in files if f.suffix.lower() == ".txt"] if kind == "text" else files
+    if (run.state.get("data_transform") or {}).get("kind") == "text":
+        return sources.image_files(path, extensions=(".txt",))  # a corpus: its documents
+    return inference.image_files(path, "--gallery")
 
 
 def content_key(run: TrainedRun, files: list[Path], root: Path) -> str:
