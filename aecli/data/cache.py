@@ -176,7 +176,8 @@ def _problem_with(data: Any, size: int, channels: int) -> str:
 
 
 def _crc(images: Tensor) -> int:
-    return zlib.crc32(memoryview(images.contiguous().numpy()).cast("B"))
+    # numpy declares ndarray.__buffer__ only for Python >= 3.12; an ndarray is a buffer on every version
+    return zlib.crc32(memoryview(images.contiguous().numpy()).cast("B"))  # type: ignore[arg-type]
 
 
 def _write(path: Path, records: list[Record], problems: list[str], images: Tensor | None,

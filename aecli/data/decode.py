@@ -23,7 +23,7 @@ import io
 import multiprocessing
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +83,8 @@ def decode_image(path: str | Path, size: int, channels: int) -> np.ndarray:
             img = _on_black(img)
         img = img.convert("L" if channels == 1 else "RGB")
         if img.size != (size, size):
-            img = img.resize((size, size), Image.BILINEAR)
+            # Image.BILINEAR (set at import by a loop over the enums) works on Pillow 9.0, Resampling does not
+            img = img.resize((size, size), Image.BILINEAR)  # type: ignore[attr-defined]
         array = np.asarray(img, dtype=np.uint8)
     return array[None] if channels == 1 else array.transpose(2, 0, 1)
 
@@ -140,7 +141,7 @@ def decode_files(paths: Sequence[str], size: int, channels: int, workers: int,
                disable=None if progress is None else not progress)
     with bar:
         args = (chunks, [size] * len(chunks), [channels] * len(chunks), [keep] * len(chunks))
-        results = map(decode_chunk, *args)
+        results: Iterator[tuple[np.ndarray, list[str]]] = map(decode_chunk, *args)
         pool = None
         if workers > 0 and len(paths) >= IN_PROCESS_BELOW:
             pool = concurrent.futures.ProcessPoolExecutor(min(workers, len(chunks)),

@@ -167,11 +167,12 @@ def keep_classes(data: ImageData, classes: list[int] | None) -> ImageData:
     n = n_classes(data)
     bad = [c for c in classes if not 0 <= c < n]
     if bad:
-        names = f": {', '.join(data.classes)}" if data.classes and n <= 20 else ""
-        raise ConfigError("dataset.classes", f"{bad[0]} is not a class of this dataset (ids 0..{n - 1}{names})",
+        listed = f": {', '.join(data.classes)}" if data.classes and n <= 20 else ""
+        raise ConfigError("dataset.classes", f"{bad[0]} is not a class of this dataset (ids 0..{n - 1}{listed})",
                           f"use class ids from 0 to {n - 1}, e.g. dataset.classes=[0,1,2]")
     wanted = torch.tensor(sorted(set(classes)))
-    cut, labels = {}, dict(data.labels)
+    cut: dict[str, Tensor | ImageFiles] = {}
+    labels = dict(data.labels)
     for name in ("train", "val"):
         index = torch.isin(data.labels[name], wanted).nonzero().squeeze(1)
         if len(index) == 0:
@@ -181,12 +182,15 @@ def keep_classes(data: ImageData, classes: list[int] | None) -> ImageData:
     names = data.names and {**data.names, **{s: [data.names[s][i] for i in
                                                  torch.isin(data.labels[s], wanted).nonzero().squeeze(1).tolist()]
                                              for s in ("train", "val")}}
-    return replace(data, **cut, labels=labels, names=names)
+    return replace(data, train=cut["train"], val=cut["val"], labels=labels, names=names)
 
 
 def n_classes(data: ImageData) -> int:
     """How many classes a labelled dataset has (its class names, else its largest label + 1)."""
-    return len(data.classes) if data.classes else 1 + max(int(t.max()) for t in data.labels.values())
+    if data.classes:
+        return len(data.classes)
+    assert data.labels is not None, "n_classes needs a labelled dataset"
+    return 1 + max(int(t.max()) for t in data.labels.values())
 
 
 def _subset(raw: Tensor | ImageFiles, index: Tensor) -> Tensor | ImageFiles:
@@ -313,12 +317,16 @@ def load_folder(
     _check_count(folder, len(readable), f" readable ({len(files) - len(readable)} unreadable)")
     parts = split(torch.arange(len(readable)), (val_fraction, test_fraction), split_seed)
     _warn_if_small(folder, [len(p) for p in parts])
+    splits: list[Tensor | ImageFiles]
     if streamed:
         splits = [ImageFiles([readable[i] for i in part], image_size, channels, num_workers) for part in parts]
     else:
+        assert decoded.images is not None  # decoded_folder(pixels=True) decodes every readable image
         splits = [decoded.images[part] for part in parts]
     files_of = {name: [readable[i] for i in part] for name, part in zip(("train", "val", "test"), parts)}
-    return ImageData(*splits, **_class_labels(folder, readable, parts), files=files_of)
+    train, val, test = splits
+    labels, classes = _class_labels(folder, readable, parts)
+    return ImageData(train, val, test, labels=labels, classes=classes, files=files_of)
 
 
 def image_files(folder: Path, extensions: tuple[str, ...] | None = IMAGE_EXTENSIONS,
@@ -371,14 +379,15 @@ def _warn_if_small(folder: Path, sizes: list[int]) -> None:
                     "and dataset.test_fraction)", folder.resolve(), sum(sizes), *sizes, SMALL_SPLIT)
 
 
-def _class_labels(folder: Path, files: list[Path], parts: list[Tensor]) -> dict:
-    """Class sub-folders (root/<class>/image) label the images; a flat folder has none."""
+def _class_labels(folder: Path, files: list[Path],
+                  parts: list[Tensor]) -> tuple[dict[str, Tensor] | None, list[str] | None]:
+    """(labels, classes): class sub-folders (root/<class>/image) label the images; a flat folder has none."""
     names = sorted({f.parent.relative_to(folder).parts[0] for f in files if f.parent != folder})
     if not names or any(f.parent == folder for f in files):
-        return {}
+        return None, None
     index = {n: k for k, n in enumerate(names)}
     target = torch.tensor([index[f.parent.relative_to(folder).parts[0]] for f in files])
-    return {"labels": labelled([target[part] for part in parts]), "classes": names}
+    return labelled([target[part] for part in parts]), names
 
 
 def load_sample_patches(patch_size: int = 32, patches: int = 6000, val_fraction: float = 0.1,
@@ -411,5 +420,6 @@ def load_sample_patches(patch_size: int = 32, patches: int = 6000, val_fraction:
                                    for k, y, x in zip(pick[:, 0].tolist(), (pick[:, 1] + dy).tolist(),
                                                       (pick[:, 2] + dx).tolist())]))
         labels.append(pick[:, 0])
-    return ImageData(*images, labels=labelled(labels), classes=[Path(f).stem for f in bunch.filenames])
+    train, val, test = images
+    return ImageData(train, val, test, labels=labelled(labels), classes=[Path(f).stem for f in bunch.filenames])
 
