@@ -307,7 +307,8 @@ SCHEMAS: dict[str, dict[str, type]] = {
 
 def targets() -> dict[str, set[str]]:
     """Every schema's ``_target_``, by group: what a checkpoint's config may name."""
-    return {group: {schema._target_ for schema in options.values()} for group, options in SCHEMAS.items()}
+    return {group: {getattr(schema, "_target_", "") for schema in options.values()}
+            for group, options in SCHEMAS.items()}
 
 
 def register() -> None:
@@ -330,8 +331,9 @@ def bounds(key: str) -> Bound | None:
     every option of the group (``p`` is a masking noise's, whichever option names it)."""
     group, _, rest = key.partition(".")
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    if group in fields and dataclasses.is_dataclass(fields[group].default_factory):
-        return bound_of(fields[group].default_factory, rest)
+    factory = fields[group].default_factory if group in fields else None
+    if isinstance(factory, type) and dataclasses.is_dataclass(factory):
+        return bound_of(factory, rest)
     return next((b for schema in SCHEMAS.get(group, {}).values() if (b := bound_of(schema, rest))), None)
 
 
@@ -355,11 +357,14 @@ def key_table() -> str:
         return f"`{text}`"
 
     rows = ["| option | key | default | range |", "|---|---|---|---|"]
-    sections = [(name, f"{name}.", f.default_factory) for f in dataclasses.fields(TrainConfig)
-                if dataclasses.is_dataclass(f.default_factory) for name in [f.name]]
+    sections: list[tuple[str, str, type]] = []
+    for f in dataclasses.fields(TrainConfig):
+        if isinstance(f.default_factory, type) and dataclasses.is_dataclass(f.default_factory):
+            sections.append((f.name, f"{f.name}.", f.default_factory))
     sections += [(f"{group}={option}", f"{group}.", SCHEMAS[group][option]) for group in ("model", "noise", "dataset")
                  for option in sorted(SCHEMAS.get(group, {}))]
     for label, prefix, schema in sections:
+        assert dataclasses.is_dataclass(schema)  # a group's schema (SCHEMAS, TrainConfig's parts)
         for f in dataclasses.fields(schema):
             if f.name != "_target_":
                 bound = f.metadata.get("bound")
@@ -372,14 +377,16 @@ def _check_ranges(cfg: DictConfig) -> None:
     """Each number against the range its schema declares (``aecli.declare.bounded``)."""
     for group in cfg:
         node = cfg[group] if group != "hydra" else None
-        schema = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
+        if not isinstance(node, DictConfig):
+            continue
+        schema = OmegaConf.get_type(node)
         if not dataclasses.is_dataclass(schema):
             continue
         for f in dataclasses.fields(schema):
             bound, value = f.metadata.get("bound"), node.get(f.name)
             if bound is None or value is None:
                 continue
-            key, fix = f"{group}.{f.name}", f"use e.g. {group}.{f.name}={bound.example}"
+            key, fix = f"{group!s}.{f.name}", f"use e.g. {group!s}.{f.name}={bound.example}"
             if bound.each:
                 _check_sizes(key, value, bound, fix)
                 continue
@@ -438,12 +445,12 @@ def _check_unknown_keys(node: Any, prefix: str = "") -> None:
         return
     schema = OmegaConf.get_type(node)
     known = {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
-    if known is not None and "_target_" in known and node.get("_target_") != schema._target_:
+    if known is not None and "_target_" in known and node.get("_target_") != getattr(schema, "_target_", None):
         return  # your own class (model._target_=my_pkg.MyAE) takes the keys you add with +key=
     for key in node.keys():
         if prefix == "" and key == "hydra":  # Hydra's own node, checked by Hydra
             continue
-        full = f"{prefix}{key}"
+        full = f"{prefix}{key!s}"
         if known is not None and key not in known:
             raise _no_such_key(full, known)
         if key != "callbacks" and not (known is None and prefix == ""):
@@ -561,9 +568,12 @@ def given(node: Any) -> Any:
     schema = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
     if not dataclasses.is_dataclass(schema) or node.get("_target_") == getattr(schema, "_target_", None):
         return node
-    default, values = OmegaConf.structured(schema), OmegaConf.to_container(node, resolve=True, enum_to_str=True)
-    return OmegaConf.create({k: v for k, v in values.items() if k == "_target_" or k not in default
-                             or v != OmegaConf.to_container(default, enum_to_str=True)[k]})
+    values = OmegaConf.to_container(node, resolve=True, enum_to_str=True)
+    defaults = OmegaConf.to_container(OmegaConf.structured(schema), enum_to_str=True)
+    # a DictConfig's container is a dict (OmegaConf's stubs give the union of every container)
+    assert isinstance(values, dict) and isinstance(defaults, dict)
+    return OmegaConf.create({k: v for k, v in values.items() if k == "_target_" or k not in defaults
+                             or v != defaults[k]})
 
 
 def noise_name(noise: Any) -> str:
@@ -578,7 +588,7 @@ def noise_name(noise: Any) -> str:
 def plain(cfg: DictConfig) -> dict[str, Any]:
     """The config as plain data (resolved, enums by name, without Hydra's own node; a user's
     own class's group holds only the keys given for it, ``given``)."""
-    return {k: OmegaConf.to_container(given(cfg[k]), resolve=True, enum_to_str=True) if OmegaConf.is_config(cfg[k])
+    return {str(k): OmegaConf.to_container(given(cfg[k]), resolve=True, enum_to_str=True) if OmegaConf.is_config(cfg[k])
             else (cfg[k].name if hasattr(cfg[k], "name") and not isinstance(cfg[k], str) else cfg[k])
             for k in cfg if k != "hydra"}
 
@@ -586,8 +596,10 @@ def plain(cfg: DictConfig) -> dict[str, Any]:
 def saved_config(saved: dict[str, Any], key: str = "resume") -> DictConfig:
     """A checkpoint's config (checked with ``checkpoint.check_targets`` first) on the typed schema."""
     try:
-        return OmegaConf.merge(OmegaConf.structured(TrainConfig),
-                               {k: v for k, v in saved.items() if k != "callbacks"})
+        merged = OmegaConf.merge(OmegaConf.structured(TrainConfig),
+                                 {k: v for k, v in saved.items() if k != "callbacks"})
     except Exception as e:  # noqa: BLE001 - a stored config that does not fit the schema
         raise ConfigError(key, f"the checkpoint's config does not fit this aecli ({str(e).splitlines()[0]})",
                           "use the aecli version that wrote it") from None
+    assert isinstance(merged, DictConfig)  # merged onto a structured dataclass: a DictConfig
+    return merged

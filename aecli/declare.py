@@ -49,15 +49,17 @@ def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
 
 
-def bounded(default: Any, *, example: Any = None, null: str | None = None, **limits: float) -> Any:
+def bounded(default: Any, *, example: Any = None, null: str | None = None, ge: float | None = None,
+            gt: float | None = None, le: float | None = None, lt: float | None = None) -> Any:
     """A dataclass field with a default and a range, e.g. ``latent_dim: int = bounded(16, ge=1)``."""
-    bound = Bound(**limits, example=default if example is None else example, null=null)
+    bound = Bound(ge, gt, le, lt, example=default if example is None else example, null=null)
     return field(default=default, metadata={"bound": bound})
 
 
-def sizes(default: list[int], **limits: float) -> Any:
+def sizes(default: list[int], *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+          lt: float | None = None) -> Any:
     """A list-of-whole-numbers field (layer widths, channels), each in range: ``sizes([256], ge=1)``."""
-    bound = Bound(**limits, example="[" + ",".join(map(str, default)) + "]", each=True)
+    bound = Bound(ge, gt, le, lt, example="[" + ",".join(map(str, default)) + "]", each=True)
     return field(default_factory=lambda: list(default), metadata={"bound": bound})
 
 
