@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -21,6 +21,7 @@ from aecli.data import ImageData
 from aecli.data.vectors import transform_file
 from aecli.device import resolve_device
 from aecli.errors import ConfigError
+from aecli.models import Autoencoder
 from aecli.store import checkpoint, rundir
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ class TrainedRun:
     run_dir: Path
     cfg: DictConfig  # the run's config, as its checkpoint recorded it
     state: dict[str, Any]  # the verified checkpoint
-    model: torch.nn.Module
+    model: Autoencoder  # aecli's registry class, or a user's subclass (docs/extending.md)
     recon: Any  # the reconstruction loss (its ``output`` turns logits into images)
     noise: Any  # the noise the run trained with
     device: torch.device
@@ -48,7 +49,8 @@ class TrainedRun:
             cfg = self.cfg
             key = "path" if "path" in cfg.dataset else "root"  # a table or corpus: its file or folder
             if root is not None:
-                cfg = OmegaConf.merge(cfg, {"dataset": {key: root}})
+                # merged onto a DictConfig: a DictConfig (OmegaConf's stubs say DictConfig | ListConfig)
+                cfg = cast(DictConfig, OmegaConf.merge(cfg, {"dataset": {key: root}}))
             fitted = self.state.get("data_transform")
             if fitted is not None:
                 check_transform_copy(self.run_dir, fitted)
@@ -110,7 +112,9 @@ def open_run(path: str | Path, which: str = "best", device: str = "auto",
         else (checkpoint.read(file, key="RUN"), file)
     checkpoint.check_targets(state["config"], trusted_targets, source=str(file), key="RUN")
     target = resolve_device(device, flag="--device")
-    model = checkpoint.build_model(state, trusted_targets).to(target)
+    # the class a checkpoint names is an Autoencoder (registry or trusted subclass); store, below
+    # models in the layers, cannot name the type, so build_model says nn.Module
+    model = cast(Autoencoder, checkpoint.build_model(state, trusted_targets).to(target))
 
     cfg = saved_config(state["config"], key="RUN")
     return TrainedRun(file.parent.parent, cfg, state, model, build(cfg, "loss"), build(cfg, "noise"), target, file.name)
