@@ -6,13 +6,14 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
+from typing import cast
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from aecli.data import ImageData, batches
+from aecli.data import ImageData, ImageFiles, batches
 from aecli.losses import ModelsWords, ReconstructionLoss
-from aecli.models import HasLikelihoodBound, likelihood_bound
+from aecli.models import Autoencoder, HasLikelihoodBound, likelihood_bound
 
 
 def psnr_db(mse: float, data_range: float = 1.0) -> float:
@@ -23,7 +24,7 @@ def psnr_db(mse: float, data_range: float = 1.0) -> float:
 
 
 @torch.no_grad()
-def reconstruction(model: nn.Module, data: ImageData, raw: Tensor, recon: ReconstructionLoss,
+def reconstruction(model: Autoencoder, data: ImageData, raw: Tensor | ImageFiles, recon: ReconstructionLoss,
                    batch_size: int) -> dict[str, float]:
     """Mean loss terms on clean inputs (training units: ``loss_<unit>``, ...), per-pixel MSE of
     the reconstruction (``model.reconstruct``: a VAE decodes its mean code), PSNR (dB, data in
@@ -66,7 +67,7 @@ def ssim_sigma(height: int, width: int) -> float:
 
 
 @torch.no_grad()
-def ssim(model: nn.Module, data: ImageData, raw: Tensor, recon: ReconstructionLoss,
+def ssim(model: Autoencoder, data: ImageData, raw: Tensor | ImageFiles, recon: ReconstructionLoss,
          batch_size: int) -> float:
     """Mean SSIM (torchmetrics' ``structural_similarity_index_measure``, per image, data range
     1) between the images of ``raw`` and their reconstructions; window: ``ssim_sigma``."""
@@ -84,13 +85,15 @@ def ssim(model: nn.Module, data: ImageData, raw: Tensor, recon: ReconstructionLo
         with torch.backends.mkldnn.flags(enabled=False):
             for _, b in batches(raw, batch_size, torch.arange(len(raw), device=device)):
                 x = data.as_float(b)
-                per_image = ssim_fn(model.reconstruct(x, recon), x, sigma=sigma, data_range=1.0, reduction="none")
+                # a tensor: torchmetrics' stubs add the tuple that return_full_image=True gives
+                per_image = cast(Tensor, ssim_fn(model.reconstruct(x, recon), x, sigma=sigma, data_range=1.0,
+                                                 reduction="none"))
                 total += per_image.double().sum()
     return total.item() / len(raw)
 
 
 @torch.no_grad()
-def denoising(model: nn.Module, data: ImageData, raw: Tensor, recon: ReconstructionLoss,
+def denoising(model: Autoencoder, data: ImageData, raw: Tensor | ImageFiles, recon: ReconstructionLoss,
               noise: Callable[[Tensor], Tensor], batch_size: int) -> dict[str, float]:
     """What a denoiser buys: the PSNR (dB) of the corrupted images ``noise(x)`` against the
     clean ones, and of the reconstructions of the corrupted images against the clean ones.
@@ -113,7 +116,7 @@ IW_PIXELS_PER_CALL = 2**24
 
 
 @torch.no_grad()
-def neg_log_likelihood(model: nn.Module, data: ImageData, raw: Tensor, recon: ReconstructionLoss,
+def neg_log_likelihood(model: Autoencoder, data: ImageData, raw: Tensor | ImageFiles, recon: ReconstructionLoss,
                        k: int, progress: bool | None = None) -> float | None:
     """The mean of ``model.neg_log_likelihood_bound`` over ``raw`` with ``k`` importance samples
     (nats per image), or None when the model defines no likelihood with ``recon``
@@ -121,7 +124,7 @@ def neg_log_likelihood(model: nn.Module, data: ImageData, raw: Tensor, recon: Re
     (None: only on a terminal). Draws from torch's global RNG."""
     from tqdm.auto import tqdm
 
-    if likelihood_bound(model, recon) is not None:
+    if not isinstance(model, HasLikelihoodBound) or likelihood_bound(model, recon) is not None:
         return None
     device = next(model.parameters()).device
     per_call = max(1, IW_PIXELS_PER_CALL // (k * math.prod(data.shape)))
