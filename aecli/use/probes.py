@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from aecli.data import ImageData, batches
+from aecli.data import ImageData, ImageFiles, batches
 from aecli.data.vectors import tfidf
 
 REPRESENTATIONS = ("codes", "pixels", "pca")
@@ -44,7 +44,7 @@ class Features:
         return int(self.train.shape[1])
 
 
-def pixels(data: ImageData, raw: Tensor, indices: Tensor, batch_size: int) -> np.ndarray:
+def pixels(data: ImageData, raw: Tensor | ImageFiles, indices: Tensor, batch_size: int) -> np.ndarray:
     """The images ``indices`` of ``raw`` as flat float32 rows in [0, 1]."""
     device = raw.device if isinstance(raw, Tensor) else torch.device("cpu")
     out = [data.as_float(b).flatten(1).cpu() for _, b in batches(raw, batch_size, indices.to(device))]
@@ -74,6 +74,7 @@ def lsa(features: Features, fitted: dict, dims: int, seed: int) -> Features:
 def baseline(data: ImageData, raw: Features, dims: int, seed: int) -> tuple[str, Features]:
     """The linear baseline at the code's size: LSA of a corpus, PCA of anything else."""
     if data.kind == "text":
+        assert data.transform is not None  # a corpus carries its fitted vocabulary
         return "LSA", lsa(raw, data.transform, dims, seed)
     return "PCA", pca(raw, dims, seed)
 

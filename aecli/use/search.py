@@ -117,6 +117,7 @@ def own_query(run: TrainedRun, args: argparse.Namespace, index_fix: str) -> Quer
             text, name = file.read_text(encoding="utf-8", errors="replace"), commands.source_tag(file)
         else:
             name = "text"
+        assert fitted is not None and text is not None  # a corpus run's vocabulary; the text given or read
         vector = torch.from_numpy(vectorize(fitted, [text])).to(run.device)
         if not vector.any():
             raise ConfigError(key, "none of its words is in the run's vocabulary", "use words of the corpus")
@@ -194,7 +195,10 @@ def measure(run: TrainedRun, data: ImageData, args: argparse.Namespace) -> None:
     raw = probes.Features(*(probes.pixels(data, data.split(s), every[s], inference.BATCH) for s in every))
     base_name, base = probes.baseline(data, raw, dim, seed=args.seed)  # fit on the train split, as evaluate's
     raw_name = "TF-IDF" if data.kind == "text" else "pixels" if data.images else "raw features"
-    raw_test = tfidf(data.transform, raw.test) if data.kind == "text" else raw.test
+    raw_test = raw.test
+    if data.kind == "text":
+        assert data.transform is not None  # a corpus carries its fitted vocabulary
+        raw_test = tfidf(data.transform, raw.test)
     features = {f"codes ({dim})": inference.codes(run, data.test, data.max_value),
                 f"{raw_name} ({raw.dims})": torch.from_numpy(raw_test),
                 f"{base_name}{'' if base_name == 'LSA' else ' of the ' + raw_name} ({base.dims})":
