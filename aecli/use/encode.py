@@ -33,7 +33,8 @@ def recipe(args: argparse.Namespace) -> None:
         arrays["classes"] = np.array(data.classes)
     out = commands.out_dir(args, run)
     path = out / f"codes_{args.split}.npz"
-    atomic_write(path, lambda f: np.savez(f, **arrays))
+    # mypy matches **arrays against savez's allow_pickle: bool too; each key here names an array
+    atomic_write(path, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]
     projector(out, run, data, arrays, f"codes_{args.split}")
     step = run.state["step"]
     commands.wrote(path, out / "projector_config.pbtxt")
@@ -54,6 +55,7 @@ def projector(out: Path, run: TrainedRun, data: ImageData, arrays: dict[str, np.
     # vectors (a table row, a document) have no picture to show: the points go without sprites
     raw = torch.cat([inference.pick(data.split(s), arrays["index"][keep][arrays["split"][keep] == s], cpu)
                      for s in dict.fromkeys(arrays["split"])]) if data.images else None
+    metadata: list[list[str]] | list[str]  # per point: [label, split], or its split alone
     if "labels" in arrays:
         named = arrays["classes"][arrays["labels"]] if "classes" in arrays else arrays["labels"]
         metadata, header = [[str(lab), s] for lab, s in zip(named[keep], arrays["split"][keep])], ["label", "split"]

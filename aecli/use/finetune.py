@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from aecli.data import ImageData, n_classes
 from aecli.errors import ConfigError
+from aecli.models import Autoencoder
 from aecli.store import rundir
 from aecli.use import commandline as commands
 from aecli.use import inference, probes
@@ -34,7 +35,7 @@ PROBES = ("pre-trained codes, logistic regression (encoder frozen)", "pixels, lo
 class Classifier(nn.Module):
     """A linear head on an encoder's codes (``encoder.encode``)."""
 
-    def __init__(self, encoder: nn.Module, n_classes: int) -> None:
+    def __init__(self, encoder: Autoencoder, n_classes: int) -> None:
         super().__init__()
         self.encoder, self.head = encoder, nn.Linear(encoder.latent_dim, n_classes)
 
@@ -75,6 +76,7 @@ def scored_test_images(data: ImageData) -> Tensor:
     """Which test images are scored: those of the classes that have labelled train images. A run
     trained with ``dataset.classes`` has test images of the held-out classes too, which no
     classifier trained here can get right; they are left out, and the user told so."""
+    assert data.labels is not None  # recipe refuses an unlabelled dataset
     trained = data.labels["train"].unique()
     keep = torch.isin(data.labels["test"], trained)
     if not keep.all():
@@ -86,6 +88,7 @@ def scored_test_images(data: ImageData) -> Tensor:
 
 def labelled_subset(data: ImageData, per_class: int, seed: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """``per_class`` train images of each class (fewer if a class has fewer), drawn by ``seed``."""
+    assert data.labels is not None  # recipe refuses an unlabelled dataset
     labels, gen = data.labels["train"], torch.Generator().manual_seed(seed)
     picked = [idx[torch.randperm(len(idx), generator=gen)[:per_class]]
               for idx in (torch.nonzero(labels == k).squeeze(1) for k in labels.unique())]
@@ -101,8 +104,9 @@ def classifier(run: TrainedRun, weights: str, classes: int, seed: int) -> Classi
     encoder = copy.deepcopy(run.model)
     if weights == "random":
         for layer in encoder.modules():
-            if hasattr(layer, "reset_parameters"):
-                layer.reset_parameters()
+            reset = getattr(layer, "reset_parameters", None)
+            if callable(reset):
+                reset()
     torch.manual_seed(seed)
     return Classifier(encoder, classes).to(run.device)
 
@@ -125,6 +129,7 @@ def fit(model: Classifier, x: Tensor, y: Tensor, steps: int, lr: float, seed: in
 @torch.no_grad()
 def test_accuracy(run: TrainedRun, model: Classifier, data: ImageData, keep: Tensor) -> float:
     """The accuracy over the test images ``keep`` marks."""
+    assert data.labels is not None  # recipe refuses an unlabelled dataset
     predicted = torch.cat([model(x).argmax(1) for x in inference.float_batches(run, data.test, data.max_value, "test")])
     return float((predicted.cpu() == data.labels["test"])[keep].double().mean())
 

@@ -63,7 +63,7 @@ def errors(run: TrainedRun, images: Tensor | ImageFiles, max_value: float) -> Te
 
 
 @torch.no_grad()
-def feature_errors(run: TrainedRun, items: Tensor, max_value: float) -> Tensor:
+def feature_errors(run: TrainedRun, items: Tensor | ImageFiles, max_value: float) -> Tensor:
     """Each item's squared reconstruction error per feature (vectors: a table's columns),
     (N, D) on the CPU; its mean over features is ``errors``."""
     return torch.cat([(run.model.reconstruct(x, run.recon) - x).pow(2).flatten(1).cpu()

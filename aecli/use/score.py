@@ -95,6 +95,7 @@ def pca_errors(data: ImageData, dims: int) -> Tensor:
     after PCA with ``dims`` components (the code's size), fit on the train split."""
     from sklearn.decomposition import PCA
 
+    assert isinstance(data.train, Tensor) and isinstance(data.test, Tensor)  # vectors are never streamed
     train, test = data.train.cpu().numpy(), data.test.cpu().numpy()
     fit = PCA(n_components=min(dims, *train.shape), random_state=0).fit(train)
     rebuilt = fit.inverse_transform(fit.transform(test))
@@ -107,6 +108,7 @@ def held_out_auc(error: Tensor, data: ImageData, classes: list[int], out: Path,
     training (``dataset.classes``) from those of the trained classes: ROC-AUC."""
     from sklearn.metrics import roc_auc_score
 
+    assert data.labels is not None  # the caller measures labelled data only
     held_out = ~torch.isin(data.labels["test"], torch.tensor(classes))
     name = (lambda k: commands.class_name(data.classes, k))  # noqa: E731
     missing = sorted({name(int(k)) for k in data.labels["test"][held_out]})
