@@ -64,8 +64,8 @@ def grid_figure(rows: Sequence[Tensor], title: str, row_labels: Sequence[str] | 
     cap_lines = max((c.count("\n") + 1 for row in captions or [] for c in row), default=0)
     gap = cap_lines * LINE_PX + (6 if cap_lines else 0)
     strips = []
-    for r in rows:
-        grid = image_grid([r], small=min_tile, upscale_to=min_tile, pad=PAD).permute(1, 2, 0).numpy()
+    for batch in rows:
+        grid = image_grid([batch], small=min_tile, upscale_to=min_tile, pad=PAD).permute(1, 2, 0).numpy()
         strips.append(grid)
         if gap:
             strips.append(np.ones((gap, grid.shape[1], grid.shape[2]), dtype=grid.dtype))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,7 +184,8 @@ def log_scaled_keys(sweep_dir: Path, jobs: Sequence[Job]) -> set[str]:
         params = _yaml_get(path, "hydra", "sweeper", "params")
         task = _yaml_get(path, "hydra", "overrides", "task")
         specs += [(str(k), str(v)) for k, v in params.items()] if isinstance(params, dict) else []
-        specs += [tuple((str(o).lstrip("+~").split("=", 1) + [""])[:2]) for o in task or [] if isinstance(o, str)]
+        specs += [(key, how) for o in task or [] if isinstance(o, str)
+                  for key, how in [(str(o).lstrip("+~").split("=", 1) + [""])[:2]]]
     return {k for k, v in specs if any("log" in re.split(r"\s*,\s*", tags) for tags in LOG_TAG.findall(v))}
 
 
@@ -247,7 +248,7 @@ def _short(value: Any) -> Any:
     return value
 
 
-def plot(jobs: Sequence[Job], keys: Sequence[str], path: Path, log_keys: set[str] = frozenset()) -> None:
+def plot(jobs: Sequence[Job], keys: Sequence[str], path: Path, log_keys: Set[str] = frozenset()) -> None:
     """``report.png`` (FIGSIZE at DPI): with ``model`` and ``noise`` both swept, grouped bars of
     the best test MSE per pixel for each model x noise; else one panel per swept key, the
     objective (test MSE per pixel when the jobs' objectives differ) against the key's values:
@@ -280,7 +281,8 @@ def plot(jobs: Sequence[Job], keys: Sequence[str], path: Path, log_keys: set[str
 
 
 def _value(job: Job, metric: str) -> float:
-    return job.objective if metric == "objective" else job.metrics.get(metric, math.nan)
+    value = job.objective if metric == "objective" else job.metrics.get(metric)
+    return math.nan if value is None else value  # missing: nan, as for any metric
 
 
 def _model_noise_bars(fig: Any, done: Sequence[Job]) -> None:
@@ -302,7 +304,7 @@ def _model_noise_bars(fig: Any, done: Sequence[Job]) -> None:
     ax.legend()
 
 
-def x_axis(done: Sequence[Job], key: str, log_keys: set[str]) -> tuple[list[float], list[str] | None, bool]:
+def x_axis(done: Sequence[Job], key: str, log_keys: Set[str]) -> tuple[list[float], list[str] | None, bool]:
     """A panel's x positions of ``done``'s values of ``key``, the category names (None for
     numbers; categories keep the sweep's order) and whether the axis is logarithmic (``key``
     searched on a log scale, or positive values spanning LOG_RATIO or more)."""
@@ -316,7 +318,7 @@ def x_axis(done: Sequence[Job], key: str, log_keys: set[str]) -> tuple[list[floa
 
 
 def _panels(fig: Any, done: Sequence[Job], keys: Sequence[str], metric: str, label: str,
-            log_keys: set[str]) -> None:
+            log_keys: Set[str]) -> None:
     from matplotlib.ticker import NullFormatter
 
     cols = min(len(keys), 3)
