@@ -46,7 +46,9 @@ class NoiseOption:
         """The noise's config (``_target_`` and keys), as ``aecli.components.build`` takes it."""
         cfg = asdict(SCHEMAS["noise"][self.kind]())
         if self.level is not None:
-            cfg[_level_key(self.kind)] = self.level
+            key = _level_key(self.kind)
+            assert key is not None  # noise_option gives a level only to a noise that has one
+            cfg[key] = self.level
         return cfg
 
     def __str__(self) -> str:
@@ -77,6 +79,7 @@ def noise_option(text: str) -> NoiseOption:
     except ValueError:
         raise ConfigError("--noise", f"{level!r} is not a number", f"use e.g. {examples}") from None
     bound = bound_of(SCHEMAS["noise"][kind], key)
+    assert bound is not None  # _level_key named the field with a declared range
     if not bound.ok(value):
         raise ConfigError("--noise", f"{key}={value:g} is out of range: a {kind} noise's {key} must be {bound.text}",
                           f"use e.g. --noise {kind}:{getattr(SCHEMAS['noise'][kind](), key)}")

@@ -35,6 +35,7 @@ def load_data(cfg: DictConfig, fitted: dict[str, Any] | None = None) -> ImageDat
     vector dataset's stored transform (a checkpoint's ``data_transform``), applied instead of
     fitting a new one, so a resumed or opened run sees the vectors it trained on."""
     node = OmegaConf.to_container(cfg.dataset, resolve=True)
+    assert isinstance(node, dict)  # a DictConfig's container (OmegaConf's stubs give every container's union)
     classes = node.pop("classes", None)
     # _convert_: the transform reaches the loader as plain dicts and lists, as it was stored
     extra = {"fitted": fitted, "_convert_": "all"} if fitted is not None else {}

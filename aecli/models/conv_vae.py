@@ -4,8 +4,9 @@ Gaussian VAE (same loss, prior samples and metrics as ``model=vae``)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from itertools import pairwise
+from typing import cast
 
 from torch import Tensor, nn
 
@@ -64,14 +65,15 @@ class ConvVAE(GaussianVAE):
         self.to_image = nn.Conv2d(channels[0], c_in, 3, padding=1)
 
     def encode_stats(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        for conv, norm, act in self.down:
+        # each item a (conv, norm, act) block; torch's stubs type a ModuleList's items as Module
+        for conv, norm, act in cast("Iterable[nn.ModuleList]", self.down):
             x = act(norm(conv(x)))
         mu, logvar = self.to_stats(x.flatten(1)).chunk(2, dim=1)
         return mu, logvar
 
     def decode(self, z: Tensor) -> Tensor:
         h = self.from_latent(z).view(-1, *self.feature_shape)
-        for (deconv, norm, act), size in zip(self.up, self.sizes[-2::-1]):
+        for (deconv, norm, act), size in zip(cast("Iterable[nn.ModuleList]", self.up), self.sizes[-2::-1]):
             h = act(norm(deconv(h, output_size=size)))
         return self.to_image(h)
 
