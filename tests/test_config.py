@@ -13,6 +13,7 @@ from aecli.data import ImageData
 from aecli.errors import ConfigError
 from aecli.losses import BinaryCrossEntropy, SquaredError
 from aecli.noise import GaussianNoise, MaskingNoise, NoNoise
+from aecli.training.placement import threads_per_job
 
 from .conftest import make_cfg
 
@@ -170,6 +171,12 @@ def test_a_bad_config_is_one_message_naming_the_key(overrides, key, words):
     assert "+" not in error.fix.split("=")[0]  # never Hydra's advice to append a key that does not exist
 
 
-@pytest.mark.parametrize("ok", ["auto", "4", "null"])
-def test_num_threads_is_auto_a_whole_number_or_null(ok):
-    check(make_cfg(f"trainer.num_threads={ok}"))
+@pytest.mark.parametrize("ok, two_jobs_on_4_cores, alone", [("auto", 2, None), ("4", 4, 4), ("null", None, None)])
+def test_num_threads_is_auto_a_whole_number_or_null(ok, two_jobs_on_4_cores, alone):
+    """Each accepted value means what the docs say: auto shares the cores between the jobs that
+    run at once (alone: torch's default, then timed on the CPU), a number is taken as is, null
+    leaves torch's default."""
+    cfg = make_cfg(f"trainer.num_threads={ok}")
+    check(cfg)
+    assert threads_per_job(cfg.trainer.num_threads, cores=4, jobs=2) == two_jobs_on_4_cores
+    assert threads_per_job(cfg.trainer.num_threads, cores=4, jobs=1) == alone
