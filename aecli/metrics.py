@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from aecli.data import ImageData, batches
 from aecli.losses import ReconstructionLoss
-from aecli.models import HasLikelihoodBound, likelihood_bound
+from aecli.models import HasLikelihoodBound, MeasuresCodes, likelihood_bound
 
 
 def psnr_db(mse: float, data_range: float = 1.0) -> float:
@@ -27,18 +27,23 @@ def reconstruction(model: nn.Module, data: ImageData, raw: Tensor, recon: Recons
                    batch_size: int) -> dict[str, float]:
     """Mean loss terms on clean inputs (training units: ``loss_<unit>``, ...), per-pixel MSE of
     the reconstruction (``model.reconstruct``: a VAE decodes its mean code), PSNR (dB, data in
-    [0, 1]), and what ``model.extra_metrics`` derives (a VAE with bce: -ELBO in nats per image).
+    [0, 1]), what ``model.extra_metrics`` derives (a VAE with bce: -ELBO in nats per image), and
+    the statistics of the codes of a model that ``MeasuresCodes`` (active units, sparsity, ...).
     The model is put back in training mode afterwards if it was in it."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     sums: dict[str, Tensor] = {}
+    code_sums: dict[str, Tensor] = {}
     squared_error = torch.zeros((), device=device, dtype=torch.float64)
     for _, b in batches(raw, batch_size, torch.arange(len(raw), device=device)):
         x = data.as_float(b)
         for k, v in model.loss(x, x, recon).items():
             sums[k] = sums[k] + v.double() * x.shape[0] if k in sums else v.double() * x.shape[0]
         squared_error += (model.reconstruct(x, recon) - x).double().pow(2).sum()
+        if isinstance(model, MeasuresCodes):
+            for k, v in model.code_sums(x).items():
+                code_sums[k] = code_sums[k] + v.double() if k in code_sums else v.double()
     model.train(was_training)
     n = len(raw)
     means = {k: v.item() / n for k, v in sums.items()}
@@ -47,6 +52,8 @@ def reconstruction(model: nn.Module, data: ImageData, raw: Tensor, recon: Recons
     out["psnr_db"] = psnr_db(out["mse_per_pixel"])
     if isinstance(model, HasLikelihoodBound):
         out.update(model.extra_metrics(means, recon))
+    if isinstance(model, MeasuresCodes):
+        out.update(model.code_metrics(code_sums, n))
     return out
 
 

@@ -142,6 +142,8 @@ class GraphStep(Step):
         tensors = [p for group in optimizer.param_groups for p in group["params"]]
         tensors += [t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
         tensors += [*self.sums.values(), self.first_bad, self.step_count, *self._scaler_tensors()]
+        # the model's buffers: a schedule's step count, a codebook's EMA statistics, BatchNorm's running stats
+        tensors += [b for b in self.phase.module.buffers() if b.is_floating_point() or b.dtype == torch.long]
         return {"tensors": [(t, t.detach().clone()) for t in tensors]}
 
     def restore(self, saved: dict) -> None:
