@@ -58,8 +58,10 @@ class GaussianVAE(Autoencoder):
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     def kl_weight(self) -> Tensor | float:
-        """The KL's weight at the current step: ``beta``, or beta times the schedule's ramp."""
-        if self.kl_schedule is KLSchedule.constant:
+        """The KL's weight at the current step: ``beta``, or beta times the schedule's ramp while
+        training (validation and evaluation measure the loss with the full ``beta``, so epochs
+        compare)."""
+        if self.kl_schedule is KLSchedule.constant or not self.training:
             return self.beta
         t = self.kl_steps.float()
         if self.kl_schedule is KLSchedule.cyclical:
@@ -92,7 +94,7 @@ class GaussianVAE(Autoencoder):
         if self.training and torch.is_grad_enabled():  # a training step (not validation, nor a probe)
             self.kl_steps.add_(1)
         terms = {"loss": rec + weight * penalty, "recon": rec, "kl": kl}
-        if self.kl_schedule is not KLSchedule.constant:
+        if self.kl_schedule is not KLSchedule.constant and self.training:
             terms["kl_weight"] = torch.as_tensor(weight, device=kl.device).detach()
         return terms
 

@@ -16,7 +16,7 @@ from aecli.losses import ReconstructionLoss
 from aecli.models.base import Autoencoder, mlp
 from aecli.models.conv import ConvAutoencoder
 
-DEAD_BELOW = 0.01  # a code whose moving-average count per batch falls below this restarts
+DEAD_SHARE = 0.1  # a code used less than this fraction of an even share (rows / codes) restarts
 EPS = 1e-5  # the EMA codebook's Laplace smoothing of the counts
 
 
@@ -34,7 +34,7 @@ class Quantizer(nn.Module):
 
     Trained by the codebook loss ||sg(z_e) - e||^2, or with ``ema`` as moving averages (decay
     ``decay``) of the encoder outputs assigned to each code. With ``restarts``, a code whose
-    moving-average use per batch falls below ``DEAD_BELOW`` is moved to a random encoder output
+    moving-average share of the rows falls below ``DEAD_SHARE`` of an even share is moved to a random encoder output
     of the current batch (global RNG: seeded by the run, saved with it, drawn inside CUDA graphs).
     Every update is in place on buffers (or the codebook parameter) without data-dependent
     branches, so a CUDA graph can replay it; the buffers are part of the model's state."""
@@ -49,7 +49,7 @@ class Quantizer(nn.Module):
             self.register_buffer("embed_sum", init.clone())
         else:
             self.codebook = nn.Parameter(init)
-        self.register_buffer("usage", torch.zeros(size))  # moving average of each code's count per batch
+        self.register_buffer("usage", torch.zeros(size))  # moving average of each code's share of the rows
 
     def indices(self, rows: Tensor) -> Tensor:
         """The nearest code of each row of ``rows`` (M, dim)."""
@@ -74,9 +74,10 @@ class Quantizer(nn.Module):
 
     @torch.no_grad()
     def _update(self, rows: Tensor, idx: Tensor) -> None:
-        onehot = torch.nn.functional.one_hot(idx, self.size).to(rows.dtype)
+        # scatter, not one_hot: one_hot checks the indices' range on the host (a sync no graph captures)
+        onehot = rows.new_zeros(rows.shape[0], self.size).scatter_(1, idx.unsqueeze(1), 1.0)
         counts = _world_mean(onehot.sum(0))
-        self.usage.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+        self.usage.mul_(self.decay).add_(counts / rows.shape[0], alpha=1 - self.decay)
         if not self.ema:
             return
         self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
@@ -90,9 +91,11 @@ class Quantizer(nn.Module):
         picks = rows[torch.randint(0, rows.shape[0], (self.size,), device=rows.device)]
         if dist.is_available() and dist.is_initialized():
             dist.broadcast(picks, 0)  # every rank restarts to the same codes
-        dead = (self.usage < DEAD_BELOW).unsqueeze(1)
+        even = 1.0 / self.size
+        dead = (self.usage < DEAD_SHARE * even).unsqueeze(1)
         self.codebook.copy_(torch.where(dead, picks, self.codebook))
-        self.usage.copy_(torch.where(dead.squeeze(1), torch.ones_like(self.usage), self.usage))  # time to be used
+        # a restarted code gets twice the threshold: unused, it restarts again after ~70 steps (decay 0.99)
+        self.usage.copy_(torch.where(dead.squeeze(1), torch.full_like(self.usage, 2 * DEAD_SHARE * even), self.usage))
         if self.ema:
             self.embed_sum.copy_(torch.where(dead, picks, self.embed_sum))
             self.cluster_size.copy_(torch.where(dead.squeeze(1), torch.ones_like(self.usage), self.cluster_size))
