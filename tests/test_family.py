@@ -29,12 +29,13 @@ NEW = {"sparse": ["mean_activation", "near_zero_fraction"], "contractive": ["jac
     ("sparse", []), ("sparse", ["model.sparsity=kl", "noise=gaussian", "loss=bce"]),
     ("contractive", []), ("contractive", ["model.hidden_dims=[32]", "noise=binomial", "loss=bce"]),
     ("vqvae", []), ("vqvae", ["model.ema=true", "noise=binomial", "loss=bce"]),
-    ("conv_vqvae", ["model.ema=true"]), ("conv_vqvae", ["noise=gaussian", "loss=bce"]),
+    ("conv_vqvae", ["model.ema=true"]), ("conv_vqvae", ["noise=gaussian", "loss=bce", "trainer.epochs=4"]),
 ])
 def test_each_new_model_trains_with_the_noises_and_losses_and_reports_its_code_metrics(model, extra, tmp_path):
     result = run(quick_cfg(f"model={model}", *extra), tmp_path)
-    steps = [e.value for e in read_events(tmp_path).Scalars("train_step/loss_per_pixel")]
-    assert result.status == "completed" and steps[-1] < 0.9 * steps[0]
+    # the reconstruction term: a VQ-VAE's total loss first rises while its codebook catches up
+    steps = [e.value for e in read_events(tmp_path).Scalars("train_step/recon_per_pixel")]
+    assert result.status == "completed" and sum(steps[-3:]) < 0.95 * sum(steps[:3])
     metrics = read_metrics(tmp_path)
     for key in NEW[model]:
         assert math.isfinite(metrics[f"val/{key}"]) and math.isfinite(metrics[f"test/{key}"]), key
@@ -61,13 +62,14 @@ def _val(cfg_overrides: list[str], tmp_path, name: str) -> tuple[dict, object]:
 def test_the_sparse_codes_are_sparser_than_the_aes_at_equal_reconstruction(tmp_path):
     ae, ae_run = _val(["model=ae", "model.latent_dim=64", "model.latent_activation=true", "trainer.epochs=8"],
                       tmp_path, "ae")
-    sparse, _ = _val(["model=sparse", "model.sparsity_weight=0.01", "trainer.epochs=8"], tmp_path, "sparse")
-    assert sparse["val/mse_per_pixel"] < 1.2 * ae["val/mse_per_pixel"]  # about as good
+    sparse, _ = _val(["model=sparse", "model.sparsity_weight=0.03", "trainer.epochs=8"], tmp_path, "sparse")
+    assert sparse["val/mse_per_pixel"] < 1.15 * ae["val/mse_per_pixel"]  # about as good
     data = ae_run.data()
     with torch.no_grad():
         codes = ae_run.model.encode(data.as_float(data.val))
-    ae_silent = (codes.abs() < NEAR_ZERO).float().mean().item()
-    assert sparse["val/near_zero_fraction"] > ae_silent + 0.15, (sparse["val/near_zero_fraction"], ae_silent)
+    ae_silent, ae_mean = (codes.abs() < NEAR_ZERO).float().mean().item(), codes.mean().item()
+    assert sparse["val/near_zero_fraction"] > ae_silent + 0.1, (sparse["val/near_zero_fraction"], ae_silent)
+    assert sparse["val/mean_activation"] < 0.6 * ae_mean, (sparse["val/mean_activation"], ae_mean)
 
 
 def test_the_contractive_jacobian_is_smaller_than_the_plain_aes(tmp_path):
@@ -160,8 +162,9 @@ def test_evaluate_reports_the_code_metrics_and_sample_says_a_vqvae_needs_a_learn
     idx = vq.model.code_indices(torch.rand(3, 1, 8, 8))
     assert idx.shape == (3, 4) and idx.dtype == torch.long
     # the code is the quantised vectors: each is a codebook row
-    codes = vq.model.encode(torch.rand(3, 1, 8, 8)).view(-1, vq.model.code_dim)
-    assert (torch.cdist(codes, vq.model.quantizer.codebook).min(1).values < 1e-6).all()
+    x = torch.rand(3, 1, 8, 8)
+    codes = vq.model.encode(x).view(-1, vq.model.code_dim)
+    assert torch.equal(codes, vq.model.quantizer.codebook[vq.model.code_indices(x).flatten()])
 
 
 def test_each_new_model_has_only_its_capabilities():
