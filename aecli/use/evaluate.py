@@ -3,7 +3,9 @@
 Each run (a multirun dir: each of its jobs) is opened from its ``best.pt`` (``--checkpoint
 last``: its last one) and measured on its test split, batched on its device:
 
-1. reconstruction: the training loss terms (unit in the key), MSE per pixel, PSNR, SSIM;
+1. reconstruction: the training loss terms (unit in the key), MSE per pixel, PSNR, SSIM, and the
+   statistics of the codes of a model that ``MeasuresCodes`` (a VAE's active units, a VQ-VAE's
+   perplexity and codes used, a sparse AE's near-zero fraction, a contractive AE's Jacobian);
 2. likelihood, for a model that defines one (a VAE trained with loss=bce): -ELBO and the
    importance-weighted bound on -log p(x) with ``--iw-samples`` samples, nats per image;
 3. denoising: the PSNR of the test images corrupted by the run's noise (or ``--noise``), and
@@ -55,7 +57,10 @@ TB_PREFIXES = ("test/", "probe/", "knn/", "chance_accuracy")  # what goes to Ten
 # table column -> eval.json key, in the order shown; columns no run has are left out
 COLUMNS = {"model": "model", "train noise": "noise", "mse/px": "test/mse_per_pixel", "psnr_db": "test/psnr_db",
            "ssim": "test/ssim", "-elbo nats": "test/neg_elbo_nats_per_image",
-           "iw bound nats": "test/iw_bound_nats_per_image", "noisy psnr": "test/noisy_input_psnr_db",
+           "iw bound nats": "test/iw_bound_nats_per_image", "active units": "test/active_units",
+           "perplexity": "test/perplexity", "codes used": "test/codes_used",
+           "near-zero codes": "test/near_zero_fraction", "jacobian^2": "test/jacobian_frobenius_sq",
+           "noisy psnr": "test/noisy_input_psnr_db",
            "denoised psnr": "test/denoised_psnr_db", "probe codes": "probe/codes_accuracy",
            "probe pixels": "probe/pixels_accuracy", "probe pca": "probe/pca_accuracy",
            "knn codes": "knn/codes_accuracy", "knn pixels": "knn/pixels_accuracy", "knn pca": "knn/pca_accuracy",
