@@ -15,11 +15,13 @@ from aecli.models import VAE, VQVAE, ContractiveAutoencoder, HasPrior, MeasuresC
 from aecli.models.contractive import exact_jacobian_norm_sq
 from aecli.models.sparse import NEAR_ZERO
 from aecli.training.graph_step import GraphStep
+from aecli.training.hooks import Hook
 from aecli.training.run import run
 from aecli.use import evaluate, sample
 from aecli.use.trained import open_run
 
 from .conftest import make_cfg, quick_cfg, read_events, read_metrics, without_timing
+from .test_ddp import finish, torchrun
 
 NEW = {"sparse": ["mean_activation", "near_zero_fraction"], "contractive": ["jacobian_frobenius_sq"],
        "vqvae": ["perplexity", "codes_used"], "conv_vqvae": ["perplexity", "codes_used"]}
@@ -229,3 +231,31 @@ def test_a_training_step_has_no_host_sync_and_the_graph_warm_up_undoes_it(name, 
     stand_in.restore(saved)
     for k, v in model.state_dict().items():
         assert torch.equal(before[k], v), k
+
+
+# --- DDP -------------------------------------------------------------------------------------
+
+class StatePerRank(Hook):
+    """Saves each rank's model state (parameters and buffers) after each epoch into ``folder``."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def on_epoch_end(self, run, result, val) -> None:
+        torch.save(run.model.state_dict(), f"{self.folder}/rank{run.world.rank}_epoch{run.state.epoch}.pt")
+
+
+@pytest.mark.integration
+def test_every_rank_keeps_the_same_codebook_with_ema_and_restarts(tmp_path):
+    code, out = finish(torchrun("model=vqvae", "model.ema=true", "trainer.epochs=2", "trainer.batch_size=32",
+                                "trainer.progress=log", "+callbacks.ranks._target_=tests.test_family.StatePerRank",
+                                f"+callbacks.ranks.folder={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}",
+                                cwd=tmp_path))
+    assert code == 0, out
+    saved = sorted(tmp_path.glob("rank0_epoch*.pt"))
+    assert saved
+    for path in saved:
+        zero, one = torch.load(path), torch.load(str(path).replace("rank0", "rank1"))
+        for key, value in zero.items():
+            assert torch.equal(value, one[key]), key
+    assert math.isfinite(read_metrics(tmp_path / "run")["val/perplexity"])
