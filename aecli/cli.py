@@ -25,6 +25,7 @@ from aecli.config import SCHEMAS
 from aecli.declare import bound_of
 from aecli.errors import AecliError, ConfigError
 from aecli.store import rundir
+from aecli.store.atomic import failure_message, quiet_disk_errors_in_writer_threads
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 RUN_HELP = "a run dir (the 'run dir: ...' that aecli train printed), or a checkpoint file in one"
@@ -188,6 +189,12 @@ def _map(p: argparse.ArgumentParser) -> None:
                    "(the codes themselves; latent_dim=2 only). Default: pca")
 
 
+def _check_search(args: argparse.Namespace) -> None:
+    if args.measure and args.query is not None:
+        raise ConfigError("--query", "--measure scores every test image as a query, so --query would be ignored",
+                          "drop --query to measure, or drop --measure to search for one query")
+
+
 def _search(p: argparse.ArgumentParser) -> None:
     p.add_argument("--query", metavar="INDEX|IMAGE_FILE",
                    help="a test image's index, or an image file (converted and resized as the model takes it)")
@@ -204,20 +211,42 @@ def _denoise(p: argparse.ArgumentParser) -> None:
 
 
 def _check_denoise(args: argparse.Namespace) -> None:
+    if args.synthetic and args.input_dir is not None:
+        raise ConfigError("--synthetic", f"--synthetic measures on the run's test split, but folders were given "
+                          f"({args.input_dir}{' ' + args.output_dir if args.output_dir else ''})",
+                          "drop --synthetic to denoise the folder, or drop the folders to measure")
     if not args.synthetic and (args.input_dir is None or args.output_dir is None):
         raise ConfigError("INPUT_DIR", "denoise needs a folder of images and a folder for the results",
                           "pass RUN INPUT_DIR OUTPUT_DIR, or RUN --synthetic to measure on the test split")
+
+
+SAMPLE_DEFAULTS = {"n": 64, "steps": 10, "side": 20}  # applied by _check_sample: a given one can be refused
+SAMPLE_MODES = {"n": "prior samples (neither --interpolate nor --manifold)", "steps": "--interpolate",
+                "side": "--manifold"}
 
 
 def _sample(p: argparse.ArgumentParser) -> None:
     what = p.add_mutually_exclusive_group()
     what.add_argument("--interpolate", nargs=2, metavar=("A", "B"), help="walk between test images A and B")
     what.add_argument("--manifold", action="store_true", help="decoded grid over a latent_dim=2 VAE's prior")
-    p.add_argument("--n", type=at_least(1, "--n"), default=64, help="prior samples (default 64)")
-    p.add_argument("--steps", type=at_least(2, "--steps"), default=10, help="images along an interpolation, "
-                   "both ends included (default 10)")
-    p.add_argument("--side", type=at_least(2, "--side"), default=20, help="the manifold's grid is SIDE x SIDE "
-                   "(default 20)")
+    d = SAMPLE_DEFAULTS
+    p.add_argument("--n", type=at_least(1, "--n"), default=None, help=f"prior samples (default {d['n']})")
+    p.add_argument("--steps", type=at_least(2, "--steps"), default=None, help="images along an interpolation, "
+                   f"both ends included (default {d['steps']})")
+    p.add_argument("--side", type=at_least(2, "--side"), default=None, help="the manifold's grid is SIDE x SIDE "
+                   f"(default {d['side']})")
+
+
+def _check_sample(args: argparse.Namespace) -> None:
+    mode = "steps" if args.interpolate is not None else "side" if args.manifold else "n"
+    for key, default in SAMPLE_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, default)
+        elif key != mode:
+            doing = {"n": "draws prior samples", "steps": f"interpolates {' '.join(args.interpolate or [])}",
+                     "side": "draws the manifold"}[mode]
+            raise ConfigError(f"--{key}", f"--{key} is for {SAMPLE_MODES[key]}, but this command {doing}",
+                              f"drop --{key}, or run a separate aecli sample for it")
 
 
 def _score(p: argparse.ArgumentParser) -> None:
@@ -280,7 +309,8 @@ COMMANDS = (
     Command("search", "similar-image search by code (cosine similarity), or its precision@k",
             ("aecli search RUN --query 42 --k 8", "aecli search RUN --query my_digit.png",
              "aecli search RUN --measure --k 8"),
-            _search, lambda: [run_options(), data_options(), seed_options("the PCA baseline of --measure")]),
+            _search, lambda: [run_options(), data_options(), seed_options("the PCA baseline of --measure")],
+            check=_check_search),
     Command("denoise", "denoise your own images, or measure denoising on the corrupted test split",
             ("aecli denoise RUN my_scans/ cleaned/", "aecli denoise RUN --synthetic",
              "aecli denoise RUN --synthetic --noise gaussian:0.3"),
@@ -289,7 +319,7 @@ COMMANDS = (
     Command("sample", "new images: prior samples (VAE), interpolations (any model), the 2-D manifold (VAE)",
             ("aecli sample RUN --n 64", "aecli sample RUN --interpolate 3 7 --steps 10",
              "aecli sample RUN --manifold --side 20"),
-            _sample, lambda: [run_options(), data_options(), seed_options("the prior draws")]),
+            _sample, lambda: [run_options(), data_options(), seed_options("the prior draws")], check=_check_sample),
     Command("score", "anomaly scores: each image's reconstruction error, as a CSV",
             ("aecli score RUN test", "aecli score RUN incoming/ --out scores/"),
             _score, lambda: [run_options(), data_options()], check=_check_score),
@@ -327,6 +357,7 @@ def check(args: argparse.Namespace) -> None:
     command's own. Turns ``args.noise`` into a ``NoiseOption``."""
     if getattr(args, "noise", None) is not None:
         args.noise = noise_option(args.noise)
+    expand_paths(args)
     runs = getattr(args, "run", None)
     if isinstance(runs, str):
         rundir.check_trained(runs)
@@ -338,6 +369,24 @@ def check(args: argparse.Namespace) -> None:
     if root is not None and args.command != "bench" and not Path(root).is_dir():
         raise ConfigError("--data-root", f"{root} is no folder", "pass the folder where the run's dataset lies now")
     BY_NAME[args.command].check(args)
+
+
+PATH_ARGS = ("run", "out", "data_root", "input_dir", "output_dir", "input", "query", "sweep_dir")
+
+
+def expand_paths(args: argparse.Namespace) -> None:
+    """``~`` expanded in every path argument (a quoted ``'~/runs/x'`` reaches aecli unexpanded),
+    keeping each one's type (str or Path); ``test`` and a numeric ``--query`` are no paths but
+    pass through unchanged."""
+    def expand(value: Any) -> Any:
+        if isinstance(value, list):
+            return [expand(v) for v in value]
+        if isinstance(value, (str, Path)) and str(value).startswith("~"):
+            return type(value)(Path(value).expanduser())
+        return value
+    for name in PATH_ARGS:
+        if hasattr(args, name):
+            setattr(args, name, expand(getattr(args, name)))
 
 
 def train(argv: Sequence[str]) -> int:
@@ -371,10 +420,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # completion and the refusals above answer in ~0.5 s instead of ~5 s (measured on 2 busy
         # CPU cores: aecli evaluate --help, aecli map MISSING_DIR)
         module = importlib.import_module(command.module or f"aecli.use.{command.name}")
+        quiet_disk_errors_in_writer_threads()
         module.recipe(args)
-    except AecliError as e:
-        print(e, file=sys.stderr)
-        return 1
+    except (AecliError, OSError) as e:  # OSError: a full disk is one message too (anything else: re-raised)
+        return failure_message(e)
     return 0
 
 

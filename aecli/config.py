@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -576,6 +576,15 @@ def given(node: Any) -> Any:
     default, values = OmegaConf.structured(schema), OmegaConf.to_container(node, resolve=True, enum_to_str=True)
     return OmegaConf.create({k: v for k, v in values.items() if k == "_target_" or k not in default
                              or v != OmegaConf.to_container(default, enum_to_str=True)[k]})
+
+
+def noise_name(noise: Any) -> str:
+    """A noise as the command line names it: ``binomial:0.25``, ``gaussian:0.3`` (the kind of the
+    config schema whose ``_target_`` built it, and its level)."""
+    kind = next((k for k, schema in SCHEMAS["noise"].items()
+                 if asdict(schema())["_target_"].rsplit(".", 1)[-1] == type(noise).__name__), type(noise).__name__)
+    level = getattr(noise, "level", None)
+    return kind if level is None else f"{kind}:{level:g}"
 
 
 def plain(cfg: DictConfig) -> dict[str, Any]:

@@ -35,3 +35,13 @@ class ConfigError(AecliError):
 
 class RunFailed(AecliError):
     """A started run that cannot continue; the last good checkpoint is kept."""
+
+
+def printable(text: object) -> str:
+    """``text`` (a path, a message naming one) safe to print whatever the file name's encoding:
+    bytes that are not UTF-8 (kept by Python as surrogates) are shown as ``\\xNN``."""
+    text = str(text)
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")

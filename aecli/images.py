@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from aecli.store.atomic import atomic_write
+
 
 def image_grid(rows: list[Tensor], small: int = 28, upscale_to: int = 56, pad: int = 1) -> Tensor:
     """Lay out equally sized image batches (N, C, H, W), one batch per row, as one (C, H', W')
@@ -28,4 +30,5 @@ def save_png(grid: Tensor, path) -> None:
     from PIL import Image
 
     array = (grid.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(path, format="PNG")
+    image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+    atomic_write(path, lambda f: image.save(f, format="PNG"))

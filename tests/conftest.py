@@ -119,3 +119,22 @@ def two_lanes(request, monkeypatch):
         original(self, args, *a, **kw)
 
     monkeypatch.setattr(subprocess.Popen, "__init__", guarded)
+
+
+# Trained runs that several test files put to work, trained once per session (in-process, on the
+# digits): ae 10 epochs, dae (binomial p=0.25) and vae (bce) 15 epochs each, at a learning rate of
+# 3e-3 (trained enough in 10-15 epochs of ~0.5 s each).
+FAST = ("trainer.progress=log", "trainer.log_every_n_steps=50", "optim.lr=3e-3")
+
+
+@pytest.fixture(scope="session")
+def trained_runs(tmp_path_factory) -> dict[str, Path]:
+    """Run dirs of an ae, a dae and a vae trained on the digits (shared: read them, write elsewhere)."""
+    from aecli.training.run import run
+
+    root = tmp_path_factory.mktemp("trained")
+    out = {}
+    for name, epochs in (("ae", 10), ("dae", 15), ("vae", 15)):
+        out[name] = root / name
+        run(make_cfg(f"model={name}", f"trainer.epochs={epochs}", *FAST), out[name])
+    return out

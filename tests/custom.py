@@ -6,11 +6,13 @@ accepts keys it has no use for: a custom class receives only the keys the user g
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from aecli.models import Autoencoder
+from aecli.training.hooks import EpochResult, Hook, Run
 
 
 class TinyVAE(Autoencoder):
@@ -88,3 +90,36 @@ class AbsoluteError:
 
     def elementwise(self, logits: Tensor, target: Tensor) -> Tensor:
         return (logits - target).abs()
+
+
+class CallCounter(Hook):
+    """Counts the hook calls it gets and keeps the counts in checkpoints (``state_key``): a hook
+    named in the config (``+callbacks.count._target_=tests.custom.CallCounter``) that can be seen
+    to fire."""
+
+    state_key = "call_counter"
+
+    def __init__(self) -> None:
+        self.calls: dict[str, int] = {}
+
+    def _count(self, name: str) -> None:
+        self.calls[name] = self.calls.get(name, 0) + 1
+
+    def on_fit_start(self, run: Run) -> None:
+        self._count("fit_start")
+
+    def on_step_end(self, run: Run, terms: dict[str, Tensor] | None) -> None:
+        self._count("step_end")
+
+    def on_epoch_end(self, run: Run, result: EpochResult, val: dict[str, float] | None) -> None:
+        self._count("epoch_end")
+
+    def on_fit_end(self, run: Run, metrics: dict[str, Any]) -> None:
+        self._count("fit_end")
+        metrics["hook_calls"] = dict(self.calls)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"calls": dict(self.calls)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.calls = dict(state["calls"])

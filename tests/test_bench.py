@@ -124,3 +124,23 @@ def test_bench_command_prints_a_table_of_both_paths(capsys):
         assert 0 < int(r["roof"]) <= 100
     # equal epochs, same data and initial weights: models of the same quality
     assert float(rows["aecli"]["loss"]) == pytest.approx(float(rows["baseline"]["loss"]), rel=0.05)
+
+
+@pytest.mark.parametrize("argv, first", [
+    (["--dataset", "mnist", "--data-root", "."], "aecli: error: --data-root: mnist is not under"),
+    (["--aecli", "trainer.compil=true"], "aecli: error: --aecli: trainer.compil=true: Could not override"),
+])
+def test_bench_refuses_bad_input_in_one_message(argv, first, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["bench", "--cases", "mlp-vae-128", "--startup-runs", "0", *argv]) == 1
+    out, err = capsys.readouterr()
+    assert err.startswith(first) and len(err.strip().splitlines()) == 2 and "Traceback" not in err
+    assert "dataset.download=true" not in err.splitlines()[1] or "aecli train" in err.splitlines()[1]
+    assert out == ""  # refused before any work
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_bench_on_cuda_without_a_gpu_names_the_flag(capsys):
+    assert cli.main(["bench", "--device", "cuda", "--startup-runs", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("aecli: error: --device:") and "use --device cpu" in err

@@ -43,7 +43,17 @@ def test_help_and_refusals_answer_without_importing_torch(tmp_path):
                 ("denoise", str(fake), str(tmp_path)): "INPUT_DIR: denoise needs a folder of images and a folder",
                 ("denoise", str(fake), "--noise", "salt:0.1"): "--noise: 'salt' names no noise",
                 ("evaluate", str(fake), "--data-root", str(tmp_path / "moved")):
-                    f"--data-root: {tmp_path / 'moved'} is no folder"}
+                    f"--data-root: {tmp_path / 'moved'} is no folder",
+                # conflicting options: refused, not one of them silently ignored
+                ("search", str(fake), "--query", "42", "--measure"): "--query: --measure scores every test image",
+                ("denoise", str(fake), str(tmp_path), str(fake), "--synthetic"):
+                    "--synthetic: --synthetic measures on the run's test split, but folders were given",
+                ("sample", str(fake), "--interpolate", "1", "2", "--n", "5"):
+                    "--n: --n is for prior samples (neither --interpolate nor --manifold), but this command "
+                    "interpolates 1 2",
+                ("sample", str(fake), "--manifold", "--steps", "5"): "--steps: --steps is for --interpolate",
+                ("sample", str(fake), "--side", "5"): "--side: --side is for --manifold, but this command draws "
+                                                      "prior samples"}
     calls = [["--help"], *([c, "--help"] for c in cli.BY_NAME), *map(list, refusals)]
     code = f"""
 import contextlib, io, json, sys
@@ -102,6 +112,22 @@ def test_an_option_has_one_name_grammar_and_meaning_in_every_subcommand():
     assert with_noise == {"evaluate", "denoise"}
     out_help = {a.help for s in subparsers().values() for a in s._actions if "--out" in a.option_strings}
     assert out_help == {"write the outputs into DIR (default: the run dir)"}
+
+
+def test_a_tilde_is_expanded_in_every_path_argument(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "in").mkdir()
+    args = cli.build_parser().parse_args(["denoise", "~/run", "~/in", "~/out", "--out", "~/o", "--data-root", "~"])
+    cli.check(args)  # '~/run' exists only expanded: the RUN check passes
+    assert (args.run, args.input_dir, args.output_dir) == tuple(str(tmp_path / d) for d in ("run", "in", "out"))
+    assert args.out == tmp_path / "o" and args.data_root == str(tmp_path)
+    args = cli.build_parser().parse_args(["evaluate", "~/run", "~/run"])
+    cli.check(args)
+    assert args.run == [str(tmp_path / "run")] * 2
+    args = cli.build_parser().parse_args(["score", "~/run", "test"])
+    cli.check(args)
+    assert args.input == "test"
 
 
 @pytest.mark.parametrize("spec, problem", [

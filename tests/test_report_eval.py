@@ -201,3 +201,20 @@ def test_sweep_jobs_log_lines_carry_their_number_single_runs_do_not(tmp_path, la
     assert proc.returncode == 0, proc.stderr
     text = (single / "train.log").read_text()
     assert "[job" not in text and "][aecli.training.run][INFO] - run dir: " in text
+
+
+def test_single_runs_gathered_in_one_dir_get_their_defaults_and_numbers(tmp_path):
+    """The README's one-model-per-command recipe copied into one dir: single runs (Hydra's job
+    num '???'), the default model without a model override, one run with a noise override."""
+    specs = [([], "ae"), (["model=vae"], "vae"), (["model=dae", "noise=gaussian"], "dae"), (["model=conv"], "conv")]
+    for i, (overrides, choice) in enumerate(specs):
+        job = fake_job(tmp_path, i, overrides, vae_metrics(0.02 + i / 100, 30.0) if choice == "vae"
+                       else ae_metrics(0.02 + i / 100))
+        hydra = {"hydra": {"job": {"num": "???"}, "runtime": {"choices": {"model": choice, "noise": (
+            "gaussian" if "noise=gaussian" in overrides else "binomial" if choice == "dae" else "none")}}}}
+        (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(hydra))
+    report.report(tmp_path)  # no KeyError: 'noise' (only one job overrode it)
+    rows = list(csv.DictReader((tmp_path / "report.csv").open()))
+    assert [(r["job"], r["model"], r["noise"]) for r in rows] == [
+        ("0", "ae", "none"), ("1", "vae", "none"), ("2", "dae", "gaussian"), ("3", "conv", "none")]
+    assert Image.open(tmp_path / "report.png").size == (1000, 600)

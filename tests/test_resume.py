@@ -271,7 +271,7 @@ def first_run(tmp_path_factory) -> Path:
      "mount -o remount,bind,ro mnt/run/checkpoints", "checkpoints is not writable"),
     # leave room for the small files and the event file, not for a ~1 MB checkpoint
     ("full disk", "head -c $(( $(df -k --output=avail mnt | tail -1) * 1024 - 300000 )) /dev/zero > mnt/filler",
-     "MB free on that disk); the previous checkpoint there is intact"),
+     "MB free on that disk); nothing was left half-written; the previous checkpoint there is intact"),
 ])
 def test_unwritable_run_dir_and_full_disk_are_reported_and_the_checkpoint_survives(tmp_path, first_run, case, setup,
                                                                                    message):

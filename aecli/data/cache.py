@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +25,8 @@ import torch
 from torch import Tensor
 
 from aecli.data import decode
-from aecli.errors import ConfigError
-from aecli.store.atomic import atomic_write
+from aecli.errors import ConfigError, RunFailed
+from aecli.store.atomic import atomic_write, remove_stale_temps
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,9 @@ def decoded_folder(root: Path, files: list[Path], size: int, channels: int, work
     prefix = len(str(root).rstrip(os.sep)) + 1
     records = [_record(str(f), prefix) for f in files]
     path = cache_file(root, size, channels)
+    if use_cache:
+        for stale in remove_stale_temps(path.parent):
+            log.info("removed %s, left by a process killed while writing it", stale)
     cached = _read(path, size, channels) if use_cache and path.is_file() else None
     known: dict[Record, tuple[str, int]] = {}  # record -> (problem, row in the cached images or -1)
     if cached is not None:
@@ -126,9 +130,13 @@ def _log_decoding(root: Path, total: int, decoded: int, seconds: float) -> None:
 def _read(path: Path, size: int, channels: int) -> dict | None:
     """The cache at ``path`` when it is intact and made with these settings, else None (warned)."""
     try:
-        # mmap: pixels are paged in when used, not copied into memory as a whole first
-        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        problem = _problem_with(data, size, channels)
+        with zipfile.ZipFile(path) as z:  # every member's CRC-32 (torch checks none): a flipped bit anywhere
+            bad = z.testzip()
+        problem = f"damaged (the CRC-32 of {bad} does not match)" if bad is not None else ""
+        if not problem:
+            # mmap: pixels are paged in when used, not copied into memory as a whole first
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            problem = _problem_with(data, size, channels)
     except Exception as e:  # noqa: BLE001 - a damaged file fails in many ways; each means "rebuild"
         problem = f"unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
     if problem:
@@ -157,7 +165,10 @@ def _problem_with(data: Any, size: int, channels: int) -> str:
     if not (isinstance(images, Tensor) and images.dtype == torch.uint8 and images.dim() == 4
             and tuple(images.shape[1:]) == (channels, size, size)):
         return "damaged (image tensor)"
-    if n and not bool(((rows >= -1) & (rows < len(images))).all()):
+    readable = torch.tensor([not p for p in problems], dtype=torch.bool)
+    expected = torch.full((n,), -1, dtype=torch.int64)
+    expected[readable] = torch.arange(int(readable.sum()))
+    if not torch.equal(rows, expected) or len(images) != int(readable.sum()):
         return "damaged (rows)"
     if _crc(images) != data.get("crc32"):
         return "damaged (the images' CRC-32 does not match)"
@@ -184,6 +195,7 @@ def _write(path: Path, records: list[Record], problems: list[str], images: Tenso
     try:
         path.parent.mkdir(exist_ok=True)
         atomic_write(path, lambda f: torch.save(data, f))
-    except OSError as e:
+    except (OSError, RunFailed) as e:
+        why = e.problem if isinstance(e, RunFailed) else e.strerror or e
         log.warning("could not write the decoded-image cache %s (%s); the next run decodes again "
-                    "(dataset.cache=false: do not try)", path, e.strerror or e)
+                    "(dataset.cache=false: do not try)", path, why)

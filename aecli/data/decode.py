@@ -19,17 +19,20 @@ No torch here: worker processes import only numpy and Pillow.
 from __future__ import annotations
 
 import concurrent.futures
+import io
 import multiprocessing
 import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 POLICY = "aecli-decode-1"  # part of the cache key: change it when the policy above changes
 ORIENTATION = 0x0112  # the EXIF tag
 CHUNK = 64  # files per task sent to a worker process
+MAX_FILE_BYTES = 512 * 2**20  # larger image files are refused unread (a bound on each read)
 IN_PROCESS_BELOW = 256  # fewer files than this are decoded in this process (no pool to start)
 # forkserver where the platform has it (Linux, macOS), else its default (spawn): never fork,
 # since the parent has usually imported torch and started its threads by now, and forking a
@@ -41,12 +44,35 @@ IN_PROCESS_BELOW = 256  # fewer files than this are decoded in this process (no 
 # fork 6,300 img/s, forkserver 4,400 (the pool's start), spawn 3,500.
 START_METHOD = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else None
 
+def read_image_bytes(path: str | Path) -> bytes:
+    """The bytes of an image file: only a regular file is read (a FIFO, socket or device named
+    like an image would block or never end), and at most ``MAX_FILE_BYTES``. Raises OSError /
+    ValueError naming what is wrong."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO without a writer would block in a plain open
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("not a regular file (a FIFO, socket or device): not read")
+        if st.st_size > MAX_FILE_BYTES:
+            raise ValueError(f"{st.st_size / 2**20:.0f} MB, over the {MAX_FILE_BYTES // 2**20} MB an image file "
+                             "may have")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read(MAX_FILE_BYTES + 1)[:MAX_FILE_BYTES]
+    finally:
+        os.close(fd)
+
+
 def decode_image(path: str | Path, size: int, channels: int) -> np.ndarray:
     """One image file as a uint8 array (channels, size, size), by the module's colour policy.
 
-    Raises whatever Pillow raises for a file it cannot read (truncated, not an image, ...).
+    Raises whatever Pillow raises for a file it cannot read (truncated, not an image, ...), and
+    ``read_image_bytes``'s refusals (not a regular file, too large).
     """
-    with Image.open(path) as img:
+    try:
+        opened = Image.open(io.BytesIO(read_image_bytes(path)))
+    except UnidentifiedImageError:  # Pillow would name the in-memory buffer, not the file
+        raise UnidentifiedImageError(f"cannot identify image file {str(path)!r}") from None
+    with opened as img:
         if img.format == "JPEG":
             img.draft(None, (size, size))  # libjpeg decodes at 1/2, 1/4 or 1/8 scale: fewer pixels to resize
         img.load()  # a truncated or damaged file raises here, not later

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from aecli.data.cache import decoded_folder
 from aecli.data.decode import decode_image
-from aecli.errors import ConfigError
+from aecli.errors import ConfigError, printable
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ class ImageData:
     max_value: float = 255.0
     labels: dict[str, Tensor] | None = None  # "train" | "val" | "test" -> (N,) int64
     classes: list[str] | None = None  # label k's name
+    files: dict[str, list[Path]] | None = None  # a folder dataset: each split's image files, aligned
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -302,7 +303,8 @@ def load_folder(
         splits = [ImageFiles([readable[i] for i in part], image_size, channels, num_workers) for part in parts]
     else:
         splits = [decoded.images[part] for part in parts]
-    return ImageData(*splits, **_class_labels(folder, readable, parts))
+    files_of = {name: [readable[i] for i in part] for name, part in zip(("train", "val", "test"), parts)}
+    return ImageData(*splits, **_class_labels(folder, readable, parts), files=files_of)
 
 
 def image_files(folder: Path, extensions: tuple[str, ...] | None = IMAGE_EXTENSIONS,
@@ -334,13 +336,15 @@ def _report_unreadable(folder: Path, files: list[Path], problems: list[str], on_
     bad = [(f.relative_to(folder), p) for f, p in zip(files, problems) if p]
     if not bad:
         return
-    shown = "; ".join(f"{f} ({p})" for f, p in bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
+    shown = "; ".join(printable(f"{f} ({p})") for f, p in bad[:10])
+    shown += f"; and {len(bad) - 10} more" if len(bad) > 10 else ""
+    folder = Path(printable(folder.resolve()))
     if on_bad_image == "fail":
-        raise ConfigError("dataset.root", f"{len(bad)} of {len(files)} image files under {folder.resolve()} "
+        raise ConfigError("dataset.root", f"{len(bad)} of {len(files)} image files under {folder} "
                           f"cannot be read: {shown}",
                           "replace or delete those files, or pass dataset.on_bad_image=skip to leave them out")
     log.warning("dataset.root: %d of %d image files under %s cannot be read and are left out: %s "
-                "(dataset.on_bad_image=fail refuses them instead)", len(bad), len(files), folder.resolve(), shown)
+                "(dataset.on_bad_image=fail refuses them instead)", len(bad), len(files), folder, shown)
 
 
 SMALL_SPLIT = 20  # fewer val or test images than this: their metrics are mostly noise

@@ -15,10 +15,9 @@ from __future__ import annotations
 import io
 import logging
 import pickle
-import shutil
 import warnings
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,8 @@ log = logging.getLogger(__name__)
 
 FORMAT = "aecli-checkpoint-2"
 LAST, BEST = "last.pt", "best.pt"
+MAX_BYTES = 16 * 2**30  # larger files are refused unread
+ZIP_MAGIC = b"PK\x03\x04"  # the first bytes of torch's zip format
 
 def allowed_targets() -> dict[str, set[str]]:
     """What a checkpoint's config may name, by group: every ``_target_`` of aecli's schemas."""
@@ -50,12 +51,11 @@ def save(state: dict[str, Any], *paths: Path) -> None:
     data = buffer.getvalue()
     for path in map(Path, paths):
         try:
-            atomic_write(path, lambda f: f.write(data))
-        except OSError as e:
-            free_mb = shutil.disk_usage(path.parent).free / 2**20 if path.parent.exists() else 0.0
-            raise RunFailed("hydra.run.dir", f"could not write {path} ({str(e)[:200]}; {free_mb:.1f} MB free on "
-                            "that disk); the previous checkpoint there is intact", "free disk space or fix the "
-                            f"dir's permissions, then continue with resume={path.parent.parent}") from None
+            atomic_write(path, lambda f: f.write(data), fix="free disk space or fix the dir's permissions, then "
+                         f"continue with resume={path.parent.parent}")
+        except RunFailed as e:
+            kept = "; the previous checkpoint there is intact" if path.is_file() else ""
+            raise RunFailed("hydra.run.dir", f"{e.key}: {e.problem}{kept}", e.fix) from None
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -66,6 +66,16 @@ def find(path: str | Path, name: str = LAST) -> Path:
     return p if p.is_file() else p / "checkpoints" / name
 
 
+def other_checkpoint(file: Path) -> str:
+    """The fix for a broken checkpoint file: the run's other one (never the broken file itself)."""
+    if file.name == BEST:
+        return (f"use the last checkpoint instead (--checkpoint last; {file.with_name(LAST)}), or retrain "
+                "(resume=auto continues from last.pt)")
+    if file.name == LAST:
+        return f"use the best checkpoint instead (--checkpoint best; {file.with_name(BEST)}), or start a new run"
+    return "use another checkpoint of the run (checkpoints/best.pt or checkpoints/last.pt), or start a new run"
+
+
 def read(path: str | Path, key: str = "resume", name: str = LAST) -> dict[str, Any]:
     """Load a checkpoint file (or a run dir's ``checkpoints/<name>``) and verify it: CRCs,
     aecli's marker, keys and types. Any problem is one ``ConfigError`` naming ``key`` and the file."""
@@ -74,26 +84,32 @@ def read(path: str | Path, key: str = "resume", name: str = LAST) -> dict[str, A
         given = Path(path).expanduser()
         where = f"no checkpoint at {file}" if given.exists() else f"{given} does not exist"
         raise ConfigError(key, where, "pass a run dir holding checkpoints/last.pt, or a .pt file")
-    data = file.read_bytes()  # one read: what is checked is what is loaded
+    data = _read_bounded(file, key)  # one read: what is checked is what is loaded
+    if not data.startswith(ZIP_MAGIC):  # zipfile and torch skip bytes before the archive: a damaged file
+        raise ConfigError(key, f"{file} is not a checkpoint (it does not start as torch's zip format does: "
+                          "damaged, or another kind of file)", "use another checkpoint (e.g. checkpoints/best.pt) "
+                          "or start a new run")
     try:
         bad = zipfile.ZipFile(io.BytesIO(data)).testzip()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError):
         raise ConfigError(key, f"{file} is not a checkpoint (not a whole file in torch's zip format: truncated, "
-                          "or another kind of file)", "use another checkpoint (e.g. checkpoints/best.pt) or "
-                          "start a new run") from None
+                          "or another kind of file)", other_checkpoint(file)) from None
     if bad is not None:
         raise ConfigError(key, f"{file} is damaged (CRC mismatch in {bad}: its bytes changed after it was written)",
-                          "use another checkpoint (e.g. checkpoints/best.pt) or start a new run")
+                          other_checkpoint(file))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's notes on pickle protocols: not the user's concern
             state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # refused by the weights-only unpickler: never loaded another way
+    except pickle.UnpicklingError as e:  # refused by the weights-only unpickler: never loaded another way
+        if "weights only" not in str(e).lower():  # a damaged pickle, not a refused object
+            raise ConfigError(key, f"{file} is not a readable checkpoint (its data is damaged)",
+                              "use another checkpoint (e.g. checkpoints/best.pt) or start a new run") from None
         raise ConfigError(key, f"{file} holds objects other than tensors and plain data (loading them could run "
                           "code), so it is refused", "use a checkpoint written by aecli") from None
     except Exception as e:  # noqa: BLE001 - a zip that is no torch file
         raise ConfigError(key, f"{file} is not a readable checkpoint ({type(e).__name__})",
-                          "use another checkpoint (e.g. checkpoints/best.pt) or start a new run") from None
+                          other_checkpoint(file)) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         found = state.get("format") if isinstance(state, dict) else None
         older = f" (format {found!r}: an older aecli wrote it)" if isinstance(found, str) else ""
@@ -102,8 +118,34 @@ def read(path: str | Path, key: str = "resume", name: str = LAST) -> dict[str, A
     problem = validate(state)
     if problem:
         raise ConfigError(key, f"{file} is not a valid checkpoint: {problem}",
-                          "use another checkpoint (e.g. checkpoints/best.pt) or start a new run")
+                          other_checkpoint(file))
     return state
+
+
+def _read_bounded(file: Path, key: str) -> bytes:
+    """The file's bytes, after its size was checked against ``MAX_BYTES`` and the free memory (a
+    40 GB sparse file is refused in a line, not read into a MemoryError)."""
+    size = file.stat().st_size
+    available = _available_memory()
+    limit = (f"the {MAX_BYTES / 2**30:.0f} GB a checkpoint may have" if size > MAX_BYTES else
+             f"the {available / 2**30:.1f} GB of free memory" if available is not None and size > available else None)
+    if limit is not None:
+        raise ConfigError(key, f"{file} is {size / 2**30:.1f} GB, more than {limit}: not read",
+                          "use another checkpoint (e.g. checkpoints/best.pt); aecli's checkpoints are far smaller")
+    try:
+        return file.read_bytes()
+    except OSError as e:
+        raise ConfigError(key, f"{file} cannot be read ({e.strerror or e})", "fix its permissions, or use "
+                          "another checkpoint") from None
+
+
+def _available_memory() -> int | None:
+    """Linux's MemAvailable in bytes (None elsewhere)."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
 
 
 # --- what a checkpoint must hold -------------------------------------------------------------
@@ -175,13 +217,15 @@ def validate(state: dict[str, Any]) -> str | None:
 
 # --- configs from files: data, never code ----------------------------------------------------
 
-def check_targets(config: dict[str, Any], trusted: Iterable[str] = (), source: str = "the checkpoint",
-                  key: str = "resume") -> None:
+def check_targets(config: dict[str, Any], trusted: Iterable[str] | Mapping[str, Iterable[str]] = (),
+                  source: str = "the checkpoint", key: str = "resume") -> None:
     """Refuse a stored config that would make ``instantiate`` run anything but aecli's own
-    classes or the ``trusted`` targets (those this process's own config names): a ``_target_``
-    may sit only at the root of the model, noise, loss and dataset groups, no value may be an
-    interpolation, and no other Hydra instantiate key may appear anywhere."""
-    trusted = set(trusted)
+    classes of that group or the ``trusted`` targets (those this process's own config names, by
+    group when a mapping: a model may not name a dataset loader): a ``_target_`` may sit only at
+    the root of the model, noise, loss and dataset groups, no value may be an interpolation, and
+    no other Hydra instantiate key may appear anywhere."""
+    def trusted_in(group: str) -> set[str]:
+        return set(trusted.get(group, ())) if isinstance(trusted, Mapping) else set(trusted)
     allowed_by_group = allowed_targets()
 
     def walk(node: Any, path: str) -> None:
@@ -205,7 +249,7 @@ def check_targets(config: dict[str, Any], trusted: Iterable[str] = (), source: s
     walk({k: v for k, v in config.items() if k != "callbacks"}, "")
     for group, allowed in allowed_by_group.items():
         target = (config.get(group) or {}).get("_target_") if isinstance(config.get(group), dict) else None
-        if target is not None and target not in allowed | trusted:
+        if target is not None and target not in allowed | trusted_in(group):
             raise ConfigError(key, f"{source} names {group}._target_={target}, which is not one of aecli's own",
                               f"if you trust it, name it yourself: {group}._target_={target} on the command line "
                               "(or trusted_targets=... in Python)")
@@ -250,6 +294,7 @@ def build_model(state: dict[str, Any], trusted_targets: Iterable[str] = ()) -> t
     from hydra.utils import get_class
 
     check_targets(state["config"], trusted_targets, key="path")  # a file naming code anywhere is suspect
+    check_model_shapes(state, key="path")
     cfg = dict(state["config"]["model"])
     target = cfg.pop("_target_")
     try:
@@ -260,3 +305,29 @@ def build_model(state: dict[str, Any], trusted_targets: Iterable[str] = ()) -> t
         raise ConfigError("path", f"the checkpoint's model ({target}) cannot be rebuilt: {why}",
                           "use the aecli version that wrote it") from None
     return model.eval()
+
+
+def check_model_shapes(state: dict[str, Any], key: str = "resume") -> None:
+    """Refuse a checkpoint whose model config does not fit its stored weights, before any memory
+    is allocated for the model: the model is built on torch's ``meta`` device (shapes only), so
+    ``model.hidden_dims=[2000000]`` in a crafted file costs nothing. Call after ``check_targets``."""
+    from hydra.utils import get_class
+
+    cfg = dict(state["config"]["model"])
+    target = cfg.pop("_target_", None)
+    try:
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in
+                        get_class(target)(input_shape=tuple(state["input_shape"]), **cfg).state_dict().items()}
+    except Exception as e:  # noqa: BLE001 - arguments that do not fit this version's class
+        why = " ".join(str(e).split())[:300]
+        raise ConfigError(key, f"the checkpoint's model ({target}) cannot be rebuilt: {why}",
+                          "use the aecli version that wrote it") from None
+    stored = {k: tuple(v.shape) for k, v in state["model"].items()}
+    if expected != stored:
+        diff = sorted(set(expected) ^ set(stored)) or [k for k in expected if expected[k] != stored[k]]
+        k = diff[0]
+        raise ConfigError(key, f"the checkpoint's model config ({target}) does not fit its weights: {k} is "
+                          f"{expected.get(k, 'absent')} by the config, {stored.get(k, 'absent')} in the file "
+                          f"({len(diff)} tensor(s) differ)", "use another checkpoint (e.g. checkpoints/best.pt): "
+                          "this one was changed after it was written")

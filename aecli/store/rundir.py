@@ -8,17 +8,22 @@
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
+import logging
 import math
 import os
 import socket
+import stat
 import time
 from pathlib import Path
 from typing import Any
 
-from aecli.errors import ConfigError
-from aecli.store.atomic import atomic_write
+from aecli.errors import ConfigError, RunFailed
+from aecli.store.atomic import atomic_write, remove_stale_temps
+
+log = logging.getLogger("aecli")
 
 LOCK_FILE = ".aecli.lock"
 STATUS_FILE = "job_status.json"
@@ -33,7 +38,18 @@ def lock(run_dir: Path) -> None:
         return
     check_dir_path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:  # never through a link: a planted .aecli.lock -> ~/.bashrc would be truncated
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:  # a hard link shares another file's bytes
+            os.close(fd)
+            raise OSError(errno.ELOOP, "not a regular file")
+    except OSError as e:
+        if e.errno not in (errno.ELOOP, errno.EMLINK, errno.ENXIO):
+            raise
+        raise ConfigError("hydra.run.dir", f"{run_dir / LOCK_FILE} is a link or not a regular file: aecli did not "
+                          "make it, and will not write through it", f"remove {run_dir / LOCK_FILE} if the dir is "
+                          "yours (or choose another hydra.run.dir)") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -43,9 +59,14 @@ def lock(run_dir: Path) -> None:
                           "wait for it to finish (or stop it), or choose another hydra.run.dir") from None
     info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                        "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode()
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, info, 0)
+    try:  # who holds it, for the refusal of a second process; a full disk leaves it unnamed, not unlocked
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, info, 0)
+    except OSError:
+        pass
     _held[run_dir] = fd
+    for stale in remove_stale_temps(run_dir):
+        log.info("removed %s, left by a process killed while writing it", stale)
 
 
 def unlock(run_dir: Path) -> None:
@@ -53,6 +74,26 @@ def unlock(run_dir: Path) -> None:
     fd = _held.pop(Path(run_dir).absolute(), None)
     if fd is not None:
         fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def holder(run_dir: Path) -> str | None:
+    """Who holds ``run_dir``'s lock (a run still training there: pid, host, start time), or None
+    when no live process does. Reads only: a shared lock tried and dropped at once."""
+    path = Path(run_dir) / LOCK_FILE
+    if Path(run_dir).absolute() in _held or not path.is_file():
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    except OSError:
+        return _describe(os.pread(fd, 4096, 0))
+    finally:
         os.close(fd)
 
 
@@ -90,7 +131,7 @@ def check_new(run_dir: Path, ignore: tuple[str, ...] = ()) -> None:
     an earlier run, a run without its ``last.pt``, or files that are not a run at all."""
     check_dir_path(run_dir)
     files = [f for f in foreign_files(run_dir) if f not in ignore]
-    if not files:
+    if not files or stopped_before_training(run_dir):  # the same command again: a fresh start in it
         return
     has_run = (Path(run_dir) / "checkpoints" / "last.pt").is_file()
     listed = ", ".join(files[:5]) + (", ..." if len(files) > 5 else "")
@@ -98,6 +139,26 @@ def check_new(run_dir: Path, ignore: tuple[str, ...] = ()) -> None:
     raise ConfigError("hydra.run.dir", f"{run_dir} already holds {what}",
                       ("pass resume=auto to continue that run, or " if has_run else "")
                       + "drop hydra.run.dir for a new run dir, or choose an empty one")
+
+
+STARTUP_FILES = (LOCK_FILE, ".hydra", "train.log", STATUS_FILE)  # what a run writes before its first step
+
+
+def stopped_before_training(run_dir: Path) -> bool:
+    """An aecli run dir that holds only what aecli and Hydra write before training starts (no
+    checkpoint, no metrics, no event file), i.e. a run stopped or killed before its first
+    checkpoint: it is continued by a fresh start in the same dir."""
+    d = Path(run_dir)
+    if not is_run_dir(d) or (read_json(d / STATUS_FILE)[0] or {}).get("status") == "COMPLETED":
+        return False
+    for p in d.iterdir():
+        if p.name == "checkpoints":
+            if not p.is_dir() or p.is_symlink() or any(not c.name.endswith(".tmp") for c in p.iterdir()):
+                return False
+        elif not (p.name in STARTUP_FILES or p.name.endswith(".tmp")
+                  or p.name.startswith("events.out.tfevents.") and p.suffix != ".eval"):  # a new run purges these
+            return False
+    return True
 
 
 def is_run_dir(run_dir: Path) -> bool:
@@ -159,4 +220,30 @@ def read_json(path: Path) -> tuple[Any, str | None]:
 def write_status(run_dir: Path, status: str, error: str | None = None, return_value: float | None = None) -> None:
     """``job_status.json``: RUNNING, COMPLETED (+ the returned value), FAILED (+ the error) or
     STOPPED (a signal; the last checkpoint continues it)."""
-    write_json(Path(run_dir) / STATUS_FILE, {"status": status, "error": error, "return_value": return_value})
+    path, data = Path(run_dir) / STATUS_FILE, {"status": status, "error": error, "return_value": return_value}
+    try:
+        write_json(path, data)
+    except RunFailed:  # a full disk has no room for a temp file: overwrite the old one in place
+        if not _overwrite(path, (json.dumps(data, indent=2) + "\n").encode()):
+            raise
+
+
+def _overwrite(path: Path, text: bytes) -> bool:
+    """Rewrite the existing small regular file ``path`` in place (its freed block takes ``text``
+    on a full disk); never through a link. True when done."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            return False
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, text, 0)
+        os.fsync(fd)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from aecli import config
 from aecli.errors import AecliError
+from aecli.store.atomic import DISK_ERRORS, quiet_disk_errors_in_writer_threads, write_failed
 from aecli.training.guard import PLANS, Refused
 from aecli.training.signals import SIGNALS
 
@@ -85,7 +86,11 @@ def task(cfg: DictConfig) -> float | None:
 
     def status(*args: Any, **kwargs: Any) -> None:  # rank 0 alone writes the job's status
         if WORLD.main:
-            rundir.write_status(run_dir, *args, **kwargs)
+            try:
+                rundir.write_status(run_dir, *args, **kwargs)
+            except (AecliError, OSError):  # a full disk: the run's own error is the message that counts
+                print(f"aecli: warning: could not record the job's status ({args[0]}) in "
+                      f"{run_dir / rundir.STATUS_FILE}", file=sys.stderr)
 
     hc = HydraConfig.get()
     run_dir, multirun = Path(hc.runtime.output_dir).absolute(), hc.mode == RunMode.MULTIRUN
@@ -102,6 +107,14 @@ def task(cfg: DictConfig) -> float | None:
         _outcome["error"] = e
         return None
     except Exception as e:
+        if isinstance(e, OSError) and e.errno in DISK_ERRORS:  # e.g. TensorBoard's flush on a full disk
+            error = write_failed(Path(e.filename or run_dir), e, f"free disk space, then continue with "
+                                 f"{continue_command(run_dir)}")
+            status("FAILED", f"{type(error).__name__}: {error.key}: {error.problem}")
+            if multirun:
+                raise error from None
+            _outcome["error"] = error
+            return None
         status("FAILED", f"{type(e).__name__}: {e}")
         if multirun and not picklable(e):  # a parallel launcher pickles it back: one that cannot breaks the pool
             raise RuntimeError(f"{type(e).__name__}: {e}") from None
@@ -124,9 +137,10 @@ def task(cfg: DictConfig) -> float | None:
 def stopped_message(result: Any, run_dir: Path) -> str:
     """What a stopped run tells its user: where it stopped and the command that continues it."""
     last = run_dir / "checkpoints" / "last.pt"
-    where = (f"checkpoint written to {last}. Continue with:\n  {continue_command(run_dir)}" if last.is_file()
-             else "before the first checkpoint: run the same command again")
-    return f"aecli: {result.signal}: stopped after step {result.step}; {where}"
+    where = (f"checkpoint written to {last}" if last.is_file()
+             else "before the first checkpoint (nothing trained yet: it starts afresh in that dir)")
+    return (f"aecli: {result.signal}: stopped after step {result.step}; {where}. Continue with:\n"
+            f"  {continue_command(run_dir)}")
 
 
 def picklable(error: BaseException) -> bool:
@@ -161,6 +175,7 @@ def join_world() -> None:
 def main() -> None:
     """``python -m aecli.train`` / ``aecli train``: exit 0, 1 (one message) or 128 + signal."""
     SIGNALS.install()
+    quiet_disk_errors_in_writer_threads()
     join_world()
     from aecli.training.distributed import WORLD
 
@@ -172,8 +187,15 @@ def main() -> None:
     except Refused as r:
         say(r.error)
         sys.exit(1)
-    except Exception as e:  # noqa: BLE001 - re-raised unless it is a config mistake
+    except Exception as e:  # noqa: BLE001 - re-raised unless it is a config mistake or a full disk
         error = e if isinstance(e, AecliError) else config.explain(e)
+        if isinstance(e, OSError) and e.errno in DISK_ERRORS:  # Hydra's own files (.hydra/, train.log)
+            from aecli.training.run import discard_new_run_dir  # torch: imported only on this path
+
+            dirs = list(PLANS)
+            for plan in PLANS.values():  # a run that never started: no half-written record of it
+                discard_new_run_dir(plan)
+            error = write_failed(Path(e.filename or (dirs[0] / ".hydra" if dirs else "the run dir")), e)
         if error is None or full_errors:
             raise
         say(error)

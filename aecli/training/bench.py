@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -245,16 +245,28 @@ def aecli_epoch(cfg: Any, data: ImageData, device: torch.device, hooks: list[Any
     return parts.model, parts.recon, one_epoch
 
 
+def compose_case(name: str, device: str, extra: Sequence[str] = ()) -> Any:
+    """Case ``name``'s aecli config with ``extra`` overrides; a bad override is one ``--aecli`` message."""
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    overrides, batch_size, _ = CASES[name]
+    try:
+        with initialize_config_module(config_module="aecli.conf", version_base="1.3"):
+            return compose(config_name="train", overrides=[*overrides, f"device={device}",
+                                                           f"trainer.batch_size={batch_size}", *extra])
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError("--aecli", f"{' '.join(extra)}: {str(e).splitlines()[0]}",
+                          "check each KEY=VALUE's spelling (aecli train --help lists the keys)") from None
+
+
 def bench_case(name: str, data: ImageData, device: torch.device, epochs: int,
                extra: list[str] = ()) -> tuple[PathResult, PathResult, float, str]:
     """Baseline and aecli for one case: their results, FLOPs per image, the test loss's unit.
     ``extra``: more overrides for aecli's side (a speed knob to measure, e.g. trainer.compile=true)."""
-    from hydra import compose, initialize_config_module
-
-    overrides, batch_size, counterpart = CASES[name]
-    with initialize_config_module(config_module="aecli.conf", version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[*overrides, f"device={device.type}",
-                                                      f"trainer.batch_size={batch_size}", *extra])
+    _, batch_size, counterpart = CASES[name]
+    cfg = compose_case(name, device.type, extra)
     model, recon, aecli_one_epoch = aecli_epoch(cfg, data, device)
     classic = ClassicVAE.from_aecli(model) if counterpart == "vae" else ClassicAE(copy.deepcopy(model))
     classic_opt = torch.optim.Adam(classic.parameters(), lr=cfg.optim.lr)  # the example's optimizer
@@ -325,8 +337,16 @@ def recipe(args: argparse.Namespace) -> None:
     unknown = [c for c in cases if c not in CASES]
     if unknown:
         raise ConfigError("--cases", f"{', '.join(unknown)}: no such case", f"pick from {', '.join(CASES)}")
-    device = resolve_device(args.device)
-    data, described = load_data(args.dataset, args.data_root, args.repeat)
+    device = resolve_device(args.device, flag="--device")
+    for name in cases:  # every --aecli override checked before any work
+        compose_case(name, device.type, args.aecli)
+    try:
+        data, described = load_data(args.dataset, args.data_root, args.repeat)
+    except ConfigError as e:
+        if not e.key.startswith("dataset"):
+            raise
+        raise ConfigError("--data-root", e.problem, "download MNIST once (aecli train dataset=mnist "
+                          "dataset.download=true), then pass --data-root DIR where it lies") from None
     data = data.to(device)
     gflops = matmul_gflops(device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else \

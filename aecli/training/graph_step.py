@@ -21,8 +21,10 @@ restored in place), so the first replayed step is the run's first step.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -34,23 +36,99 @@ from aecli.training.step import Precision, Step
 WARMUP_STEPS = 3  # eager steps on a side stream before capture (PyTorch's recipe for whole-step graphs)
 
 
+Body = Callable[[], dict[str, Tensor]]
+
+
+class Recorder(Protocol):
+    """What ``GraphStep`` needs of CUDA: the device RNG, a side stream for the warm-up, and
+    recording a body once to replay it. ``CudaGraphs`` is the real thing; ``EagerReplay`` is
+    its stand-in on any device (the tests run the graph step's bookkeeping on the CPU)."""
+
+    def get_rng(self) -> Any: ...
+    def set_rng(self, state: Any) -> None: ...
+    def side_stream(self) -> Any: ...
+    def record(self, body: Body) -> tuple[Callable[[], None], dict[str, Tensor]]: ...
+
+
+class CudaGraphs:
+    """CUDA graphs sharing one memory pool (one graph per batch size)."""
+
+    def __init__(self) -> None:
+        self.pool = torch.cuda.graph_pool_handle()
+
+    def get_rng(self) -> Tensor:
+        return torch.cuda.get_rng_state()
+
+    def set_rng(self, state: Tensor) -> None:
+        torch.cuda.set_rng_state(state)
+
+    @contextmanager
+    def side_stream(self) -> Iterator[None]:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            yield
+        torch.cuda.current_stream().wait_stream(side)
+
+    def record(self, body: Body) -> tuple[Callable[[], None], dict[str, Tensor]]:
+        """Capture ``body`` (nothing runs: the kernels are recorded); replay runs them again."""
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            terms = body()
+        return graph.replay, terms
+
+
+class EagerReplay:
+    """A stand-in for ``CudaGraphs`` on any device: ``record`` runs the body once to learn its
+    outputs and undoes it (a capture changes nothing), and a replay runs the body eagerly and
+    writes its outputs into the recorded tensors, as a graph replay writes its static outputs."""
+
+    def __init__(self, step: GraphStep) -> None:
+        self.step = step
+
+    def get_rng(self) -> None:
+        return None
+
+    def set_rng(self, state: None) -> None:
+        pass
+
+    @contextmanager
+    def side_stream(self) -> Iterator[None]:
+        yield
+
+    def record(self, body: Body) -> tuple[Callable[[], None], dict[str, Tensor]]:
+        saved, rng = self.step.snapshot(), torch.get_rng_state()
+        terms = body()
+        self.step.restore(saved)
+        torch.set_rng_state(rng)
+
+        def replay() -> None:
+            self.step.phase.optimizer.zero_grad(set_to_none=True)  # a graph's backward writes fresh grads
+            for k, v in body().items():
+                terms[k].copy_(v)
+
+        return replay, terms
+
+
 @dataclass
 class Captured:
-    graph: torch.cuda.CUDAGraph
+    replay: Callable[[], None]  # one replay of the recorded step
     raw: Tensor  # the input buffer the graph reads (a uint8 batch)
     terms: dict[str, Tensor]  # the loss terms the graph writes
     grads: list[Tensor]  # the gradients it writes: kept alive, so no later capture reuses their memory
 
 
 class GraphStep(Step):
-    """A ``Step`` replayed as a CUDA graph; ``__call__``'s contract is the eager step's."""
+    """A ``Step`` replayed as a CUDA graph; ``__call__``'s contract is the eager step's.
+    ``recorder``: how steps are recorded and replayed (default: CUDA graphs)."""
 
     def __init__(self, phase: Phase, recon: ReconstructionLoss, precision: Precision, scaler: torch.amp.GradScaler,
-                 to_float: Callable[[Tensor], Tensor]) -> None:
+                 to_float: Callable[[Tensor], Tensor],
+                 recorder: Callable[[GraphStep], Recorder] = lambda step: CudaGraphs()) -> None:
         super().__init__(phase, recon, precision, scaler, to_float)
         device = next(phase.module.parameters()).device
         self.graphs: dict[int, Captured] = {}
-        self.pool = torch.cuda.graph_pool_handle()
+        self.recorder = recorder(self)
         self.first_bad = torch.full((), -1, dtype=torch.long, device=device)  # written by the graphs
         self.step_count = torch.zeros((), dtype=torch.long, device=device)  # the global step, on the device
         self.carried: dict[str, Tensor] = {}  # the epoch's sums so far, until the first capture names them
@@ -80,32 +158,27 @@ class GraphStep(Step):
     def __call__(self, raw: Tensor, step: int) -> dict[str, Tensor]:
         captured = self.graphs.get(raw.shape[0]) or self.capture(raw)
         captured.raw.copy_(raw, non_blocking=True)
-        captured.graph.replay()
+        captured.replay()
         return captured.terms
 
     def capture(self, raw: Tensor) -> Captured:
         """Record the step for batches of ``raw``'s size; the warm-up leaves no trace (nor does
         the probe that names the loss terms: the RNG states are taken before it)."""
-        rng = torch.cuda.get_rng_state(), torch.get_rng_state()
+        rng = self.recorder.get_rng(), torch.get_rng_state()
         self.init_state(raw)
         saved = self.snapshot()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
+        with self.recorder.side_stream():
             for _ in range(WARMUP_STEPS):
                 self.phase.optimizer.zero_grad(set_to_none=True)
                 self.body(raw)
-        torch.cuda.current_stream().wait_stream(side)
         self.restore(saved)
-        torch.cuda.set_rng_state(rng[0])
+        self.recorder.set_rng(rng[0])
         torch.set_rng_state(rng[1])
         static_raw = raw.clone()
-        graph = torch.cuda.CUDAGraph()
         self.phase.optimizer.zero_grad(set_to_none=True)  # backward allocates .grad in the graph's pool
-        with torch.cuda.graph(graph, pool=self.pool):
-            terms = self.body(static_raw)
+        replay, terms = self.recorder.record(lambda: self.body(static_raw))
         grads = [p.grad for g in self.phase.optimizer.param_groups for p in g["params"] if p.grad is not None]
-        self.graphs[raw.shape[0]] = Captured(graph, static_raw, terms, grads)
+        self.graphs[raw.shape[0]] = Captured(replay, static_raw, terms, grads)
         return self.graphs[raw.shape[0]]
 
     def init_state(self, raw: Tensor) -> None:
@@ -141,16 +214,16 @@ class GraphStep(Step):
         optimizer = self.phase.optimizer
         tensors = [p for group in optimizer.param_groups for p in group["params"]]
         tensors += [t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
-        tensors += [*self.sums.values(), self.first_bad, self.step_count, *self._scaler_tensors()]
+        tensors += [*self.sums.values(), self.first_bad, self.step_count]
         # the model's buffers: a schedule's step count, a codebook's EMA statistics, BatchNorm's running stats
-        tensors += [b for b in self.phase.module.buffers() if b.is_floating_point() or b.dtype == torch.long]
-        return {"tensors": [(t, t.detach().clone()) for t in tensors]}
+        tensors += list(self.phase.module.buffers())
+        # the scaler's public state (its load_state_dict refills its tensors in place, which the graph keeps)
+        scaler = self.scaler.state_dict() if self.scaler.is_enabled() else None
+        return {"tensors": [(t, t.detach().clone()) for t in tensors], "scaler": scaler}
 
     def restore(self, saved: dict) -> None:
         with torch.no_grad():
             for t, copy in saved["tensors"]:
                 t.copy_(copy)
-
-    def _scaler_tensors(self) -> list[Tensor]:
-        return [t for t in (getattr(self.scaler, "_scale", None), getattr(self.scaler, "_growth_tracker", None))
-                if t is not None]
+        if saved["scaler"] is not None:
+            self.scaler.load_state_dict(saved["scaler"])

@@ -43,6 +43,6 @@ class RunGuard(Callback):
         if error is not None:
             raise Refused(error)
         PLANS[run_dir] = plan
-        if plan.resuming:
+        if plan.resuming or plan.cfg.get("resume") not in (None, "auto"):  # keep its .hydra/
             with read_write(config.hydra), open_dict(config.hydra):
                 config.hydra.output_subdir = None

@@ -143,22 +143,50 @@ def resume_file(resume: str, run_dir: Path) -> Path | None:
     return checkpoint.find(resume)
 
 
-def targets_in(cfg: Any) -> set[str]:
-    """Every ``_target_`` that a config names (this process's own: trusted)."""
-    found: set[str] = set()
+def targets_in(cfg: Any) -> dict[str, set[str]]:
+    """Every ``_target_`` that a config names (this process's own: trusted), by top-level group."""
+    found: dict[str, set[str]] = {}
 
-    def walk(node: Any) -> None:
+    def walk(node: Any, group: str) -> None:
         if isinstance(node, dict):
             for k, v in node.items():
                 if k == "_target_" and isinstance(v, str):
-                    found.add(v)
-                walk(v)
+                    found.setdefault(group, set()).add(v)
+                walk(v, group)
         elif isinstance(node, list):
             for v in node:
-                walk(v)
+                walk(v, group)
 
-    walk(OmegaConf.to_container(cfg, resolve=False) if OmegaConf.is_config(cfg) else cfg)
+    node = OmegaConf.to_container(cfg, resolve=False) if OmegaConf.is_config(cfg) else cfg
+    for group, value in (node.items() if isinstance(node, dict) else ()):
+        walk(value, str(group))
     return found
+
+
+def restart_config(cfg: DictConfig, run_dir: Path, overrides: list[str] | None) -> DictConfig:
+    """The config of a run stopped before its first checkpoint (its ``.hydra/config.yaml``,
+    trusted no more than a checkpoint's), for a fresh start in its dir, with the keys that may
+    change taken from ``cfg`` as a resume does."""
+    import yaml
+
+    source = run_dir / ".hydra" / "config.yaml"
+    try:
+        saved = yaml.safe_load(source.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ConfigError("resume", f"{run_dir} was stopped before its first checkpoint and its config {source} "
+                          f"cannot be read ({type(e).__name__})", "start a new run (the same command with "
+                          "hydra.run.dir=... or none)") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
+        raise ConfigError("resume", f"{source} is not a run's config", "start a new run without resume")
+    keys = None if overrides is None else typed_keys(overrides)
+    diffs = mismatches(plain(cfg), saved, keys)
+    if diffs:
+        raise ConfigError("resume", f"the config does not match {source}: " + "; ".join(diffs[:6]),
+                          "leave those keys out (resume takes them from the run dir), or start a new run")
+    checkpoint.check_targets(saved, targets_in(cfg), source=str(source))
+    out, _ = effective_config(cfg, saved, keys)
+    config.check(out)
+    return out
 
 
 def prepare(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None, hydra_wrote: bool = False,
@@ -183,6 +211,8 @@ def prepare(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None, 
             pass  # a requeued job killed before its first checkpoint: start again in its own dir
         else:
             rundir.check_new(run_dir, ignore=HYDRA_FILES if hydra_wrote else ())
+    elif not file.is_file() and rundir.stopped_before_training(file.parent.parent):
+        cfg = restart_config(cfg, file.parent.parent, overrides)  # resume=DIR stopped before its first checkpoint
     else:
         state = checkpoint.read(file)
         saved = state["config"]
@@ -193,6 +223,7 @@ def prepare(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None, 
                               "leave those keys out (resume takes them from the checkpoint), or start a new run "
                               "without resume")
         checkpoint.check_targets(saved, targets_in(cfg))
+        checkpoint.check_model_shapes(state)  # before the model is built: a crafted size allocates nothing
         cfg, changed = effective_config(cfg, saved, keys)
         config.check(cfg)
     if follower:

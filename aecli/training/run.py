@@ -98,6 +98,7 @@ def run(cfg: DictConfig, run_dir: str | Path, *, choices: dict[str, str] | None 
         run_ = hooks.Run(cfg=cfg, run_dir=run_dir, state=state, data=parts.data, recon=parts.recon,
                          noise=parts.noise, hooks=all_hooks, world=world)
         describe(parts, plan)
+        log.info("processes: %d (world size%s)", world.size, ", torchrun" if world.distributed else "")
         try:
             finished = fit(run_, all_hooks, parts, cfg, best)
             if not finished:
@@ -160,7 +161,7 @@ def finish(run_: hooks.Run, all_hooks: hooks.Hooks, parts: Parts, cfg: DictConfi
     out.update({"checkpoint": chosen, **best.summary(state),
                 "epochs": state.epoch if state.phases[state.phase].main else 0,
                 "steps": state.step, "images_per_sec": last.images_per_sec if last else None,
-                "torch_threads": torch.get_num_threads()})
+                "torch_threads": torch.get_num_threads(), "world_size": run_.world.size})
     all_hooks.on_fit_end(run_, out)
     if run_.world.main:
         rundir.write_json(run_.run_dir / "metrics.json", out)

@@ -102,9 +102,9 @@ class TrainState:
             raise refuse(" ".join(str(e).split())[:300]) from None
         self.phase, self.epoch, self.step = d["phase"], d["epoch"], d["step"]
         ranks = d.get("rng_ranks")
-        if world_size > 1 and (not isinstance(ranks, list) or len(ranks) != world_size):
-            raise refuse(f"it was written by a run of {len(ranks) if isinstance(ranks, list) else 1} process(es), "
-                         f"this one has {world_size}")
+        written_by = len(ranks) if isinstance(ranks, list) else 1
+        if written_by != world_size:  # both ways: its data order and RNG streams are per rank
+            raise refuse(f"it was written by a run of {written_by} process(es), this one has {world_size}")
         self.epoch_state = None if es is None else EpochState.from_dict(es, device)
         if self.epoch_state is not None and rank > 0:  # rank 0 carries the sums of all ranks so far
             self.epoch_state.carried = {k: torch.zeros_like(v) for k, v in self.epoch_state.carried.items()}

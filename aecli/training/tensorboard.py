@@ -16,7 +16,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from aecli.images import image_grid, save_png
+from aecli.config import noise_name
+from aecli.figures import grid_figure, save_figure
+from aecli.images import image_grid
 from aecli.models import HasPrior
 from aecli.training.distributed import epoch_totals
 from aecli.training.hooks import EpochResult, Hook, Run
@@ -103,6 +105,7 @@ class ImageGrids(Hook):
     def __init__(self, writer: SummaryWriter, n_images: int, seed: int) -> None:
         self.writer, self.n_images, self.seed = writer, n_images, seed
         self.grids: dict[str, Tensor] = {}
+        self.rows: dict[str, list[Tensor]] = {}  # the same images, for the titled PNGs
 
     def on_fit_start(self, run: Run) -> None:
         gen = torch.Generator().manual_seed(self.seed)
@@ -122,10 +125,11 @@ class ImageGrids(Hook):
         shown = self.noisy if self.noisy is not None else self.clean
         rows = [self.clean] + ([self.noisy] if self.noisy is not None else []) + [model.reconstruct(shown, run.recon)]
         name = "clean_corrupted_reconstructed" if self.noisy is not None else "clean_reconstructed"
-        self.grids = {f"reconstruction/{name}": image_grid(rows)}
+        self.rows = {f"reconstruction/{name}": [r.cpu() for r in rows]}
         if self.prior_z is not None:
             samples = run.recon.output(model.decode(self.prior_z))
-            self.grids["samples/prior"] = image_grid([samples[:8], samples[8:]])
+            self.rows["samples/prior"] = [samples[:8].cpu(), samples[8:].cpu()]
+        self.grids = {tag: image_grid(rows) for tag, rows in self.rows.items()}
         model.train(was_training)
 
     def on_epoch_end(self, run: Run, result: EpochResult, val: dict[str, float] | None) -> None:
@@ -137,9 +141,17 @@ class ImageGrids(Hook):
 
     def on_fit_end(self, run: Run, metrics: dict[str, Any]) -> None:
         self.draw(run)  # the model metrics.json describes (the best one)
-        for tag, grid in self.grids.items():
-            path = run.run_dir / ("samples.png" if tag.startswith("samples") else "reconstruction.png")
-            save_png(grid, path)
+        who = f"{type(run.model).__name__} ({run.run_dir.name}, the model of metrics.json)"
+        for tag, rows in self.rows.items():
+            if tag.startswith("samples"):
+                path, fig = run.run_dir / "samples.png", grid_figure(
+                    rows, f"{who}: {sum(len(r) for r in rows)} images decoded from codes drawn from the prior N(0, I)")
+            else:
+                labels = ["clean"] + ([f"corrupted ({noise_name(run.noise)})"] if self.noisy is not None else []) \
+                    + ["reconstructed" + (" from the corrupted" if self.noisy is not None else "")]
+                path, fig = run.run_dir / "reconstruction.png", grid_figure(
+                    rows, f"{who}: the first {len(rows[0])} validation images", row_labels=labels)
+            save_figure(fig, path)
             log.info("wrote %s", path)
 
 
@@ -202,6 +214,13 @@ def open_writer(run_dir: Path, resumed_step: int | None) -> SummaryWriter:
     them all."""
     from torch.utils.tensorboard import SummaryWriter
 
-    if resumed_step is None and any(Path(run_dir).glob("events.out.tfevents.*")):
+    before = set(Path(run_dir).glob("events.out.tfevents.*"))
+    if resumed_step is None and before:
         resumed_step = 0
-    return SummaryWriter(log_dir=str(run_dir), purge_step=None if resumed_step is None else resumed_step + 1)
+    try:
+        return SummaryWriter(log_dir=str(run_dir), purge_step=None if resumed_step is None else resumed_step + 1)
+    except OSError:  # a full disk: leave no empty event file behind
+        for p in set(Path(run_dir).glob("events.out.tfevents.*")) - before:
+            if p.stat().st_size == 0:
+                p.unlink(missing_ok=True)
+        raise

@@ -17,7 +17,10 @@ from typing import Any, TypeVar
 from omegaconf import OmegaConf
 
 from aecli.components import build
+from aecli.config import noise_name
 from aecli.errors import ConfigError
+from aecli.store import rundir
+from aecli.store.atomic import remove_stale_temps
 from aecli.use import tables
 from aecli.use.trained import TrainedRun
 from aecli.use.trained import open_run as open_
@@ -26,9 +29,26 @@ T = TypeVar("T")
 
 
 def open_run(args: argparse.Namespace) -> TrainedRun:
-    """The run ``RUN`` names, with the ``--checkpoint`` model on ``--device``."""
+    """The run ``RUN`` names, with the ``--checkpoint`` model on ``--device``; a run still
+    training there is named in a warning (its checkpoints change under the command)."""
+    run = open_(args.run, args.checkpoint, args.device)
+    still_training(run.run_dir)
+    return run
 
-    return open_(args.run, args.checkpoint, args.device)
+
+def still_training(run_dir: Path) -> str | None:
+    """Warn when a process holds ``run_dir``'s lock (the run is still training); who holds it."""
+    holder = rundir.holder(run_dir)
+    if holder is not None:
+        warn(f"{run_dir} is still training ({holder}): this uses its checkpoint as it is now")
+    return holder
+
+
+def check_writable(out: Path, run_dir: Path) -> None:
+    """Refuse to write into a run dir that a training process holds."""
+    if Path(out).absolute() == Path(run_dir).absolute() and rundir.holder(run_dir) is not None:
+        raise ConfigError("--out", f"{run_dir} is still training (its lock is held), so nothing is written into it",
+                          "pass --out DIR for the outputs, or wait until the run has finished")
 
 
 def noise(run: TrainedRun, option: Any) -> Any:
@@ -40,12 +60,37 @@ def noise(run: TrainedRun, option: Any) -> Any:
 def out_dir(args: argparse.Namespace, run: TrainedRun) -> Path:
     """Where outputs go: ``--out`` (made if needed), else the run dir."""
     out = Path(args.out) if args.out is not None else run.run_dir
+    check_writable(out, run.run_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError("--out", f"cannot make {out} ({e.strerror or e})",
                           "pass --out DIR where you can write") from None
+    remove_stale_temps(out)  # what writers killed mid-write left there
     return out
+
+
+def source_tag(path: Path) -> str:
+    """A file-name part for an input path: its name and a short hash of its absolute path, so two
+    folders (or files) of the same name never map to one output."""
+    import hashlib
+
+    resolved = Path(path).expanduser().resolve()
+    name = (resolved.name if resolved.is_dir() else resolved.stem) or "root"
+    return f"{name}-{hashlib.sha1(str(resolved).encode()).hexdigest()[:6]}"
+
+
+def run_title(run: TrainedRun) -> str:
+    """How figures name a run: the model class, the noise it trained with, the run dir (its
+    parent too: a date, a sweep) and a checkpoint other than the best."""
+    noise = f" trained on {noise_name(run.noise)} noise" if run.noise.corrupts else ""
+    which = "" if run.checkpoint_name == "best.pt" else f", {run.checkpoint_name}"
+    return f"{type(run.model).__name__}{noise} ({run.run_dir.parent.name}/{run.run_dir.name}{which})"
+
+
+def class_name(classes: list[str] | None, k: int) -> str:
+    """Label ``k`` as its class name, where the dataset names its classes."""
+    return classes[k] if classes and 0 <= k < len(classes) else str(k)
 
 
 def wrote(*paths: Path) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from aecli.data import ImageData
+from aecli.store.atomic import atomic_write
 from aecli.use import commandline as commands
 from aecli.use import inference
 from aecli.use.trained import TrainedRun
@@ -32,9 +33,13 @@ def recipe(args: argparse.Namespace) -> None:
         arrays["classes"] = np.array(data.classes)
     out = commands.out_dir(args, run)
     path = out / f"codes_{args.split}.npz"
-    np.savez(path, **arrays)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
     projector(out, run, data, arrays, f"codes_{args.split}")
+    step = run.state["step"]
     commands.wrote(path, out / "projector_config.pbtxt")
+    # TensorBoard names the projector's folder by the step: say so, or it looks like litter
+    print(f"the projector's files (codes, labels, image sprite) are in {out / f'{step:05d}'}/ "
+          f"(named by TensorBoard after the checkpoint's step, {step})")
     print(f"{len(codes)} codes of size {codes.shape[1]}; see them with: tensorboard --logdir {out} (PROJECTOR tab)")
 
 

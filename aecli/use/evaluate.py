@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -37,6 +39,7 @@ from aecli.data import ImageData
 from aecli.errors import ConfigError
 from aecli.models import HasLikelihoodBound, likelihood_bound
 from aecli.store import rundir
+from aecli.store.atomic import atomic_move, atomic_write_text, remove_stale_temps, temp_dir
 from aecli.use import commandline as commands
 from aecli.use import inference, probes, report, tables
 from aecli.use.trained import TrainedRun, find_runs, open_run
@@ -65,6 +68,10 @@ COLUMNS = {"model": "model", "train noise": "noise", "mse/px": "test/mse_per_pix
            "probe pixels": "probe/pixels_accuracy", "probe pca": "probe/pca_accuracy",
            "knn codes": "knn/codes_accuracy", "knn pixels": "knn/pixels_accuracy", "knn pca": "knn/pca_accuracy",
            "seconds": "seconds/total"}
+# eval.md's table leaves the probe and k-NN columns to the "codes vs pixels vs PCA" table below it
+# (eval.csv has every column); numbers to DIGITS significant digits
+IN_REPRESENTATIONS = ("probe ", "knn ")
+DIGITS = 4
 
 
 @dataclass
@@ -119,6 +126,7 @@ def evaluate(run: TrainedRun, opts: Options) -> dict[str, Any]:
                               "model": type(run.model).__name__, "loss": run.recon.name, "noise": repr(run.noise)}
     notes: list[str] = []
     timed(result, "reconstruction", lambda: reconstruction(run, data, batch, opts))
+    notes += differs_from_training(run, result, opts.seed)
     timed(result, "likelihood", lambda: likelihood(run, data, opts, notes))
     timed(result, "denoising", lambda: denoising(run, data, batch, noise, opts, notes))
     timed(result, "representations", lambda: representations(run, data, batch, opts, notes))
@@ -144,6 +152,23 @@ def reconstruction(run: TrainedRun, data: ImageData, batch: int, opts: Options) 
                                metrics.reconstruction(run.model, data, data.test, run.recon, batch).items()}
     out["test/ssim"] = metrics.ssim(run.model, data, data.test, run.recon, batch)
     out["ssim_window"] = f"gaussian, sigma {metrics.ssim_sigma(*data.shape[1:]):.2f}"
+    return out
+
+
+def differs_from_training(run: TrainedRun, result: dict[str, Any], seed: int) -> list[str]:
+    """Why a test loss differs from the one ``metrics.json`` recorded for the same model: a loss
+    that samples (a VAE's one z per image) gives another value on each pass; the deterministic
+    metrics (MSE, PSNR: the mean code decoded) must agree."""
+    recorded, _ = rundir.read_json(run.run_dir / "metrics.json")
+    if not isinstance(recorded, dict) or run.checkpoint_name != "best.pt":
+        return []
+    out = []
+    for key, value in result.items():
+        before = recorded.get(key)
+        if key.startswith("test/loss_") and isinstance(before, float) and not math.isclose(value, before, rel_tol=1e-6):
+            out.append(f"{key} is {value:.5g} here and {before:.5g} in metrics.json: {type(run.model).__name__}'s "
+                       f"loss samples a code per image, so each pass differs (this one seeded with --seed {seed}); "
+                       "mse_per_pixel and psnr_db decode the mean code and do not")
     return out
 
 
@@ -231,9 +256,10 @@ def open_runs(paths: Sequence[str | Path], opts: Options) -> tuple[list[TrainedR
         for run_dir in found:
             try:
                 runs.append(open_run(run_dir, opts.checkpoint, opts.device))
+                commands.still_training(run_dir)
             except ConfigError as e:
                 if found == [Path(path)]:
-                    raise _as_flag(e) from None
+                    raise
                 skipped.append(f"{run_dir.name} ({e.problem})")
     if not runs:
         raise ConfigError("RUN", f"no job under {', '.join(map(str, paths))} has a checkpoint "
@@ -241,13 +267,6 @@ def open_runs(paths: Sequence[str | Path], opts: Options) -> tuple[list[TrainedR
     for s in skipped:
         log.warning("skipped %s", s)
     return runs, skipped
-
-
-def _as_flag(error: ConfigError) -> ConfigError:
-    """The device errors of ``open_run`` name the training config's key: name the flag here."""
-    if error.key == "device":
-        return ConfigError("--device", error.problem, "pass --device cpu (or --device auto)")
-    return error
 
 
 def check_likelihood(runs: Sequence[TrainedRun], opts: Options) -> None:
@@ -271,6 +290,8 @@ def output_dirs(runs: Sequence[TrainedRun], out: Path | None) -> list[Path]:
     """Where each run's ``eval.json`` goes: its run dir, or ``--out`` (several runs: ``--out``/the
     run's dir relative to the runs' common parent, as in the table), made if needed."""
     if out is None:
+        for run in runs:  # a run still training: its dir is its own (aecli.use.commandline)
+            commands.check_writable(run.run_dir, run.run_dir)
         return [run.run_dir for run in runs]
     parent = common_parent([r.run_dir for r in runs])
     dirs = [out / run.run_dir.absolute().relative_to(parent) if len(runs) > 1 else out for run in runs]
@@ -291,15 +312,23 @@ def write_run_outputs(run: TrainedRun, result: dict[str, Any], where: Path | Non
 
 
     where = run.run_dir if where is None else where
+    remove_stale_temps(where)  # what evaluations killed mid-write left
     rundir.write_json(where / "eval.json", result)
-    earlier = list(where.glob(f"events.out.tfevents.*{EVENTS_SUFFIX}"))
-    writer = SummaryWriter(log_dir=str(where), filename_suffix=EVENTS_SUFFIX)
-    for key, value in result.items():
-        if key.startswith(TB_PREFIXES) and isinstance(value, (int, float)) and not isinstance(value, bool):
-            writer.add_scalar(f"eval/{key}", value, result["step"])
-    writer.close()
-    for path in earlier:
-        path.unlink(missing_ok=True)
+    earlier = sorted(where.glob(f"events.out.tfevents.*{EVENTS_SUFFIX}"))
+    staging = temp_dir(where)
+    try:
+        writer = SummaryWriter(log_dir=str(staging), filename_suffix=EVENTS_SUFFIX)
+        for key, value in result.items():
+            if key.startswith(TB_PREFIXES) and isinstance(value, (int, float)) and not isinstance(value, bool):
+                writer.add_scalar(f"eval/{key}", value, result["step"])
+        writer.close()
+        (new,) = staging.iterdir()
+        # one rename, in place of the earlier file: a kill leaves the old scalars or the new, never both
+        atomic_move(new, earlier[0] if earlier else where / new.name)
+        for path in earlier[1:]:
+            path.unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def common_parent(dirs: Sequence[Path]) -> Path:
@@ -324,10 +353,12 @@ def write_table(runs: Sequence[TrainedRun], results: Sequence[dict[str, Any]], o
     out.mkdir(parents=True, exist_ok=True)
     notes = "".join(f"- {row['run']}: {n}\n" for row, r in zip(rows, results) for n in r["notes"])
     representations = representation_table([row["run"] for row in rows], results)
-    text = (f"# Evaluation of {len(runs)} runs\n\n{report.markdown(rows)}\n{legend(results, skipped)}"
+    compact = [{c: f"{v:.{DIGITS}g}" if isinstance(v, float) else v for c, v in row.items()
+                if not c.startswith(IN_REPRESENTATIONS)} for row in rows]
+    text = (f"# Evaluation of {len(runs)} runs\n\n{report.markdown(compact)}\n{legend(results, skipped)}"
             + (f"\n## Codes vs pixels vs PCA\n\n{representations}" if representations else "")
             + (f"\nNotes:\n{notes}" if notes else ""))
-    (out / "eval.md").write_text(text)
+    atomic_write_text(out / "eval.md", text)
     tables.write_csv(rows, out / "eval.csv")
     log.info("wrote %s, %s", out / "eval.md", out / "eval.csv")
 
@@ -365,7 +396,7 @@ def run_table(result: dict[str, Any]) -> str:
     """One run's results as two markdown tables: the test metrics, and codes vs pixels vs PCA."""
     head = (f"{result['run_dir']} ({result['checkpoint']}, step {result['step']}, epoch {result['epoch']}): "
             f"{result['model']}, loss {result['loss']}, noise {result['noise']}")
-    metrics_rows = [[k.removeprefix("test/"), f"{v:.5g}"] for k, v in result.items() if k.startswith("test/")]
+    metrics_rows = [[k.removeprefix("test/"), f"{v:.{DIGITS}g}"] for k, v in result.items() if k.startswith("test/")]
     if "denoise_noise" in result:
         metrics_rows.append(["denoising noise", result["denoise_noise"]])
     lines = [head, "", tables.markdown(metrics_rows, ["test metric", "value"], numbers_right=False)]

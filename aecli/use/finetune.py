@@ -48,8 +48,10 @@ def recipe(args: argparse.Namespace) -> None:
     if data.labels is None:
         raise ConfigError("RUN", "this run's dataset has no labels to fine-tune on",
                           "train on a labelled dataset (digits, mnist, ..., a folder with one sub-folder per class)")
-    test_pixels = data.as_float(data.test[:]).flatten(1).cpu()
-    test_codes = inference.codes(run, data.test, data.max_value).cpu()
+    keep = scored_test_images(data)
+    test_labels = data.labels["test"][keep]
+    test_pixels = data.as_float(data.test[:]).flatten(1).cpu()[keep]
+    test_codes = inference.codes(run, data.test, data.max_value).cpu()[keep]
     accuracy: dict[str, list[float]] = {name: [] for name in (*TRAINED, *PROBES)}
     unconverged: set[str] = set()
     for seed in commands.progress(range(args.seed, args.seed + args.seeds), args.seeds, "seeds"):
@@ -57,16 +59,29 @@ def recipe(args: argparse.Namespace) -> None:
         for name, weights in TRAINED.items():
             model = classifier(run, weights, n_classes(data), seed)
             fit(model, x, y, args.steps, args.lr, seed)
-            accuracy[name].append(test_accuracy(run, model, data))
+            accuracy[name].append(test_accuracy(run, model, data, keep))
         with torch.no_grad():
             codes = run.model.encode(x).cpu()
         for name, train, test in ((PROBES[0], codes, test_codes), (PROBES[1], x.flatten(1).cpu(), test_pixels)):
             features = probes.Features(train.numpy(), test.numpy())
-            score, converged = probes.linear_probe(features, y.cpu().numpy(), data.labels["test"].numpy(), seed)
+            score, converged = probes.linear_probe(features, y.cpu().numpy(), test_labels.numpy(), seed)
             accuracy[name].append(score)
             if not converged:
                 unconverged.add(name)
-    report(run, args, accuracy, len(x), sorted(unconverged))
+    report(run, args, accuracy, len(x), sorted(unconverged), int(keep.sum()))
+
+
+def scored_test_images(data: ImageData) -> Tensor:
+    """Which test images are scored: those of the classes that have labelled train images. A run
+    trained with ``dataset.classes`` has test images of the held-out classes too, which no
+    classifier trained here can get right; they are left out, and the user told so."""
+    trained = data.labels["train"].unique()
+    keep = torch.isin(data.labels["test"], trained)
+    if not keep.all():
+        missing = sorted({commands.class_name(data.classes, int(k)) for k in data.labels["test"][~keep]})
+        print(f"note: class(es) {', '.join(missing)} have no train images in this run (dataset.classes): their "
+              f"{int((~keep).sum())} test images are left out; accuracy is over the other {int(keep.sum())}")
+    return keep
 
 
 def labelled_subset(data: ImageData, per_class: int, seed: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -108,13 +123,14 @@ def fit(model: Classifier, x: Tensor, y: Tensor, steps: int, lr: float, seed: in
 
 
 @torch.no_grad()
-def test_accuracy(run: TrainedRun, model: Classifier, data: ImageData) -> float:
+def test_accuracy(run: TrainedRun, model: Classifier, data: ImageData, keep: Tensor) -> float:
+    """The accuracy over the test images ``keep`` marks."""
     predicted = torch.cat([model(x).argmax(1) for x in inference.float_batches(run, data.test, data.max_value, "test")])
-    return float((predicted.cpu() == data.labels["test"]).double().mean())
+    return float((predicted.cpu() == data.labels["test"])[keep].double().mean())
 
 
 def report(run: TrainedRun, args: argparse.Namespace, accuracy: dict[str, list[float]], n_labelled: int,
-           unconverged: Sequence[str] = ()) -> None:
+           unconverged: Sequence[str] = (), test_images: int | None = None) -> None:
     """The accuracy table, the gain from pre-training, the probes that stopped before
     converging, and the JSON record."""
     n = args.labels_per_class
@@ -129,7 +145,8 @@ def report(run: TrainedRun, args: argparse.Namespace, accuracy: dict[str, list[f
               "converging (for some seed): the accuracy of that early-stopped fit")
     path = commands.out_dir(args, run) / f"finetune_{n}_per_class.json"
     rundir.write_json(path, {"labels_per_class": n, "labelled_images": n_labelled, "steps": args.steps,
-                             "lr": args.lr, "seeds": args.seeds, "test_accuracy": accuracy, "pretraining_gain": gain,
+                             "lr": args.lr, "seeds": args.seeds, "test_images": test_images,
+                             "test_accuracy": accuracy, "pretraining_gain": gain,
                              "probe_max_iter": probes.PROBE_MAX_ITER, "probe_unconverged": list(unconverged)})
     commands.wrote(path)
 

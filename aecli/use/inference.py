@@ -2,6 +2,7 @@
 per-image reconstruction errors; and the user's own image files, read as the model takes them."""
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,12 +63,17 @@ def errors(run: TrainedRun, images: Tensor | ImageFiles, max_value: float) -> Te
 
 
 def image_files(folder: Path, key: str, skip: Path | None = None) -> list[Path]:
-    """Every file under ``folder`` as a folder dataset lists it (``aecli.data.sources.image_files``,
-    any extension: each file that is no image is named when read), ``skip``'s contents left out;
-    no folder there is a ``ConfigError`` naming ``key``."""
+    """The image files under ``folder`` as a folder dataset lists them (``aecli.data.sources.image_files``:
+    by extension), ``skip``'s contents left out; the other files are counted in one note (each
+    image file that cannot be read is named when read). No folder there is a ``ConfigError`` naming ``key``."""
     if not folder.is_dir():
         raise ConfigError(key, f"no folder at {folder}", "pass a folder that holds your images")
-    return sources.image_files(folder, extensions=None, skip=skip)
+    images = sources.image_files(folder, skip=skip)
+    others = len(sources.image_files(folder, extensions=None, skip=skip)) - len(images)
+    if others:
+        print(f"left out {others} file(s) in {folder} that are no images by their extension "
+              f"({', '.join(sources.IMAGE_EXTENSIONS)})", file=sys.stderr)
+    return images
 
 
 def read_images(files: list[Path], shape: tuple[int, ...]) -> tuple[list[Path], Tensor]:

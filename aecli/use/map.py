@@ -4,14 +4,18 @@ themselves (a ``latent_dim=2`` model). A PNG, and the same figure in TensorBoard
 from __future__ import annotations
 
 import argparse
+import textwrap
 
 import numpy as np
 
 from aecli.errors import ConfigError
+from aecli.figures import save_figure
 from aecli.use import commandline as commands
 from aecli.use import inference
 
 FIGSIZE, DPI = (8.0, 6.5), 100  # map_METHOD.png is 800 x 650 pixels
+TITLE_CHARS = 80  # a title line that fits the plot's width
+AXES = {"pca": "principal component", "tsne": "t-SNE dimension", "code": "code number"}
 TITLES = {"pca": "PCA of the codes", "tsne": "t-SNE of the codes", "code": "the codes (latent_dim=2)"}
 
 
@@ -27,11 +31,11 @@ def recipe(args: argparse.Namespace) -> None:
     codes = inference.codes(run, data.test, data.max_value).cpu().numpy()
     xy = to_2d(codes, args.method, args.seed)
     labels = data.labels["test"].numpy() if data.labels is not None else None
-    fig = scatter(xy, labels, data.classes, f"{type(run.model).__name__}: {TITLES[args.method]}, "
-                  f"{len(codes)} test images")
+    fig = scatter(xy, labels, data.classes, f"{commands.run_title(run)}: {TITLES[args.method]}, "
+                  f"{len(codes)} test images, one dot each", AXES[args.method])
     out = commands.out_dir(args, run)
     path = out / f"map_{args.method}.png"
-    fig.savefig(path, dpi=DPI)
+    save_figure(fig, path)
     from torch.utils.tensorboard import SummaryWriter
 
     with SummaryWriter(log_dir=str(out)) as writer:
@@ -53,7 +57,8 @@ def to_2d(codes: np.ndarray, method: str, seed: int) -> np.ndarray:
     return TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(codes)
 
 
-def scatter(xy: np.ndarray, labels: np.ndarray | None, classes: list[str] | None, title: str):
+def scatter(xy: np.ndarray, labels: np.ndarray | None, classes: list[str] | None, title: str,
+            axis: str = "dimension"):
     """A matplotlib figure: one colour per label, with a legend (grey dots without labels)."""
     import matplotlib
 
@@ -67,9 +72,11 @@ def scatter(xy: np.ndarray, labels: np.ndarray | None, classes: list[str] | None
         cmap = plt.get_cmap("tab10" if labels.max() < 10 else "tab20")
         for k in np.unique(labels):
             at = labels == k
-            name = classes[k] if classes is not None and k < len(classes) else str(k)
+            name = commands.class_name(classes, int(k))
             ax.scatter(xy[at, 0], xy[at, 1], s=8, color=cmap(int(k) % cmap.N), alpha=0.8, label=name)
         ax.legend(title="label", loc="center left", bbox_to_anchor=(1.0, 0.5), markerscale=2, frameon=False)
-    ax.set_title(title)
+    ax.set_title("\n".join(textwrap.wrap(title, TITLE_CHARS)))
+    ax.set_xlabel(f"{axis} 1")
+    ax.set_ylabel(f"{axis} 2")
     return fig
 

@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from aecli.errors import ConfigError
+from aecli.store.atomic import atomic_write, atomic_write_text, remove_stale_temps
 from aecli.store.rundir import job_dirs, read_json
 from aecli.use import tables
 
@@ -74,15 +75,15 @@ class Job:
         return self.metrics.get(self.objective_name) if self.status == DONE and self.objective_name else None
 
 
-def read_overrides(path: Path) -> dict[str, str]:
-    """``.hydra/overrides.yaml`` as key -> value strings (``+key``/``++key`` as ``key``); {} if
+def read_overrides(path: Path) -> dict[str, str] | None:
+    """``.hydra/overrides.yaml`` as key -> value strings (``+key``/``++key`` as ``key``); None if
     the file is missing or unreadable (the job is then listed as broken)."""
     try:
         items = yaml.safe_load(path.read_text()) or []
     except (OSError, yaml.YAMLError, UnicodeDecodeError):
-        return {}
+        return None
     if not isinstance(items, list):
-        return {}
+        return None
     return dict((s.split("=", 1) + [""])[:2] for s in (str(o).lstrip("+~") for o in items))
 
 
@@ -94,7 +95,8 @@ def read_job(job_dir: Path) -> Job:
     it could record how it ended."""
 
     num = _yaml_get(job_dir / ".hydra" / "hydra.yaml", "hydra", "job", "num")  # "???" for a single run
-    job = Job(job_dir, num if isinstance(num, int) else None, read_overrides(job_dir / ".hydra" / "overrides.yaml"),
+    overrides = read_overrides(job_dir / ".hydra" / "overrides.yaml")
+    job = Job(job_dir, num if isinstance(num, int) else None, overrides or {},
               RUNNING, objective_key=_yaml_get(job_dir / ".hydra" / "config.yaml", "objective"))
     evaluated, _ = read_json(job_dir / "eval.json")
     job.eval = evaluated if isinstance(evaluated, dict) else {}
@@ -108,6 +110,8 @@ def read_job(job_dir: Path) -> Job:
         job.status, job.error = STOPPED, recorded.get("error") or "stopped by a signal"
     elif metrics_problem not in (None, "missing") or (metrics is not None and not isinstance(metrics, dict)):
         job.status, job.error = BROKEN, f"metrics.json {metrics_problem or 'is not a JSON object'}"
+    elif overrides is None:  # its swept values are unknown: it cannot take its place in the table
+        job.status, job.error = BROKEN, ".hydra/overrides.yaml is unreadable (not a YAML list)"
     elif metrics is not None:
         job.status, job.metrics = DONE, metrics
     return job
@@ -131,12 +135,30 @@ def read_sweep(sweep_dir: Path) -> list[Job]:
         raise ConfigError("SWEEP_DIR", f"{sweep_dir} is not a directory",
                           "pass the dir of a multirun, e.g. aecli report multirun/2026-01-01/12-00-00-123456")
     jobs = [read_job(d) for d in job_dirs(sweep_dir)]
+    fill_defaults(jobs)
     if not jobs:
         below = sweeps_below(sweep_dir)
         raise ConfigError("SWEEP_DIR", f"{sweep_dir} holds no job dirs (subdirs with .hydra/overrides.yaml)"
                           + (f"; it holds {describe_sweeps(below)}" if below else ""),
                           "pass the dir of one multirun (python -m aecli.train -m ... prints it: 'sweep output dir')")
     return jobs
+
+
+def fill_defaults(jobs: Sequence[Job]) -> None:
+    """Single runs gathered in one dir (the README's one model per command): a key that some jobs
+    override and others leave at its default gets the default's value in the others (the group
+    choice Hydra recorded, e.g. ``model=ae``, else the composed config's value), and a job
+    without a Hydra job number (a single run) is numbered by its place in the dir."""
+    keys = list(dict.fromkeys(k for j in jobs for k in j.overrides))
+    for i, job in enumerate(jobs):
+        if job.num is None:
+            job.num = i
+        for key in keys:
+            if key not in job.overrides:
+                choice = _yaml_get(job.dir / ".hydra" / "hydra.yaml", "hydra", "runtime", "choices", key)
+                value = choice if choice is not None else _yaml_get(job.dir / ".hydra" / "config.yaml",
+                                                                    *key.split("."))
+                job.overrides[key] = "(default)" if value is None or isinstance(value, dict) else str(value)
 
 
 def sweeps_below(path: Path) -> list[Path]:
@@ -244,15 +266,17 @@ def plot(jobs: Sequence[Job], keys: Sequence[str], path: Path, log_keys: set[str
         fig.text(0.5, 0.5, f"no completed jobs yet{note}", ha="center", va="center", fontsize=14)
     elif "model" in keys and "noise" in keys:
         _model_noise_bars(fig, done)
-        fig.suptitle(f"best test MSE per pixel, model x noise{note}")
+        fig.suptitle(f"{path.parent.name}: best test MSE per pixel, model x noise{note}")
     else:
         names = {j.objective_name for j in done}
         metric, label = (("objective", f"objective ({names.pop()})") if len(names) == 1
                          else ("test/mse_per_pixel", "test MSE per pixel"))
-        _panels(fig, done, keys, metric, label, log_keys)
-        fig.suptitle(f"{label} per swept value{note}")
-    fig.savefig(path, dpi=DPI)  # no bbox_inches="tight": the pixel size stays FIGSIZE x DPI
-    plt.close(fig)
+        _panels(fig, done, keys or ["job"], metric, label, log_keys)  # no override: one point per job
+        fig.suptitle(f"{path.parent.name}: {label} per swept value{note}")
+    try:  # no bbox_inches="tight": the pixel size stays FIGSIZE x DPI
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=DPI))
+    finally:
+        plt.close(fig)
 
 
 def _value(job: Job, metric: str) -> float:
@@ -260,11 +284,11 @@ def _value(job: Job, metric: str) -> float:
 
 
 def _model_noise_bars(fig: Any, done: Sequence[Job]) -> None:
-    models = list(dict.fromkeys(j.overrides["model"] for j in done))
-    noises = list(dict.fromkeys(j.overrides["noise"] for j in done))
+    models = list(dict.fromkeys(j.overrides.get("model", "") for j in done))
+    noises = list(dict.fromkeys(j.overrides.get("noise", "") for j in done))
     best: dict[tuple[str, str], float] = {}
     for j in done:  # other swept keys: the best job of each cell
-        cell = (j.overrides["model"], j.overrides["noise"])
+        cell = (j.overrides.get("model", ""), j.overrides.get("noise", ""))
         best[cell] = min(best.get(cell, math.inf), _value(j, "test/mse_per_pixel"))
     ax = fig.add_subplot(1, 1, 1)
     width = 0.8 / len(noises)
@@ -282,7 +306,7 @@ def x_axis(done: Sequence[Job], key: str, log_keys: set[str]) -> tuple[list[floa
     """A panel's x positions of ``done``'s values of ``key``, the category names (None for
     numbers; categories keep the sweep's order) and whether the axis is logarithmic (``key``
     searched on a log scale, or positive values spanning LOG_RATIO or more)."""
-    values = [j.overrides.get(key, "") for j in done]
+    values = [str(j.num) if key == "job" else j.overrides.get(key, "") for j in done]
     try:
         xs = [float(x) for x in values]
     except ValueError:
@@ -320,6 +344,7 @@ def _panels(fig: Any, done: Sequence[Job], keys: Sequence[str], metric: str, lab
 def report(sweep_dir: Path, sort: str = DEFAULT_SORT) -> str:
     """Write report.md, report.csv and report.png into ``sweep_dir``; return the markdown table."""
     jobs = read_sweep(sweep_dir)
+    remove_stale_temps(sweep_dir)  # what reports killed mid-write left
     keys = swept_keys(jobs)
     evaluated = [(col, key) for col, key in EVAL_COLUMNS.items() if any(key in j.eval for j in jobs)]
     rows = sort_rows([row(j, keys, evaluated) for j in jobs], sort)
@@ -330,7 +355,8 @@ def report(sweep_dir: Path, sort: str = DEFAULT_SORT) -> str:
     if below:  # e.g. a date dir: its own job dirs are reported, the sweeps in its sub-dirs are not
         summary += f"; left out: {describe_sweeps(below)} (report each one on its own)"
     note = notes(jobs, evaluated)
-    (sweep_dir / "report.md").write_text(f"# Sweep {sweep_dir}\n\n{len(jobs)} jobs: {summary}\n\n{table}\n{note}\n")
+    atomic_write_text(sweep_dir / "report.md",
+                      f"# Sweep {sweep_dir}\n\n{len(jobs)} jobs: {summary}\n\n{table}\n{note}\n")
     tables.write_csv(rows, sweep_dir / "report.csv")
     plot(jobs, keys, sweep_dir / "report.png", log_scaled_keys(sweep_dir, jobs))
     return f"{len(jobs)} jobs in {sweep_dir}: {summary}\n\n{table}\n{note}\n"

@@ -10,13 +10,12 @@
 from __future__ import annotations
 
 import argparse
-import math
 
 import torch
 from torch import Tensor
 
 from aecli.errors import ConfigError
-from aecli.images import image_grid, save_png
+from aecli.figures import Axes, as_rows, grid_figure, save_figure
 from aecli.models import HasPrior
 from aecli.use import commandline as commands
 from aecli.use import inference
@@ -25,17 +24,31 @@ from aecli.use.trained import TrainedRun
 
 def recipe(args: argparse.Namespace) -> None:
     run = commands.open_run(args)
+    who = commands.run_title(run)
     if args.interpolate is not None:
         data = run.data(args.data_root)
         a, b = (commands.test_index(i, len(data.test), "--interpolate") for i in args.interpolate)
         ends = data.as_float(inference.pick(data.test, [a, b], run.device))
-        rows, name = [torch.cat([ends[:1], walk(run, ends[0], ends[1], args.steps), ends[1:]])], f"interpolate_{a}_{b}"
+        images = torch.cat([ends[:1], walk(run, ends[0], ends[1], args.steps), ends[1:]])
+        t = torch.linspace(0.0, 1.0, args.steps).tolist()
+        captions = [f"test {a}\n(input)"] + [f"t={x:.2f}" for x in t] + [f"test {b}\n(input)"]
+        fig = grid_figure([images], f"{who}: the straight line from test image {a}'s code to {b}'s, decoded in "
+                          f"{args.steps} steps (t=0, t=1: the two reconstructions); the framed ends are the real "
+                          "images", captions=[captions], marked=[(0, 0), (0, len(images) - 1)])
+        name = f"interpolate_{a}_{b}_steps{args.steps}"
     elif args.manifold:
-        rows, name = manifold(run, args.side), "manifold"
+        rows, values = manifold(run, args.side)
+        fig = grid_figure(rows, f"{who}: the decoder over the 2-D prior, {args.side} x {args.side} codes at "
+                          "evenly spaced quantiles (5% to 95%) of N(0, 1)",
+                          axes=Axes("code number 1", values, "code number 2", values[::-1]))
+        name = f"manifold_side{args.side}"
     else:
-        rows, name = as_rows(prior_samples(run, args.n, args.seed)), "prior"
+        images = prior_samples(run, args.n, args.seed)
+        fig = grid_figure(as_rows(images), f"{who}: {args.n} images decoded from codes drawn from the prior "
+                          f"N(0, I) (seed {args.seed})")
+        name = f"prior_n{args.n}_seed{args.seed}"
     path = commands.out_dir(args, run) / f"sample_{name}.png"
-    save_png(image_grid(rows), path)
+    save_figure(fig, path)
     commands.wrote(path)
 
 
@@ -61,9 +74,10 @@ def walk(run: TrainedRun, a: Tensor, b: Tensor, steps: int) -> Tensor:
 
 
 @torch.no_grad()
-def manifold(run: TrainedRun, side: int) -> list[Tensor]:
+def manifold(run: TrainedRun, side: int) -> tuple[list[Tensor], list[float]]:
     """The decoder over a ``side`` x ``side`` grid of a 2-D prior's quantiles (5% to 95%),
-    first code number left to right, second bottom to top; one row per tensor."""
+    first code number left to right, second bottom to top; one row per tensor; and the code
+    values of the columns (left to right)."""
     model = run.model
     if not isinstance(model, HasPrior) or model.latent_dim != 2:
         raise ConfigError("--manifold", f"the manifold needs a VAE with latent_dim=2 (this run: "
@@ -75,13 +89,4 @@ def manifold(run: TrainedRun, side: int) -> list[Tensor]:
     for y in grid.flip(0):  # top row: the largest second code number
         z = torch.stack([grid, y.expand(side)], dim=1)
         rows.append(run.recon.output(model.decode(z)))
-    return rows
-
-
-def as_rows(images: Tensor) -> list[Tensor]:
-    """Images in a near-square grid (the last row padded with black)."""
-    cols = math.ceil(math.sqrt(len(images)))
-    pad = -len(images) % cols
-    images = torch.cat([images, images.new_zeros(pad, *images.shape[1:])])
-    return list(images.split(cols))
-
+    return rows, grid.cpu().tolist()

@@ -2,7 +2,9 @@
 pixel, data in [0, 1]) as a CSV, highest first on screen. An autoencoder reconstructs what it
 was trained on best, so a high error marks an image unlike the training data: anomaly detection.
 
-INPUT is a folder of images, or ``test`` for the run's test split. A run trained with
+INPUT is a folder of images, or ``test`` for the run's test split: ``scores_test.csv`` (index,
+file for a folder dataset, label, class, error), or ``scores_folder_NAME-HASH.csv`` (file, error;
+HASH tells folders of one name apart, so a folder named ``test`` never replaces the test split's). A run trained with
 ``dataset.classes`` (train and val hold only those classes, test holds all) gets the measured
 version: the ROC-AUC with which the error separates the held-out classes from the trained ones
 (0.5: no better than chance; 1: every held-out image scores above every trained one).
@@ -32,8 +34,11 @@ def recipe(args: argparse.Namespace) -> None:
         error = inference.errors(run, data.test, data.max_value)
         names = [f"test {i}" for i in range(len(error))]
         columns: dict[str, list[Any]] = {"index": list(range(len(error)))}
+        if data.files is not None:  # a folder dataset: where each test image came from
+            columns["file"] = [str(f) for f in data.files["test"]]
         if data.labels is not None:
             columns["label"] = data.labels["test"].tolist()
+            columns["class"] = [commands.class_name(data.classes, k) for k in columns["label"]]
         stem = "test"
     else:
         folder = Path(args.input)  # aecli.cli checked that it is one
@@ -43,7 +48,7 @@ def recipe(args: argparse.Namespace) -> None:
                               "pass a folder that holds PNG, JPEG, ... images")
         error = inference.errors(run, images.to(run.device), 1.0)
         names = [str(f) for f in files]
-        columns, stem = {"file": names}, folder.name or "images"
+        columns, stem = {"file": names}, f"folder_{commands.source_tag(folder)}"
     columns["error"] = [f"{e:.6g}" for e in error.tolist()]
     out = commands.out_dir(args, run)
     path = out / f"scores_{stem}.csv"
@@ -64,7 +69,7 @@ def held_out_auc(error: Tensor, data: ImageData, classes: list[int], out: Path) 
     from sklearn.metrics import roc_auc_score
 
     held_out = ~torch.isin(data.labels["test"], torch.tensor(classes))
-    name = (lambda k: data.classes[k] if data.classes else str(k))  # noqa: E731
+    name = (lambda k: commands.class_name(data.classes, k))  # noqa: E731
     missing = sorted({name(int(k)) for k in data.labels["test"][held_out]})
     auc = float(roc_auc_score(held_out.numpy(), error.numpy())) if 0 < held_out.sum() < len(error) else float("nan")
     record = {"trained_classes": classes, "held_out_classes": missing, "held_out_images": int(held_out.sum()),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +18,7 @@ from torch import Tensor
 
 from aecli.data import ImageData
 from aecli.errors import ConfigError
-from aecli.images import image_grid, save_png
+from aecli.figures import grid_figure, save_figure
 from aecli.store import rundir
 from aecli.use import commandline as commands
 from aecli.use import inference, probes
@@ -37,22 +38,40 @@ def recipe(args: argparse.Namespace) -> None:
         index = commands.test_index(args.query, n, "--query")
         image = data.as_float(inference.pick(data.test, [index], run.device))
         code, name = gallery[index], f"test{index}"
+        what = f"test image {index}"
     else:
         file = Path(args.query)
         if not file.is_file():
             raise ConfigError("--query", f"{args.query!r} is neither a test index nor an image file",
                               f"pass an index from 0 to {n - 1}, or the path of an image file")
         index, image = None, inference.read_image(file, run.model.input_shape, "--query").to(run.device)
-        code, name = run.model.encode(image)[0].detach(), file.stem
+        code, name = run.model.encode(image)[0].detach(), commands.source_tag(file)
+        what = str(file)
     similarity = F.cosine_similarity(gallery, code[None], dim=1)
     if index is not None:
         similarity[index] = -torch.inf  # the query itself is not its own neighbour
     best = similarity.topk(args.k)
-    path = commands.out_dir(args, run) / f"search_{name}.png"
+    path = commands.out_dir(args, run) / f"search_{name}_k{args.k}.png"
     neighbours = data.as_float(inference.pick(data.test, best.indices, run.device))
-    save_png(image_grid([torch.cat([image, neighbours])]), path)
+    fig = figure(run, torch.cat([image, neighbours]), what, best.indices.cpu(), best.values.cpu(), data, index)
+    save_figure(fig, path)
     print(neighbours_table(best.indices.cpu(), best.values.cpu(), data.labels, data.classes, index))
     commands.wrote(path)
+
+
+def figure(run: TrainedRun, images: Tensor, what: str, indices: Tensor, similarity: Tensor, data: ImageData,
+           query: int | None) -> Any:
+    """The query (framed) and its neighbours, each captioned with its rank, test index,
+    similarity and label."""
+    label = (lambda i: f"'{commands.class_name(data.classes, int(data.labels['test'][i]))}'" if data.labels is not None  # noqa: E731
+             else "")
+    first = f"query\n{'test ' + str(query) if query is not None else 'your image'}\n" + (
+        label(query) if query is not None else "")
+    captions = [first] + [f"#{r + 1}\ntest {int(i)}\nsim {float(s):.3f}\n{label(int(i))}"
+                          for r, (i, s) in enumerate(zip(indices, similarity))]
+    title = (f"{commands.run_title(run)}: the {len(indices)} test images whose codes are nearest to {what}'s "
+             "(cosine similarity), nearest first; the query is framed")
+    return grid_figure([images], title, captions=[captions], marked=[(0, 0)])
 
 
 def check_k(k: int, n: int) -> int:
@@ -66,7 +85,7 @@ def check_k(k: int, n: int) -> int:
 def neighbours_table(indices: Tensor, similarity: Tensor, labels: dict[str, Tensor] | None,
                      classes: list[str] | None, query: int | None) -> str:
     """The neighbours (test index, label, cosine similarity), and how many share the query's label."""
-    name = (lambda k: classes[k] if classes else str(k))  # noqa: E731
+    name = (lambda k: commands.class_name(classes, k))  # noqa: E731
     rows = [[r + 1, int(i), name(int(labels["test"][i])) if labels else "", f"{s:.3f}"]
             for r, (i, s) in enumerate(zip(indices, similarity))]
     text = commands.table(rows, ["rank", "test index", "label", "cosine similarity"])

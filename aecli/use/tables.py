@@ -2,23 +2,26 @@
 README quotes) and the same rows as CSV. No torch here: ``aecli.use.report`` answers fast."""
 from __future__ import annotations
 
-import csv
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from aecli.store.atomic import write_csv as store_csv
+
+MARKDOWN_SPECIAL = re.compile(r"[\\|<>`]")  # escaped in cells: column breaks, HTML, code
 CELL_WIDTH = 160  # characters of one markdown cell (a failed job's error); the CSV has it all
 
 
 def cell(value: Any, width: int = CELL_WIDTH) -> str:
     """One markdown cell: None empty, floats to 5 significant digits (thousands and up as whole
-    numbers), whitespace folded, ``|`` escaped, at most ``width`` characters. Text the caller
-    formatted stays as it is."""
+    numbers), whitespace folded, ``\\ | < > ` `` escaped (a value shows as text, never as markup:
+    a swept value from someone else's sweep dir), at most ``width`` characters."""
     if value is None:
         return ""
     if isinstance(value, float):
         return f"{value:,.0f}" if value >= 1000 else f"{value:.5g}"
-    text = " ".join(str(value).split()).replace("|", "\\|")
+    text = MARKDOWN_SPECIAL.sub(r"\\\g<0>", " ".join(str(value).split()))  # text, never markup
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -38,8 +41,7 @@ def markdown_records(records: Sequence[Mapping[str, Any]], columns: Sequence[str
 
 
 def write_csv(records: Sequence[Mapping[str, Any]], path: Path) -> None:
-    """``records`` as CSV: a header of the first record's keys, then one line per record."""
-    with Path(path).open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(records[0]))
-        writer.writeheader()
-        writer.writerows(records)
+    """``records`` as CSV: a header of the first record's keys, then one line per record; written
+    atomically, text quoted and formula-like text neutralised (``aecli.store.atomic.write_csv``)."""
+    header = list(records[0])
+    store_csv(Path(path), header, ([r.get(k) for k in header] for r in records))

@@ -89,7 +89,7 @@ def open_run(path: str | Path, which: str = "best", device: str = "auto",
     state, file = checkpoint.best_state(file, "RUN") if file.name == checkpoint.BEST \
         else (checkpoint.read(file, key="RUN"), file)
     checkpoint.check_targets(state["config"], trusted_targets, source=str(file), key="RUN")
-    target = torch.device(resolve_device(device))
+    target = resolve_device(device, flag="--device")
     model = checkpoint.build_model(state, trusted_targets).to(target)
 
     cfg = saved_config(state["config"], key="RUN")
