@@ -185,7 +185,7 @@ class ContractiveAutoencoderConfig:
     _target_: str = "aecli.models.ContractiveAutoencoder"
     hidden_dims: list[int] = sizes([], ge=1)  # []: one sigmoid layer (the closed-form penalty)
     latent_dim: int = bounded(64, ge=1)
-    contraction_weight: float = bounded(0.1, ge=0)  # times ||d code / d input||_F^2 per image
+    contraction_weight: float = bounded(0.01, ge=0)  # times ||d code / d input||_F^2 per image
     projections: int = bounded(1, ge=1)  # deeper encoders: random projections per image of the estimate
 
 
