@@ -162,7 +162,7 @@ def test_evaluate_reports_the_code_metrics_and_sample_says_a_vqvae_needs_a_learn
                             evaluate.Options(device="cpu", probe_images=0, progress=False, iw_samples=0))
     assert 0 <= vae["test/active_units"] <= 20
     assert not isinstance(vq.model, HasPrior)
-    with pytest.raises(ConfigError, match="VQ-VAE's codes need a learned prior"):
+    with pytest.raises(ConfigError, match="a VQ-VAE needs a learned prior over its code indices"):
         sample.prior_samples(vq, 4, 0)
     idx = vq.model.code_indices(torch.rand(3, 1, 8, 8))
     assert idx.shape == (3, 4) and idx.dtype == torch.long

@@ -108,8 +108,8 @@ class VectorQuantized(Autoencoder):
     Loss: reconstruction (per pixel) + the codebook loss (not with ``ema``) + ``beta`` x the
     commitment loss ||z_e - sg(e)||^2, both per number of the code vectors."""
 
-    why_no_prior = ("a VQ-VAE's codes need a learned prior over the code indices (a PixelCNN, "
-                    "van den Oord et al. 2017) that aecli does not train")
+    why_no_prior = ("a VQ-VAE needs a learned prior over its code indices, e.g. a PixelCNN as in van den Oord "
+                    "et al. 2017, and aecli does not train one")
 
     def _quantizer(self, codebook_size: int, code_dim: int, beta: float, ema: bool, decay: float,
                    restarts: bool) -> None:
