@@ -4,7 +4,7 @@ moves little when the input moves off the data."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -76,7 +76,7 @@ class ContractiveAutoencoder(Autoencoder):
         return {"jacobian_frobenius_sq": sums["jacobian"].item() / n}
 
 
-def exact_jacobian_norm_sq(encode: object, x: Tensor) -> Tensor:
+def exact_jacobian_norm_sq(encode: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     """||d encode / d x||_F^2 per image from the full Jacobian (small models: tests, comparisons)."""
     def one(xi: Tensor) -> Tensor:
         return encode(xi.unsqueeze(0)).squeeze(0)

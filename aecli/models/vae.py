@@ -39,6 +39,7 @@ class GaussianVAE(Autoencoder):
     """
 
     loss_unit = "per_image"
+    kl_steps: Tensor  # a buffer: the training steps taken
     ACTIVE_UNIT_VARIANCE = 0.01  # Burda et al. 2016: Cov_x(E_q[z_u]) above this makes unit u active
 
     def __init__(self, input_shape: Sequence[int], latent_dim: int, beta: float,
@@ -65,7 +66,7 @@ class GaussianVAE(Autoencoder):
             return self.beta
         t = self.kl_steps.float()
         if self.kl_schedule is KLSchedule.cyclical:
-            t = torch.remainder(t, float(self.kl_cycle_steps))
+            t = torch.remainder(t, float(self.kl_cycle_steps))  # the step within its cycle
         return self.beta * torch.clamp(t / float(self.kl_warmup_steps), max=1.0)
 
     def encode_stats(self, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -39,6 +39,11 @@ class Quantizer(nn.Module):
     Every update is in place on buffers (or the codebook parameter) without data-dependent
     branches, so a CUDA graph can replay it; the buffers are part of the model's state."""
 
+    codebook: Tensor  # a parameter, or with ema a buffer
+    usage: Tensor
+    cluster_size: Tensor
+    embed_sum: Tensor
+
     def __init__(self, size: int, dim: int, ema: bool, decay: float, restarts: bool) -> None:
         super().__init__()
         self.size, self.dim, self.ema, self.decay, self.restarts = size, dim, ema, decay, restarts
@@ -111,7 +116,7 @@ class VectorQuantized(Autoencoder):
     why_no_prior = ("a VQ-VAE needs a learned prior over its code indices, e.g. a PixelCNN as in van den Oord "
                     "et al. 2017, and aecli does not train one")
 
-    def _quantizer(self, codebook_size: int, code_dim: int, beta: float, ema: bool, decay: float,
+    def _init_codebook(self, codebook_size: int, code_dim: int, beta: float, ema: bool, decay: float,
                    restarts: bool) -> None:
         self.beta = float(beta)
         self.code_dim = int(code_dim)
@@ -167,7 +172,7 @@ class VQVAE(VectorQuantized):
         restarts: bool = D.restarts,
     ) -> None:
         super().__init__(input_shape)
-        self._quantizer(codebook_size, code_dim, beta, ema, decay, restarts)
+        self._init_codebook(codebook_size, code_dim, beta, ema, decay, restarts)
         self.latent_dim = int(codes) * self.code_dim
         dims = [math.prod(self.input_shape), *hidden_dims, self.latent_dim]
         self.encoder = mlp(dims)
@@ -200,11 +205,11 @@ class ConvVQVAE(VectorQuantized, ConvAutoencoder):
         restarts: bool = C.restarts,
     ) -> None:
         ConvAutoencoder.__init__(self, input_shape, channels, latent_dim=1)
-        self._quantizer(codebook_size, code_dim, beta, ema, decay, restarts)
+        self._init_codebook(codebook_size, code_dim, beta, ema, decay, restarts)
         self.map_size = self.feature_shape[1:]
         self.latent_dim = self.code_dim * math.prod(self.map_size)
-        self.to_latent = nn.Conv2d(self.feature_shape[0], self.code_dim, 1)
-        self.from_latent = nn.Conv2d(self.code_dim, self.feature_shape[0], 1)
+        self.to_latent = nn.Conv2d(self.feature_shape[0], self.code_dim, 1)  # type: ignore[assignment]
+        self.from_latent = nn.Conv2d(self.code_dim, self.feature_shape[0], 1)  # type: ignore[assignment]
 
     def rows(self, x: Tensor) -> Tensor:
         return self.to_latent(self.features(x)).permute(0, 2, 3, 1).reshape(-1, self.code_dim)
