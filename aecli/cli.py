@@ -2,7 +2,7 @@
 """``aecli COMMAND [ARGS]``: one command for all of aecli, one parser for every subcommand.
 
 ``aecli train ...`` hands its arguments to the Hydra app (``aecli.training.app``); the other
-commands share one set of options (``RUN``, ``--checkpoint``, ``--device``, ``--out``,
+commands share one set of options (``RUN``, ``--checkpoint``, ``--device``, ``--threads``, ``--out``,
 ``--data-root``, ``--seed``, ``--noise KIND[:LEVEL]``), each with one name, grammar and meaning.
 
 This module is light on purpose (argparse and ``aecli.config``, no torch): ``aecli --help``,
@@ -26,6 +26,7 @@ from aecli.declare import bound_of
 from aecli.errors import AecliError, ConfigError
 from aecli.store import rundir
 from aecli.store.atomic import failure_message, quiet_disk_errors_in_writer_threads
+from aecli.threads import parse_threads
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 RUN_HELP = "a run dir (the 'run dir: ...' that aecli train printed), or a checkpoint file in one"
@@ -104,7 +105,7 @@ def _parent() -> argparse.ArgumentParser:
 
 
 def run_options(many: bool = False) -> argparse.ArgumentParser:
-    """RUN (``many``: RUN...), --checkpoint, --device, --out: every command on a trained run."""
+    """RUN (``many``: RUN...), --checkpoint, --device, --threads, --out: every command on a trained run."""
     p = _parent()
     p.add_argument("run", metavar="RUN", nargs="+" if many else None,
                    help=RUN_HELP + (" (several; a multirun dir: every job in it)" if many else ""))
@@ -112,6 +113,9 @@ def run_options(many: bool = False) -> argparse.ArgumentParser:
                    help="the best model by the run's objective (default; by default its validation loss) "
                         "or the last one")
     device_option(p)
+    p.add_argument("--threads", type=parse_threads, default="auto", metavar="auto|N",
+                   help="torch's CPU threads: auto (default: the fastest for this model on this machine now, "
+                        "timed at startup in under a second) or a number")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="write the outputs into DIR (default: the run dir)")
     return p
@@ -125,7 +129,8 @@ def device_option(p: argparse.ArgumentParser, default: str = "auto") -> None:
 def data_options() -> argparse.ArgumentParser:
     p = _parent()
     p.add_argument("--data-root", metavar="DIR", default=None,
-                   help="where the run's dataset lies now, if it moved since training (its dataset.root)")
+                   help="where the run's dataset lies now, if it moved since training (its dataset.root; a "
+                   "table or corpus: its dataset.path)")
     return p
 
 
@@ -196,8 +201,14 @@ def _check_search(args: argparse.Namespace) -> None:
 
 
 def _search(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--query", metavar="INDEX|IMAGE_FILE",
-                   help="a test image's index, or an image file (converted and resized as the model takes it)")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--query", metavar="INDEX|IMAGE_FILE",
+                      help="a test item's index, or an image file (converted and resized as the model takes it)")
+    what.add_argument("--query-text", metavar="TEXT", help="a corpus run (dataset=text): search by this text")
+    what.add_argument("--query-file", metavar="DOC.txt", help="a corpus run (dataset=text): search by this document")
+    p.add_argument("--gallery", metavar="PATH", help="search your own collection instead of the test split: a "
+                   "folder of images, a table file or a corpus (as the run was trained on); encoded once, the codes "
+                   "cached by content in PATH's .aecli-cache/ (or --out)")
     p.add_argument("--k", type=at_least(1, "--k"), default=8, help="how many neighbours (default 8)")
     p.add_argument("--measure", action="store_true",
                    help="precision@k by label over the whole test split: codes vs pixels vs PCA of the same size")
@@ -250,13 +261,14 @@ def _check_sample(args: argparse.Namespace) -> None:
 
 
 def _score(p: argparse.ArgumentParser) -> None:
-    p.add_argument("input", metavar="INPUT", help="a folder of images, or test (the run's test split)")
+    p.add_argument("input", metavar="INPUT", help="a folder of images, or test (the run's test split); a table run: "
+                   "a table file; a corpus run: a folder of .txt files or a CSV / JSONL file")
 
 
 def _check_score(args: argparse.Namespace) -> None:
-    if args.input != "test" and not Path(args.input).is_dir():
-        raise ConfigError("INPUT", f"{args.input!r} is neither 'test' nor a folder",
-                          "pass a folder of images, or test for the run's test split")
+    if args.input != "test" and not Path(args.input).exists():
+        raise ConfigError("INPUT", f"{args.input!r} is neither 'test' nor a folder or file",
+                          "pass a folder of images (a table or corpus run: its file), or test for the run's test split")
 
 
 def _finetune(p: argparse.ArgumentParser) -> None:
@@ -284,6 +296,8 @@ def _bench(p: argparse.ArgumentParser) -> None:
                    help="config overrides for aecli's side, e.g. trainer.compile=true optim.fused=false")
     p.add_argument("--startup-runs", type=at_least(0, "--startup-runs"), default=3,
                    help="0: skip the startup measurement")
+    p.add_argument("--hog", type=at_least(0, "--hog"), default=0, metavar="N",
+                   help="then the same comparison with N busy-loop processes beside it (a loaded machine)")
 
 
 COMMANDS = (
@@ -307,7 +321,7 @@ COMMANDS = (
             ("aecli map RUN", "aecli map RUN --method tsne --seed 1", "aecli map RUN --method code   # latent_dim=2"),
             _map, lambda: [run_options(), data_options(), seed_options("PCA's solver and of t-SNE")]),
     Command("search", "similar-image search by code (cosine similarity), or its precision@k",
-            ("aecli search RUN --query 42 --k 8", "aecli search RUN --query my_digit.png",
+            ("aecli search RUN --query 42 --k 8", "aecli search RUN --query-text 'neural networks for text'",
              "aecli search RUN --measure --k 8"),
             _search, lambda: [run_options(), data_options(), seed_options("the PCA baseline of --measure")],
             check=_check_search),
@@ -327,7 +341,7 @@ COMMANDS = (
             ("aecli finetune RUN", "aecli finetune RUN --labels-per-class 1 --seeds 10"),
             _finetune, lambda: [run_options(), data_options(), seed_options("the first repeat")]),
     Command("bench", "time aecli's training step against a plain PyTorch loop",
-            ("aecli bench", "aecli bench --device cuda",
+            ("aecli bench", "aecli bench --hog 2   # also beside two busy-loop processes",
              "aecli bench --cases mlp-vae-128 --aecli trainer.compile=true"),
             _bench, module="aecli.training.bench"),
 )

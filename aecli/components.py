@@ -29,9 +29,13 @@ def build(cfg: DictConfig, group: str, **kwargs: Any) -> Any:
         raise ConfigError(group, f"cannot build {target}: {cause or e}", fix) from None
 
 
-def load_data(cfg: DictConfig) -> ImageData:
+def load_data(cfg: DictConfig, fitted: dict[str, Any] | None = None) -> ImageData:
     """The dataset ``cfg.dataset`` names, its train and val splits cut to ``dataset.classes``
-    when that is set (``aecli.data.keep_classes``; the loaders never see the key)."""
+    when that is set (``aecli.data.keep_classes``; the loaders never see the key). ``fitted``: a
+    vector dataset's stored transform (a checkpoint's ``data_transform``), applied instead of
+    fitting a new one, so a resumed or opened run sees the vectors it trained on."""
     node = OmegaConf.to_container(cfg.dataset, resolve=True)
     classes = node.pop("classes", None)
-    return keep_classes(build(OmegaConf.create({"dataset": node}), "dataset"), classes)
+    # _convert_: the transform reaches the loader as plain dicts and lists, as it was stored
+    extra = {"fitted": fitted, "_convert_": "all"} if fitted is not None else {}
+    return keep_classes(build(OmegaConf.create({"dataset": node}), "dataset", **extra), classes)

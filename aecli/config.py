@@ -252,6 +252,11 @@ class BinaryCrossEntropyConfig:
 
 
 @dataclass
+class MultinomialConfig:
+    _target_: str = "aecli.losses.Multinomial"
+
+
+@dataclass
 class DigitsConfig:
     _target_: str = "aecli.data.load_digits"
     val_fraction: float = bounded(0.1, gt=0, lt=1)
@@ -303,6 +308,56 @@ class SamplePatchesConfig:
     split_seed: int = 0  # fixes the blocks of each split and the crops
 
 
+class Scale(Enum):
+    standard = "standard"  # zero mean, unit variance (the train split's)
+    minmax = "minmax"  # [0, 1] over the train split's range
+    none = "none"
+
+
+class Missing(Enum):
+    refuse = "refuse"  # name the first row and column without a value
+    mean = "mean"  # fill with the train split's column mean
+    drop = "drop"  # leave those rows out
+
+
+class Representation(Enum):
+    binary = "binary"  # 1 where a word occurs (loss=bce)
+    counts = "counts"  # word counts (loss=multinomial)
+    tfidf = "tfidf"  # l2-normalised TF-IDF, idf from the train split
+
+
+@dataclass
+class TableConfig:
+    _target_: str = "aecli.data.load_table"
+    path: str = MISSING  # a .csv, .tsv, .npy or .npz file, one row per item
+    label_column: str | None = None  # class labels (left out of the features)
+    columns: list[str] | None = None  # the feature columns (null: all but the label)
+    drop_columns: list[str] | None = None
+    categorical: list[str] | None = None  # string columns to one-hot code (other string columns are refused)
+    scale: Scale = Scale.standard  # fitted on the train split, stored in the checkpoint
+    missing: Missing = Missing.refuse
+    val_fraction: float = bounded(0.1, gt=0, lt=1)
+    test_fraction: float = bounded(0.2, gt=0, lt=1)
+    split_seed: int = 0
+    classes: list[int] | None = None  # train/val keep only these class ids (test keeps all): score's AUC
+
+
+@dataclass
+class TextConfig:
+    _target_: str = "aecli.data.load_text"
+    path: str = MISSING  # a folder of .txt files (sub-folders: classes), or a CSV / JSONL file
+    text_column: str = "text"  # CSV / JSONL: the documents' column
+    label_column: str | None = None  # CSV / JSONL: the class labels' column
+    vocab_size: int = bounded(2000, ge=1)  # the most frequent words of the train split
+    representation: Representation = Representation.counts
+    stop_words: bool = True  # leave out scikit-learn's English stop words
+    min_df: int = bounded(2, ge=1)  # words in fewer train documents are left out
+    val_fraction: float = bounded(0.1, gt=0, lt=1)
+    test_fraction: float = bounded(0.2, gt=0, lt=1)
+    split_seed: int = 0
+    classes: list[int] | None = None
+
+
 # group -> option -> schema: every class and loader aecli builds, with its keys, defaults and
 # ranges. The models read their ``__init__`` defaults from here; the checkpoint allow-list is
 # their ``_target_``s (``targets``). Options that only set values (dae, mnist, ...) are YAML.
@@ -311,9 +366,9 @@ SCHEMAS: dict[str, dict[str, type]] = {
               "stacked": StackedAutoencoderConfig, "conv_vae": ConvVAEConfig, "sparse": SparseAutoencoderConfig,
               "contractive": ContractiveAutoencoderConfig, "vqvae": VQVAEConfig, "conv_vqvae": ConvVQVAEConfig},
     "noise": {"none": NoNoiseConfig, "binomial": MaskingNoiseConfig, "gaussian": GaussianNoiseConfig},
-    "loss": {"mse": SquaredErrorConfig, "bce": BinaryCrossEntropyConfig},
+    "loss": {"mse": SquaredErrorConfig, "bce": BinaryCrossEntropyConfig, "multinomial": MultinomialConfig},
     "dataset": {"digits": DigitsConfig, "torchvision": TorchvisionConfig, "folder": FolderConfig,
-                "photos": SamplePatchesConfig},
+                "photos": SamplePatchesConfig, "table": TableConfig, "text": TextConfig},
 }
 
 
@@ -428,7 +483,7 @@ def check(cfg: DictConfig) -> None:
     threads = OmegaConf.select(cfg, "trainer.num_threads", default=None)
     if threads not in (None, "auto") and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ConfigError("trainer.num_threads", f"{threads!r} is neither auto nor a whole number >= 1",
-                          "use trainer.num_threads=auto (cores / jobs running at once) or e.g. trainer.num_threads=4")
+                          "use trainer.num_threads=auto (the fastest count, timed) or e.g. trainer.num_threads=4")
     if OmegaConf.select(cfg, "dataset.channels", default=None) not in (None, 1, 3):
         raise ConfigError("dataset.channels", f"{cfg.dataset.channels} is not 1 or 3",
                           "use dataset.channels=1 (grey) or 3 (RGB)")

@@ -31,6 +31,14 @@ class ReconstructionLoss(Protocol):
         """The loss per element, shaped like ``target`` (the model reduces it)."""
 
 
+@runtime_checkable
+class ModelsWords(Protocol):
+    """A loss over word counts whose natural unit is nats per word (``loss=multinomial``)."""
+
+    def nats_per_word(self, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """The batch's summed ``-log p`` over its words, and how many words it holds."""
+
+
 class SquaredError:
     """Squared error on a linear output (``loss=mse``)."""
 
@@ -88,3 +96,24 @@ class BCEWithLogitsFloat32CPU(torch.autograd.Function):
         grad_target = -grad * logits if ctx.needs_input_grad[1] else None
         return grad_logits, grad_target
 
+
+
+class Multinomial:
+    """Multinomial reconstruction of word counts (``loss=multinomial``): a softmax over the last
+    dimension (the vocabulary) and ``-x_w log p_w`` per word, the document model of NVDM (Miao et
+    al. 2016). Summed over the vocabulary it is ``-log p(document | z)`` in nats, up to the
+    multinomial coefficient, which does not depend on the model."""
+
+    name = "multinomial"
+    log_likelihood = True  # summed over words: -log p(x | z) in nats (up to a constant)
+    needs_unit_range = False  # counts
+
+    def output(self, logits: Tensor) -> Tensor:
+        return logits.softmax(-1)
+
+    def elementwise(self, logits: Tensor, target: Tensor) -> Tensor:
+        return -target * logits.log_softmax(-1)
+
+    def nats_per_word(self, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """The batch's summed ``-log p`` over its words, and how many words it holds."""
+        return self.elementwise(logits, target).sum(), target.sum()

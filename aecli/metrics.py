@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from aecli.data import ImageData, batches
-from aecli.losses import ReconstructionLoss
+from aecli.losses import ModelsWords, ReconstructionLoss
 from aecli.models import HasLikelihoodBound, MeasuresCodes, likelihood_bound
 
 
@@ -36,11 +36,14 @@ def reconstruction(model: nn.Module, data: ImageData, raw: Tensor, recon: Recons
     sums: dict[str, Tensor] = {}
     code_sums: dict[str, Tensor] = {}
     squared_error = torch.zeros((), device=device, dtype=torch.float64)
+    nats_words = torch.zeros(2, device=device, dtype=torch.float64)  # word models: -log p, words
     for _, b in batches(raw, batch_size, torch.arange(len(raw), device=device)):
         x = data.as_float(b)
         for k, v in model.loss(x, x, recon).items():
             sums[k] = sums[k] + v.double() * x.shape[0] if k in sums else v.double() * x.shape[0]
         squared_error += (model.reconstruct(x, recon) - x).double().pow(2).sum()
+        if isinstance(recon, ModelsWords):
+            nats_words += torch.stack(recon.nats_per_word(model.decode(model.encode(x)), x)).double()
         if isinstance(model, MeasuresCodes):
             for k, v in model.code_sums(x).items():
                 code_sums[k] = code_sums[k] + v.double() if k in code_sums else v.double()
@@ -50,6 +53,9 @@ def reconstruction(model: nn.Module, data: ImageData, raw: Tensor, recon: Recons
     out = {f"{k}_{model.loss_unit}": v for k, v in means.items()}
     out["mse_per_pixel"] = squared_error.item() / math.prod(raw.shape[1:]) / n
     out["psnr_db"] = psnr_db(out["mse_per_pixel"])
+    if isinstance(recon, ModelsWords):  # the document model's unit: nats per word of the mean code
+        out["recon_nats_per_word"] = nats_words[0].item() / max(nats_words[1].item(), 1.0)
+        out["perplexity"] = math.exp(min(out["recon_nats_per_word"], 700.0))
     if isinstance(model, HasLikelihoodBound):
         out.update(model.extra_metrics(means, recon))
     if isinstance(model, MeasuresCodes):

@@ -99,8 +99,13 @@ def torch_threads(initial_threads):
 
 
 def _launches_aecli(args) -> bool:
-    words = [str(a) for a in (args if isinstance(args, (list, tuple)) else [args])]
-    return any(w.startswith(("aecli", "tests.faults")) or w.endswith("torchrun") or "aecli." in w for w in words)
+    """``python -m aecli...`` / ``-m tests.faults``, the ``aecli`` script, or torchrun (a ``python -c``
+    snippet that imports aecli to look at it is no run of aecli)."""
+    words = [str(a) for a in (args if isinstance(args, (list, tuple)) else str(args).split())]
+    modules = [words[i + 1] for i, w in enumerate(words[:-1]) if w == "-m"]
+    program = Path(words[0]).name if words else ""
+    return any(m.startswith(("aecli", "tests.faults", "torch.distributed")) for m in modules) \
+        or program in ("aecli", "torchrun")
 
 
 @pytest.fixture(autouse=True)

@@ -2,6 +2,7 @@
 model the same way (correctness here; speed is what ``python -m aecli.bench`` prints)."""
 import copy
 import re
+import subprocess
 
 import pytest
 import torch
@@ -109,16 +110,21 @@ def test_flop_count_of_the_mnist_vae_step():
     assert bench.step_flops_per_image(model, torch.rand(32, 1, 28, 28), BinaryCrossEntropy()) == 3_280_000
 
 
+def table_rows(out: str) -> dict[str, re.Match]:
+    return {m["path"]: m for m in re.finditer(
+        r"\| mlp-vae-128 \| (?P<path>\w+) \| (?P<threads>\d+) \| (?P<ips>[\d,]+) \| (?P<loss>[\d.]+) "
+        r"nats/image \| (?P<ratio>[\d.]+)x \| (?P<roof>\d+)% \|", out)}
+
+
 def test_bench_command_prints_a_table_of_both_paths(capsys):
     cli.main(["bench", "--cases", "mlp-vae-128", "--epochs", "1", "--repeat", "1", "--startup-runs", "0"])
     out = capsys.readouterr().out
     header = re.search(r"fp32 matmul ([\d.]+) GFLOP/s", out)
     assert header and float(header.group(1)) > 0
-    rows = {m["path"]: m for m in re.finditer(
-        r"\| mlp-vae-128 \| (?P<path>\w+) \| (?P<ips>[\d,]+) \| (?P<loss>[\d.]+) nats/image \| "
-        r"(?P<ratio>[\d.]+)x \| (?P<roof>\d+)% \|", out)}
+    rows = table_rows(out)
     assert set(rows) == {"baseline", "aecli"}
-    assert float(rows["baseline"]["ratio"]) == 1.0
+    ips = {path: int(r["ips"].replace(",", "")) for path, r in rows.items()}
+    assert float(rows["aecli"]["ratio"]) == pytest.approx(ips["aecli"] / ips["baseline"], abs=0.006)  # 2 decimals
     for r in rows.values():
         assert int(r["ips"].replace(",", "")) > 0
         assert 0 < int(r["roof"]) <= 100
@@ -144,3 +150,28 @@ def test_bench_on_cuda_without_a_gpu_names_the_flag(capsys):
     assert cli.main(["bench", "--device", "cuda", "--startup-runs", "0"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("aecli: error: --device:") and "use --device cpu" in err
+
+
+def test_bench_hog_prints_a_quiet_and_a_loaded_table_and_stops_its_hogs(capsys, monkeypatch):
+    """--hog 2: the comparison (faked here: the real one is timed above) runs again while two
+    busy loops run beside it; both tables are printed and no busy loop is left running."""
+    started = []
+
+    class Recorded(subprocess.Popen):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            if "while True: pass" in args[0]:
+                started.append(self)
+
+    def fake_case(name, data, device, epochs, extra=()):
+        running = sum(p.poll() is None for p in started)
+        return (bench.PathResult(100.0, 1.0, 2), bench.PathResult(300.0 + running, 1.0, 1), 1e6, "nats/image")
+
+    monkeypatch.setattr(bench.subprocess, "Popen", Recorded)
+    monkeypatch.setattr(bench, "bench_case", fake_case)
+    assert cli.main(["bench", "--cases", "mlp-vae-128", "--repeat", "1", "--startup-runs", "0", "--hog", "2"]) == 0
+    out = capsys.readouterr().out
+    quiet, loaded = out.split("\nquiet\n")[1].split("\nloaded: 2 busy-loop process(es) beside it\n")
+    assert table_rows(quiet)["aecli"]["ips"] == "300" and table_rows(loaded)["aecli"]["ips"] == "302"
+    assert table_rows(loaded)["aecli"]["threads"] == "1" and table_rows(loaded)["baseline"]["threads"] == "2"
+    assert len(started) == 2 and all(p.poll() is not None for p in started)  # started, and stopped

@@ -13,6 +13,7 @@ from aecli.data import ImageData
 from aecli.errors import ConfigError
 from aecli.losses import BinaryCrossEntropy, SquaredError
 from aecli.noise import GaussianNoise, MaskingNoise, NoNoise
+from aecli.training.placement import threads_per_job
 
 from .conftest import make_cfg
 
@@ -40,14 +41,16 @@ def test_groups_have_the_documented_options():
     assert options("model") == ["ae", "contractive", "conv", "conv_vae", "conv_vqvae", "dae", "sparse", "stacked",
                                 "vae", "vqvae"]
     assert options("noise") == ["binomial", "gaussian", "none"]
-    assert options("loss") == ["bce", "mse"]
-    assert options("dataset") == ["cifar10", "digits", "fashion_mnist", "folder", "kmnist", "mnist", "photos"]
+    assert options("loss") == ["bce", "mse", "multinomial"]
+    assert options("dataset") == ["cifar10", "digits", "fashion_mnist", "folder", "kmnist", "mnist", "photos", "table",
+                                  "text"]
     assert options("device") == ["auto", "cpu", "cuda", "mps"]
     assert {"mnist_vae", "keras_ae", "stacked_dae"} <= set(options("experiment"))
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)
-                                          if (g, o) != ("dataset", "folder")])
+                                          if (g, o) not in (("dataset", "folder"), ("dataset", "table"),
+                                                            ("dataset", "text"))])  # their path is required
 def test_every_option_composes_and_passes_the_checks(group, option):
     """The option's own values land in the composed config (its keys, under its package), and the
     group options it selects (``override /noise: binomial``) are in force, as composed alone."""
@@ -175,6 +178,12 @@ def test_a_bad_config_is_one_message_naming_the_key(overrides, key, words):
     assert "+" not in error.fix.split("=")[0]  # never Hydra's advice to append a key that does not exist
 
 
-@pytest.mark.parametrize("ok", ["auto", "4", "null"])
-def test_num_threads_is_auto_a_whole_number_or_null(ok):
-    check(make_cfg(f"trainer.num_threads={ok}"))
+@pytest.mark.parametrize("ok, two_jobs_on_4_cores, alone", [("auto", 2, None), ("4", 4, 4), ("null", None, None)])
+def test_num_threads_is_auto_a_whole_number_or_null(ok, two_jobs_on_4_cores, alone):
+    """Each accepted value means what the docs say: auto shares the cores between the jobs that
+    run at once (alone: torch's default, then timed on the CPU), a number is taken as is, null
+    leaves torch's default."""
+    cfg = make_cfg(f"trainer.num_threads={ok}")
+    check(cfg)
+    assert threads_per_job(cfg.trainer.num_threads, cores=4, jobs=2) == two_jobs_on_4_cores
+    assert threads_per_job(cfg.trainer.num_threads, cores=4, jobs=1) == alone

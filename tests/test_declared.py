@@ -74,8 +74,9 @@ def test_the_checkpoint_allow_list_is_what_the_components_declare():
                                 "aecli.models.SparseAutoencoder", "aecli.models.ContractiveAutoencoder",
                                 "aecli.models.VQVAE", "aecli.models.ConvVQVAE"}
     assert allowed["noise"] == {"aecli.noise.NoNoise", "aecli.noise.MaskingNoise", "aecli.noise.GaussianNoise"}
-    assert allowed["loss"] == {"aecli.losses.SquaredError", "aecli.losses.BinaryCrossEntropy"}
-    assert "aecli.data.load_digits" in allowed["dataset"]
+    assert allowed["loss"] == {"aecli.losses.SquaredError", "aecli.losses.BinaryCrossEntropy",
+                               "aecli.losses.Multinomial"}
+    assert {"aecli.data.load_digits", "aecli.data.load_table", "aecli.data.load_text"} <= allowed["dataset"]
 
 
 @pytest.mark.parametrize("override,key,suggested", [

@@ -19,6 +19,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
+from aecli import cli
 from aecli.data import cache as foldercache
 from aecli.errors import ConfigError
 from aecli.images import save_png
@@ -149,7 +150,7 @@ def test_report_writes_no_file_through_a_planted_link_and_quotes_what_it_copies(
     fake_sweep(tmp_path / "sweep", [["+tag=$(touch CANARY)", "seed=1"], ["+tag==HYPERLINK(\"x\")", "seed=2"]])
     for name in report.FILES:
         (tmp_path / "sweep" / name).symlink_to(victim)
-    assert report.main([str(tmp_path / "sweep")]) == 0
+    assert cli.main(["report", str(tmp_path / "sweep")]) == 0
     assert victim.read_text() == "export SAFE=1\n"
     for name in report.FILES:
         assert not (tmp_path / "sweep" / name).is_symlink() and (tmp_path / "sweep" / name).stat().st_size > 0
@@ -163,7 +164,7 @@ def test_report_writes_no_file_through_a_planted_link_and_quotes_what_it_copies(
 
 def test_report_of_a_sweep_without_overrides_draws_one_point_per_job(tmp_path):
     fake_sweep(tmp_path, [[], []])
-    assert report.main([str(tmp_path)]) == 0
+    assert cli.main(["report", str(tmp_path)]) == 0
     assert Image.open(tmp_path / "report.png").size == (1000, 600)
 
 
@@ -171,7 +172,7 @@ def test_report_names_a_job_whose_overrides_cannot_be_read_and_goes_on(tmp_path,
     fake_sweep(tmp_path, [["model=ae", "noise=none"], ["model=dae", "noise=gaussian"], ["model=ae", "noise=gaussian"]])
     broken = next(tmp_path.glob("1_*"))
     (broken / ".hydra" / "overrides.yaml").write_text("{{{ not yaml")
-    assert report.main([str(tmp_path)]) == 0
+    assert cli.main(["report", str(tmp_path)]) == 0
     rows = {r["job"]: r for r in csv.DictReader((tmp_path / "report.csv").open())}
     assert rows["1"]["status"] == report.BROKEN and "overrides.yaml" in rows["1"]["error"]
     assert rows["0"]["status"] == rows["2"]["status"] == report.DONE
@@ -374,7 +375,7 @@ def test_resume_of_a_dir_stopped_before_its_first_checkpoint_is_a_fresh_start_wi
     prepared = prepare(make_cfg(f"resume={run_dir}", "trainer.epochs=2"), run_dir,
                        overrides=[f"resume={run_dir}", "trainer.epochs=2"])
     try:
-        assert prepared.state is None
+        assert prepared.resume_from is None
         assert list(prepared.cfg.model.hidden_dims) == [32]  # the dir's own config
         assert prepared.cfg.trainer.epochs == 2  # a key that may change, typed now
     finally:

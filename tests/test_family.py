@@ -27,7 +27,7 @@ from .conftest import make_cfg, quick_cfg, read_events, read_metrics, without_ti
 from .test_ddp import finish, torchrun
 
 NEW = {"sparse": ["mean_activation", "near_zero_fraction"], "contractive": ["jacobian_frobenius_sq"],
-       "vqvae": ["perplexity", "codes_used"], "conv_vqvae": ["perplexity", "codes_used"]}
+       "vqvae": ["codebook_perplexity", "codes_used"], "conv_vqvae": ["codebook_perplexity", "codes_used"]}
 
 
 @pytest.mark.parametrize("model,extra", [
@@ -87,7 +87,7 @@ def test_the_contractive_jacobian_is_smaller_than_the_plain_aes(tmp_path):
 def test_dead_code_restarts_use_far_more_of_the_codebook(tmp_path):
     with_, _ = _val(["model=vqvae", "trainer.epochs=6"], tmp_path, "restarts")
     without, _ = _val(["model=vqvae", "model.restarts=false", "trainer.epochs=6"], tmp_path, "none")
-    assert with_["val/perplexity"] > 3 * without["val/perplexity"]
+    assert with_["val/codebook_perplexity"] > 3 * without["val/codebook_perplexity"]
     assert with_["val/codes_used"] > 3 * without["val/codes_used"]
     assert with_["val/mse_per_pixel"] < without["val/mse_per_pixel"]
 
@@ -157,7 +157,7 @@ def test_evaluate_reports_the_code_metrics_and_sample_says_a_vqvae_needs_a_learn
     run(quick_cfg("model=vae"), tmp_path / "vae")
     vq = open_run(tmp_path / "vq", device="cpu")
     result = evaluate.evaluate(vq, evaluate.Options(device="cpu", probe_images=0, progress=False))
-    assert 1 <= result["test/perplexity"] <= 256 and 0 < result["test/codes_used"] <= 1
+    assert 1 <= result["test/codebook_perplexity"] <= 256 and 0 < result["test/codes_used"] <= 1
     vae = evaluate.evaluate(open_run(tmp_path / "vae", device="cpu"),
                             evaluate.Options(device="cpu", probe_images=0, progress=False, iw_samples=0))
     assert 0 <= vae["test/active_units"] <= 20
@@ -276,4 +276,4 @@ def test_every_rank_keeps_the_same_codebook_with_ema_and_restarts(tmp_path):
         zero, one = torch.load(path), torch.load(str(path).replace("rank0", "rank1"))
         for key, value in zero.items():
             assert torch.equal(value, one[key]), key
-    assert math.isfinite(read_metrics(tmp_path / "run")["val/perplexity"])
+    assert math.isfinite(read_metrics(tmp_path / "run")["val/codebook_perplexity"])

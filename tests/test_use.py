@@ -311,7 +311,7 @@ def test_scoring_a_folder_named_test_keeps_the_test_splits_scores(dae, tmp_path,
     assert cli.main(["score", str(dae), "./test", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "scores_test.csv").read_text() == split  # not replaced
     [folder] = tmp_path.glob("scores_folder_test-*.csv")
-    assert folder.read_text().splitlines()[0] == "file,error"
+    assert next(csv.reader(folder.open())) == ["file", "error"]
 
 
 def test_finetune_reports_accuracies_above_chance(dae, tmp_path, capsys, monkeypatch):

@@ -14,6 +14,7 @@ import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,12 +73,21 @@ class ImageData:
     labels: dict[str, Tensor] | None = None  # "train" | "val" | "test" -> (N,) int64
     classes: list[str] | None = None  # label k's name
     files: dict[str, list[Path]] | None = None  # a folder dataset: each split's image files, aligned
+    # vectors (``aecli.data.vectors``): "table" or "text", float32 (N, D) splits, max_value 1
+    kind: str = "image"
+    transform: dict[str, Any] | None = None  # the fitted scaler / vocabulary, plain data (sealed)
+    features: list[str] | None = None  # feature k's name (a column, a word)
+    names: dict[str, list[str]] | None = None  # per split, each item's name (a document's file)
 
     @property
-    def shape(self) -> tuple[int, int, int]:
-        """(channels, height, width) of one image."""
-        c, h, w = self.train.shape[1:]
-        return int(c), int(h), int(w)
+    def shape(self) -> tuple[int, ...]:
+        """(channels, height, width) of one image; (D,) of one vector."""
+        return tuple(int(s) for s in self.train.shape[1:])
+
+    @property
+    def images(self) -> bool:
+        """Whether items are images (grids, PNGs, SSIM apply) rather than vectors."""
+        return self.kind == "image"
 
     @property
     def streamed(self) -> bool:
@@ -94,8 +104,9 @@ class ImageData:
         return {"train": self.train, "val": self.val, "test": self.test}[name]
 
     def as_float(self, raw: Tensor) -> Tensor:
-        """A raw batch as float32 in [0, 1]."""
-        return raw.to(torch.float32).mul_(1.0 / self.max_value)
+        """A raw batch as float32 in [0, 1] (vectors: as they are, already transformed)."""
+        x = raw.to(torch.float32)
+        return x if self.max_value == 1.0 else x.mul_(1.0 / self.max_value)
 
 
 def batches(raw: Tensor | ImageFiles, batch_size: int, perm: Tensor, start: int = 0):
@@ -167,7 +178,10 @@ def keep_classes(data: ImageData, classes: list[int] | None) -> ImageData:
             raise ConfigError("dataset.classes", f"the {name} split holds no image of classes {classes}",
                               "pick classes that the dataset has images of")
         cut[name], labels[name] = _subset(data.split(name), index), data.labels[name][index]
-    return replace(data, **cut, labels=labels)
+    names = data.names and {**data.names, **{s: [data.names[s][i] for i in
+                                                 torch.isin(data.labels[s], wanted).nonzero().squeeze(1).tolist()]
+                                             for s in ("train", "val")}}
+    return replace(data, **cut, labels=labels, names=names)
 
 
 def n_classes(data: ImageData) -> int:

@@ -14,6 +14,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from aecli.errors import ConfigError
 from aecli.losses import ReconstructionLoss
 from aecli.noise import Noise
 
@@ -27,6 +28,18 @@ def mlp(dims: Sequence[int], last_activation: bool = False) -> nn.Sequential:
         if i < len(dims) - 2 or last_activation:
             layers.append(nn.ReLU())
     return nn.Sequential(*layers)
+
+
+def image_shape(input_shape: Sequence[int], model: str) -> tuple[int, int, int]:
+    """``input_shape`` as (channels, height, width); a model that needs images refuses vectors
+    (tables, documents: ``(D,)``) with this one message."""
+    if len(input_shape) != 3:
+        raise ConfigError("model", f"{model} needs images (channels, height, width), but this dataset's items "
+                          f"are vectors of {input_shape[0] if input_shape else 0} features",
+                          "use model=ae, model=dae, model=vae, model=stacked, model=sparse, model=contractive or "
+                          "model=vqvae for tables and text")
+    c, h, w = (int(s) for s in input_shape)
+    return c, h, w
 
 
 @dataclass

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from aecli.config import ConvAutoencoderConfig
-from aecli.models.base import Autoencoder
+from aecli.models.base import Autoencoder, image_shape
 
 D = ConvAutoencoderConfig()  # the declared defaults, for __init__'s own
 
@@ -27,7 +27,7 @@ class ConvAutoencoder(Autoencoder):
         channels: Sequence[int] = tuple(D.channels),
         latent_dim: int = D.latent_dim,
     ) -> None:
-        super().__init__(input_shape)
+        super().__init__(image_shape(input_shape, "model=conv"))
         self.latent_dim = int(latent_dim)
         c_in = self.input_shape[0]
         chans = [c_in, *channels]

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from aecli.config import ConvVAEConfig, KLSchedule
 from aecli.errors import ConfigError
+from aecli.models.base import image_shape
 from aecli.models.vae import GaussianVAE
 
 
@@ -48,7 +49,8 @@ class ConvVAE(GaussianVAE):
         kl_cycle_steps: int = D.kl_cycle_steps,
         free_bits: float = D.free_bits,
     ) -> None:
-        super().__init__(input_shape, latent_dim, beta, kl_schedule, kl_warmup_steps, kl_cycle_steps, free_bits)
+        super().__init__(image_shape(input_shape, "model=conv_vae"), latent_dim, beta, kl_schedule, kl_warmup_steps,
+                         kl_cycle_steps, free_bits)
         c_in, height, width = self.input_shape
         if channels is None:  # as many of the default layers as the image size takes
             channels = DEFAULT_CHANNELS[:max(1, _layers_that_fit(height, width))]

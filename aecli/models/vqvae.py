@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from aecli.config import ConvVQVAEConfig, VQVAEConfig
 from aecli.losses import ReconstructionLoss
-from aecli.models.base import Autoencoder, mlp
+from aecli.models.base import Autoencoder, image_shape, mlp
 from aecli.models.conv import ConvAutoencoder
 
 DEAD_SHARE = 0.1  # a code used less than this fraction of an even share (rows / codes) restarts
@@ -145,11 +145,11 @@ class VectorQuantized(Autoencoder):
         return {"counts": torch.bincount(idx, minlength=self.quantizer.size)}
 
     def code_metrics(self, sums: dict[str, Tensor], n: int) -> dict[str, float]:
-        """``perplexity``: exp of the entropy of the codes' use (K if all are used evenly);
+        """``codebook_perplexity``: exp of the entropy of the codes' use (K if all are used evenly);
         ``codes_used``: the fraction of the codebook used at least once."""
         p = sums["counts"] / sums["counts"].sum().clamp(min=1)
         entropy = -(p * torch.log(p.clamp(min=1e-12))).sum()
-        return {"perplexity": entropy.exp().item(), "codes_used": (sums["counts"] > 0).double().mean().item()}
+        return {"codebook_perplexity": entropy.exp().item(), "codes_used": (sums["counts"] > 0).double().mean().item()}
 
 
 D = VQVAEConfig()  # the declared defaults, for __init__'s own
@@ -204,7 +204,7 @@ class ConvVQVAE(VectorQuantized, ConvAutoencoder):
         decay: float = C.decay,
         restarts: bool = C.restarts,
     ) -> None:
-        ConvAutoencoder.__init__(self, input_shape, channels, latent_dim=1)
+        ConvAutoencoder.__init__(self, image_shape(input_shape, "model=conv_vqvae"), channels, latent_dim=1)
         self._init_codebook(codebook_size, code_dim, beta, ema, decay, restarts)
         self.map_size = self.feature_shape[1:]
         self.latent_dim = self.code_dim * math.prod(self.map_size)

@@ -197,8 +197,8 @@ SCHEMA: dict[str, tuple[Callable[[Any], bool], str]] = {
     "best_step": (lambda v: v is None or _int(v), "null or a step"),
     "rng": (_rng, "the RNG states (python, numpy, torch)"),
     "hooks": (lambda v: isinstance(v, dict), "a dict"),
-    "input_shape": (lambda v: isinstance(v, (list, tuple)) and len(v) == 3 and all(_int(s) and s > 0 for s in v),
-                    "[channels, height, width]"),
+    "input_shape": (lambda v: isinstance(v, (list, tuple)) and len(v) in (1, 3) and all(_int(s) and s > 0 for s in v),
+                    "[channels, height, width] or [features]"),
     "config": (lambda v: isinstance(v, dict) and isinstance(v.get("model"), dict), "the run's config"),
 }
 
@@ -210,6 +210,8 @@ def validate(state: dict[str, Any]) -> str | None:
             return f"'{key}' is missing"
         if not ok(state[key]):
             return f"'{key}' is not {what}"
+    if state.get("data_transform") is not None and not isinstance(state["data_transform"], dict):
+        return "'data_transform' is not a fitted transform (plain data)"  # a table's scaler, a vocabulary
     if "rng_ranks" in state and not (isinstance(state["rng_ranks"], list) and all(map(_rng, state["rng_ranks"]))):
         return "'rng_ranks' is not a list of RNG states"  # DDP: one per rank
     return None

@@ -16,10 +16,16 @@ the fp32 roofline: FLOPs of a training step (counted by ``torch.utils.flop_count
 x images/s / fp32 matmul GFLOP/s measured here. Then the time from starting
 ``python -m aecli.train trainer.max_steps=1`` to the end of its first training step (the
 run's own ``first_step_seconds`` in ``metrics.json``).
+
+``--hog N`` runs the comparison a second time with N busy-loop processes beside it (a laptop
+with other work on its cores) and prints both tables. The baseline runs at torch's default
+thread count, as people run it; aecli at the count its ``trainer.num_threads`` gives (auto:
+timed at startup, under the load of that table).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import math
 import platform
@@ -28,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -222,6 +228,7 @@ def step_flops_per_image(module: Autoencoder, x: Tensor, recon: ReconstructionLo
 class PathResult:
     images_per_sec: float
     test_loss: float
+    threads: int
 
 
 def aecli_epoch(cfg: Any, data: ImageData, device: torch.device, hooks: list[Any] = ()
@@ -267,7 +274,17 @@ def bench_case(name: str, data: ImageData, device: torch.device, epochs: int,
     ``extra``: more overrides for aecli's side (a speed knob to measure, e.g. trainer.compile=true)."""
     _, batch_size, counterpart = CASES[name]
     cfg = compose_case(name, device.type, extra)
-    model, recon, aecli_one_epoch = aecli_epoch(cfg, data, device)
+    default_threads = torch.get_num_threads()
+    model, recon, aecli_epoch_at_its_threads = aecli_epoch(cfg, data, device)
+    aecli_threads = torch.get_num_threads()
+    torch.set_num_threads(default_threads)
+
+    def aecli_one_epoch() -> None:
+        torch.set_num_threads(aecli_threads)
+        try:
+            aecli_epoch_at_its_threads()
+        finally:
+            torch.set_num_threads(default_threads)
     classic = ClassicVAE.from_aecli(model) if counterpart == "vae" else ClassicAE(copy.deepcopy(model))
     classic_opt = torch.optim.Adam(classic.parameters(), lr=cfg.optim.lr)  # the example's optimizer
     loader = classic_loader(data.train, batch_size, device)
@@ -291,8 +308,8 @@ def bench_case(name: str, data: ImageData, device: torch.device, epochs: int,
 
     baseline_model = classic.to_aecli(copy.deepcopy(model)) if counterpart == "vae" else classic.model
     unit = "nats/image" if model.loss_unit == "per_image" else "MSE/pixel"
-    return (PathResult(statistics.median(speeds["baseline"]), test_loss(baseline_model)),
-            PathResult(statistics.median(speeds["aecli"]), test_loss(model)), flops, unit)
+    return (PathResult(statistics.median(speeds["baseline"]), test_loss(baseline_model), default_threads),
+            PathResult(statistics.median(speeds["aecli"]), test_loss(model), aecli_threads), flops, unit)
 
 
 def startup_seconds(repeats: int = 3, device: str = "cpu") -> list[float]:
@@ -313,6 +330,18 @@ def startup_seconds(repeats: int = 3, device: str = "cpu") -> list[float]:
     return times
 
 
+@contextlib.contextmanager
+def cpu_hog(processes: int) -> Iterator[None]:
+    """``processes`` busy loops (other work on the same cores) while the block runs."""
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(processes)]
+    try:
+        yield
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+
+
 # --- the command ----------------------------------------------------------------------------
 
 def load_data(name: str, root: str, repeat: int) -> tuple[ImageData, str]:
@@ -331,9 +360,25 @@ def load_data(name: str, root: str, repeat: int) -> tuple[ImageData, str]:
             f"{len(d.test):,} test)")
 
 
+def compare(args: argparse.Namespace, data: ImageData, device: torch.device, gflops: float, title: str) -> None:
+    """One table: each case's baseline and aecli paths (``title``: the machine's load, when it varies)."""
+    if title:
+        print(f"\n{title}")
+    print(f"| case | path | threads | images/s | test loss after {args.epochs + 1} epochs | speed-up | roofline |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for name in args.cases:
+        base, fast, flops, unit = bench_case(name, data, device, args.epochs, args.aecli)
+        for path, r in (("baseline", base), ("aecli", fast)):
+            print(f"| {name} | {path} | {r.threads} | {r.images_per_sec:,.0f} | {r.test_loss:.4g} {unit} | "
+                  f"{r.images_per_sec / base.images_per_sec:.2f}x | "
+                  f"{flops * r.images_per_sec / (gflops * 1e9):.0%} |", flush=True)
+        gap = fast.test_loss / base.test_loss - 1
+        print(f"  {name}: {flops / 1e6:.2f} MFLOP per image per step; aecli's test loss {gap:+.2%} vs baseline")
+
+
 def recipe(args: argparse.Namespace) -> None:
     """``aecli bench`` (its options parsed by ``aecli.cli``): the table, then the startup time."""
-    cases = args.cases or list(CASES)
+    cases = args.cases = args.cases or list(CASES)
     unknown = [c for c in cases if c not in CASES]
     if unknown:
         raise ConfigError("--cases", f"{', '.join(unknown)}: no such case", f"pick from {', '.join(CASES)}")
@@ -354,16 +399,10 @@ def recipe(args: argparse.Namespace) -> None:
     print(f"aecli bench: {described}; {device} ({where}); torch {torch.__version__}; "
           f"fp32 matmul {gflops:.1f} GFLOP/s; {args.epochs} timed epochs after 1 warm-up, median"
           + (f"; aecli with {' '.join(args.aecli)}" if args.aecli else ""))
-    print(f"| case | path | images/s | test loss after {args.epochs + 1} epochs | speed-up | roofline |")
-    print("|---|---|---:|---:|---:|---:|")
-    for name in cases:
-        base, fast, flops, unit = bench_case(name, data, device, args.epochs, args.aecli)
-        for path, r in (("baseline", base), ("aecli", fast)):
-            print(f"| {name} | {path} | {r.images_per_sec:,.0f} | {r.test_loss:.4g} {unit} | "
-                  f"{r.images_per_sec / base.images_per_sec:.2f}x | "
-                  f"{flops * r.images_per_sec / (gflops * 1e9):.0%} |", flush=True)
-        gap = fast.test_loss / base.test_loss - 1
-        print(f"  {name}: {flops / 1e6:.2f} MFLOP per image per step; aecli's test loss {gap:+.2%} vs baseline")
+    compare(args, data, device, gflops, "quiet" if args.hog else "")
+    if args.hog:
+        with cpu_hog(args.hog):
+            compare(args, data, device, gflops, f"loaded: {args.hog} busy-loop process(es) beside it")
     if args.startup_runs:
         times = startup_seconds(args.startup_runs, device.type)
         print(f"startup: `python -m aecli.train trainer.max_steps=1` to the end of its first step: "

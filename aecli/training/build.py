@@ -3,6 +3,7 @@
 precision, the phases with their optimizers, and each phase's training step."""
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -19,9 +20,10 @@ from aecli.device import resolve_device
 from aecli.errors import ConfigError
 from aecli.losses import ReconstructionLoss
 from aecli.models import PretrainsInStages
+from aecli.threads import choose_threads, cores_available
 from aecli.training.distributed import World
 from aecli.training.graph_step import GraphStep
-from aecli.training.placement import JobSlot, cores_available, gpu_for_job, threads_per_job
+from aecli.training.placement import JobSlot, gpu_for_job, threads_per_job
 from aecli.training.state import Phase, TrainState, seed_everything
 from aecli.training.step import Precision, Step, optimizer_for
 
@@ -30,12 +32,13 @@ log = logging.getLogger(__name__)
 
 def place_job(cfg: DictConfig, slot: JobSlot, world: World = World()) -> tuple[torch.device, str]:
     """Thread count and device for this job of a sweep (``aecli.training.placement``), and a line that
-    says so (logged once the run is built)."""
+    says so (logged once the run is built; ``{threads}`` is filled in by ``build_parts``, which times
+    ``trainer.num_threads=auto`` on the CPU once the model exists)."""
     cores = cores_available()
     threads = threads_per_job(cfg.trainer.get("num_threads"), cores, slot.jobs_at_once)
     if threads is not None:
         torch.set_num_threads(threads)
-    line = (f"torch threads: {torch.get_num_threads()} (trainer.num_threads={cfg.trainer.get('num_threads')}; "
+    line = (f"torch threads: {{threads}} (trainer.num_threads={cfg.trainer.get('num_threads')}; "
             f"{cores} cores, {slot.jobs_at_once} job(s) at once, {slot.launcher} launcher)")
     name = value(cfg.device.name)
     gpus = torch.cuda.device_count() if name in ("auto", "cuda") else 0
@@ -63,30 +66,58 @@ class Parts:
 
 
 def build_parts(cfg: DictConfig, slot: JobSlot = JobSlot(), data: ImageData | None = None,
-                world: World = World()) -> Parts:
+                world: World = World(), fitted: dict[str, Any] | None = None) -> Parts:
     """Device, seed, data (on the device), loss, model, noise and precision, as ``cfg`` says
-    (``data``: these images instead of ``cfg.dataset``'s); a config that does not fit is a
+    (``data``: these images instead of ``cfg.dataset``'s; ``fitted``: a resumed run's stored
+    scaler or vocabulary, ``aecli.components.load_data``); a config that does not fit is a
     ``ConfigError`` (nothing is written here). DDP: every rank builds the same model (the run's
     seed), then draws its own random numbers (noise) from seed + rank."""
     if world.distributed and slot.num is None:
         slot = JobSlot(jobs_at_once=world.local_size, launcher="torchrun")
     device, placement = place_job(cfg, slot, world)
     seed_everything(cfg.seed)
-    data = data if data is not None else load_data(cfg)
+    data = data if data is not None else load_data(cfg, fitted)
     recon: ReconstructionLoss = build(cfg, "loss")
     top = float(data.train.max()) / data.max_value if not data.streamed else 1.0  # files: uint8/255
     if recon.needs_unit_range and top > 1.0:
-        raise ConfigError("loss", f"loss={recon.name} needs data in [0, 1], but this dataset reaches {top:.3g}",
-                          "use loss=mse, or a dataset whose pixels lie in [0, 1]")
+        fix = {"text": "use dataset.representation=binary, or loss=multinomial for word counts",
+               "table": "use loss=mse, or dataset.scale=minmax (the train split's range; other splits may "
+                        "still leave it)"}.get(data.kind, "use loss=mse, or a dataset whose pixels lie in [0, 1]")
+        raise ConfigError("loss", f"loss={recon.name} needs data in [0, 1], but this dataset reaches {top:.3g}", fix)
     data = data.to(device)
     model = build(cfg, "model", input_shape=data.shape).to(device)
     noise = build(cfg, "noise")
     precision = Precision.from_config(cfg.trainer.precision, device)
+    if device.type == "cpu" and cfg.trainer.get("num_threads") == "auto":
+        most = threads_per_job("auto", cores_available(), slot.jobs_at_once) or cores_available()
+        placement += "; " + time_threads(model, data.shape, recon, precision, cfg, most)[1]
+    placement = placement.format(threads=torch.get_num_threads())
     if world.distributed:
         seed_everything(cfg.seed + world.rank)
         placement += f"; rank {world.rank} of {world.size} ({world.backend()})"
     return Parts(device, data, model, recon, noise, precision, set_memory_layout(model, cfg.trainer, device),
                  placement)
+
+
+def time_threads(model: torch.nn.Module, shape: tuple[int, ...], recon: ReconstructionLoss, precision: Precision,
+                 cfg: DictConfig, most: int) -> tuple[int, str]:
+    """``trainer.num_threads=auto`` on the CPU: ``aecli.threads.choose_threads`` times training steps
+    (this model, batch size, loss, precision and optimizer) at 1 .. ``most`` threads and keeps the
+    fastest. The steps train a throwaway copy on random pixels (the same work as real images) and
+    the random number streams are restored: the run itself is the same whatever count wins."""
+    probe = copy.deepcopy(model).train()
+    opt = optimizer_for(probe.parameters(), cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.fused, torch.device("cpu"))
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with precision.autocast():
+            loss = probe.loss(x, x, recon)["loss"]
+        loss.backward()
+        opt.step()
+
+    with torch.random.fork_rng(devices=[]):
+        x = torch.rand(cfg.trainer.batch_size, *shape)
+        return choose_threads(step, most)
 
 
 def set_memory_layout(model: torch.nn.Module, trainer_cfg: DictConfig,

@@ -12,7 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from aecli.store import checkpoint
+from aecli.data.vectors import transform_file
+from aecli.store import checkpoint, rundir
 from aecli.store.atomic import remove_stale_temps
 from aecli.training.best import BestModel
 from aecli.training.distributed import epoch_totals, gather
@@ -61,7 +62,7 @@ class Checkpointing(Hook):
             epoch_state = es.to_dict(sums) | ({"seen": seen} if world.distributed else {})
         if not world.main:
             return
-        snapshot = run.state.to_dict(run.data.shape, run.config, epoch_state, rng_ranks)
+        snapshot = run.state.to_dict(run.data.shape, run.config, epoch_state, rng_ranks, run.data.transform)
         directory = run.run_dir / "checkpoints"
         checkpoint.save(snapshot, directory / checkpoint.LAST, *([directory / checkpoint.BEST] if best else []))
 
@@ -187,3 +188,13 @@ class FirstStepTime(Hook):
     def on_fit_end(self, run: Run, metrics: dict[str, Any]) -> None:
         if self.seconds is not None:
             metrics["first_step_seconds"] = round(self.seconds, 3)
+
+
+class SaveTransform(Hook):
+    """A vector dataset's fitted transform (a table's scaler, a corpus's vocabulary) as JSON in
+    the run dir (``vocabulary.json``, ``scaler.json``), readable without aecli; the commands that
+    open the run check it against the checkpoint's copy."""
+
+    def on_fit_start(self, run: Run) -> None:
+        if run.world.main and run.data.transform is not None:
+            rundir.write_json(run.run_dir / transform_file(run.data.kind), run.data.transform)

@@ -9,10 +9,11 @@ plus one reader of ``HydraConfig``; no torch import, so the config check stays f
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from aecli.threads import cores_available
 
 
 @dataclass(frozen=True)
@@ -23,15 +24,6 @@ class JobSlot:
     num: int | None = None
     jobs_at_once: int = 1
     launcher: str = "basic"
-
-
-def cores_available() -> int:
-    """The cores this process may run on (its CPU affinity: what ``taskset``, SLURM or a
-    container allow), else the machine's count."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def jobs_at_once(launcher: Mapping[str, Any] | None, cores: int) -> int:
@@ -55,7 +47,8 @@ def jobs_at_once(launcher: Mapping[str, Any] | None, cores: int) -> int:
 def threads_per_job(setting: int | str | None, cores: int, jobs: int) -> int | None:
     """``trainer.num_threads``: a number is taken as is; ``auto`` is ``cores // jobs`` (at
     least 1) when jobs run side by side, and None (torch's own default, which already follows
-    the CPU affinity) for a job that has the machine to itself; None stays None."""
+    the CPU affinity) for a job that has the machine to itself; None stays None. On the CPU,
+    ``auto`` is then timed (``aecli.training.build.time_threads``) with this as the most."""
     if setting is None:
         return None
     if setting != "auto":

@@ -75,7 +75,8 @@ def run(cfg: DictConfig, run_dir: str | Path, *, choices: dict[str, str] | None 
     cfg, run_dir = plan.cfg, plan.run_dir
     with SIGNALS.installed():
         try:
-            parts = build_parts(cfg, slot, world=world)
+            parts = build_parts(cfg, slot, world=world,
+                                fitted=plan.resume_from.get("data_transform") if plan.resuming else None)
             best = BestModel(cfg.get("objective"), parts.model.loss_unit)
             # the objective's name, against one validation image's metrics, before any training
             # (``batches`` brings it to the device also from a streamed folder)
@@ -181,9 +182,10 @@ def default_hooks(cfg: DictConfig, writer: Any, choices: dict[str, str], mine: l
     bar = value(tc.progress) == "bar" or (value(tc.progress) == "auto" and _stderr_is_tty())
     ends = [callbacks.StopOnSignal(SIGNALS, tc.log_every_n_steps)]
     ends += [callbacks.MaxSteps(tc.max_steps)] if tc.max_steps is not None else []
-    logs = [tb.EpochScalars(writer), tb.ImageGrids(writer, tc.grid_images, cfg.seed),
+    logs = [tb.EpochScalars(writer), tb.ImageGrids(writer, tc.grid_images, cfg.seed), tb.VectorReport(writer),
             callbacks.ProgressReport(bar, tc.log_every_n_steps)] if world.main else []
-    return [callbacks.FirstStepTime(), *mine, *ends, tb.StepScalars(writer, tc.log_every_n_steps), *logs,
+    return [callbacks.FirstStepTime(), callbacks.SaveTransform(), *mine, *ends,
+            tb.StepScalars(writer, tc.log_every_n_steps), *logs,
             callbacks.Checkpointing(tc.checkpoint_every_n_steps, best, flush=writer.flush),
             *([tb.HParams(writer, cfg, choices)] if world.main else [])]
 

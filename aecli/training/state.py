@@ -65,10 +65,12 @@ class TrainState:
     hooks: dict[str, Any] = field(default_factory=dict)  # hook name -> its state
 
     def to_dict(self, input_shape: tuple[int, ...], config: dict[str, Any], epoch_state: dict[str, Any] | None,
-                rng_ranks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+                rng_ranks: list[dict[str, Any]] | None = None,
+                data_transform: dict[str, Any] | None = None) -> dict[str, Any]:
         """The checkpoint's content (plain data and tensors): ``epoch_state`` is the partial
         epoch's (``EpochState.to_dict``, with the sums; DDP: over all ranks), ``rng_ranks``
-        every rank's RNG state (DDP)."""
+        every rank's RNG state (DDP), ``data_transform`` the data's fitted scaler or vocabulary
+        (plain numbers and strings, ``aecli.data.vectors``)."""
         out = {"model": self.model.state_dict(), "optimizer": self.phases[self.phase].optimizer.state_dict(),
                "scaler": self.scaler.state_dict(), "phase": self.phase, "epoch": self.epoch, "step": self.step,
                "epoch_state": epoch_state, "val": dict(self.val), "best_val": self.best_val,
@@ -76,6 +78,8 @@ class TrainState:
                "input_shape": list(input_shape), "config": config}
         if rng_ranks is not None:
             out["rng_ranks"] = rng_ranks
+        if data_transform is not None:
+            out["data_transform"] = data_transform
         return out
 
     def restore(self, d: dict[str, Any], n_train: int, batch_size: int, device: torch.device,

@@ -1,5 +1,6 @@
 """TensorBoard hooks: per-step and per-epoch scalars, image grids (also written as PNG files at
-the end), and the HParams record of the finished run.
+the end; for vectors a corpus's top words and a table's worst columns instead), and the HParams
+record of the finished run.
 
 Every event is logged against the global step. A resumed run opens its writer with
 ``purge_step`` = the checkpoint's step + 1, so whatever the interrupted run logged after its
@@ -8,6 +9,7 @@ last training step, so resuming a finished run replaces it instead of adding a s
 """
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,9 +19,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from aecli.config import noise_name
+from aecli.data import batches
 from aecli.figures import grid_figure, save_figure
 from aecli.images import image_grid
 from aecli.models import HasPrior
+from aecli.store.atomic import atomic_write
 from aecli.training.distributed import epoch_totals
 from aecli.training.hooks import EpochResult, Hook, Run
 
@@ -108,6 +112,9 @@ class ImageGrids(Hook):
         self.rows: dict[str, list[Tensor]] = {}  # the same images, for the titled PNGs
 
     def on_fit_start(self, run: Run) -> None:
+        self.off = not run.data.images  # vectors: ``VectorReport`` instead
+        if self.off:
+            return
         gen = torch.Generator().manual_seed(self.seed)
         self.clean = run.data.as_float(run.data.val[: self.n_images].to(run.device))
         self.noisy = None
@@ -133,13 +140,15 @@ class ImageGrids(Hook):
         model.train(was_training)
 
     def on_epoch_end(self, run: Run, result: EpochResult, val: dict[str, float] | None) -> None:
-        if val is None:
+        if val is None or self.off:
             return
         self.draw(run)
         for tag, grid in self.grids.items():
             self.writer.add_image(tag, grid, run.state.step)
 
     def on_fit_end(self, run: Run, metrics: dict[str, Any]) -> None:
+        if self.off:
+            return
         self.draw(run)  # the model metrics.json describes (the best one)
         who = f"{type(run.model).__name__} ({run.run_dir.name}, the model of metrics.json)"
         for tag, rows in self.rows.items():
@@ -153,6 +162,85 @@ class ImageGrids(Hook):
                     rows, f"{who}: the first {len(rows[0])} validation images", row_labels=labels)
             save_figure(fig, path)
             log.info("wrote %s", path)
+
+
+class VectorReport(Hook):
+    """What replaces the image grids for vectors. A corpus: each epoch, a few validation
+    documents' top input words next to their top reconstructed words (TensorBoard text; at the
+    end also ``reconstruction_words.md``). A table: at the end, the validation split's
+    reconstruction error per column, worst first, as a bar chart (``feature_errors.png`` and
+    TensorBoard)."""
+
+    WORDS, DOCUMENTS, COLUMNS = 8, 4, 20
+
+    def __init__(self, writer: SummaryWriter) -> None:
+        self.writer = writer
+
+    def on_fit_start(self, run: Run) -> None:
+        self.off = run.data.images or not run.data.features
+
+    @torch.no_grad()
+    def top_words(self, run: Run) -> str:
+        """A markdown table: document | its top words | the reconstruction's top words."""
+        x = run.data.as_float(run.data.val[: self.DOCUMENTS].to(run.device))
+        was_training = run.model.training
+        run.model.eval()
+        rebuilt = run.model.reconstruct(x, run.recon)
+        run.model.train(was_training)
+        words = run.data.features
+        names = run.data.names["val"] if run.data.names else [str(i) for i in range(len(x))]
+        top = lambda v: ", ".join(words[j] for j in v.topk(min(self.WORDS, len(v))).indices.tolist()  # noqa: E731
+                                  if v[j] > 0)
+        rows = [f"| {names[i]} | {top(x[i])} | {top(rebuilt[i])} |" for i in range(len(x))]
+        return "\n".join(["| document | top input words | top reconstructed words |", "|---|---|---|", *rows])
+
+    def on_epoch_end(self, run: Run, result: EpochResult, val: dict[str, float] | None) -> None:
+        if val is not None and not self.off and run.data.kind == "text":
+            self.writer.add_text("reconstruction/top_words", self.top_words(run), run.state.step)
+
+    @torch.no_grad()
+    def feature_errors(self, run: Run) -> Tensor:
+        """The validation split's mean squared reconstruction error per feature, (D,) on the CPU."""
+        was_training = run.model.training
+        run.model.eval()
+        total = torch.zeros(run.data.shape, dtype=torch.float64)
+        for _, b in batches(run.data.val, 1024, torch.arange(len(run.data.val), device=run.device)):
+            x = run.data.as_float(b)
+            total += (run.model.reconstruct(x, run.recon) - x).double().pow(2).sum(0).cpu()
+        run.model.train(was_training)
+        return total / len(run.data.val)
+
+    def on_fit_end(self, run: Run, metrics: dict[str, Any]) -> None:
+        if self.off:
+            return
+        if run.data.kind == "text":
+            path = run.run_dir / "reconstruction_words.md"
+            text = self.top_words(run) + "\n"
+            atomic_write(path, lambda f: f.write(text.encode()))
+        else:
+            path = run.run_dir / "feature_errors.png"
+            figure = error_bars(self.feature_errors(run), run.data.features, self.COLUMNS)
+            self.writer.add_figure("reconstruction/feature_errors", figure, run.state.step, close=False)
+            buffer = io.BytesIO()
+            figure.savefig(buffer, format="png", dpi=100)
+            atomic_write(path, lambda f: f.write(buffer.getvalue()))
+        log.info("wrote %s", path)
+
+
+def error_bars(errors: Tensor, names: list[str], top: int) -> Any:
+    """A matplotlib figure: the ``top`` features with the largest error, worst on top."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    order = errors.argsort(descending=True)[:top].tolist()[::-1]
+    fig, ax = plt.subplots(figsize=(6.4, 0.3 * len(order) + 1.2))
+    ax.barh([names[j] for j in order], [float(errors[j]) for j in order])
+    ax.set(xlabel="mean squared reconstruction error (validation split, scaled units)",
+           title=f"the {len(order)} worst-reconstructed of {len(names)} features")
+    fig.tight_layout()
+    return fig
 
 
 class HParams(Hook):

@@ -1,6 +1,6 @@
 """What every command on a trained run shares (``aecli.use.encode``, ``aecli.use.map``, ``aecli.use.search``,
 ``aecli.use.denoise``, ``aecli.use.sample``, ``aecli.use.score``, ``aecli.use.finetune``): opening the run
-that ``RUN``, ``--checkpoint`` and ``--device`` name, the ``--noise`` to apply, where outputs go
+that ``RUN``, ``--checkpoint`` and ``--device`` name (with ``--threads``), the ``--noise`` to apply, where outputs go
 (``--out``), progress bars and tables.
 
 The options themselves are parsed and checked by ``aecli.cli`` (no torch), which then calls the
@@ -9,11 +9,15 @@ command module's ``recipe(args)``; aecli's errors become one ``aecli: error: KEY
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
 from omegaconf import OmegaConf
 
 from aecli.components import build
@@ -21,6 +25,7 @@ from aecli.config import noise_name
 from aecli.errors import ConfigError
 from aecli.store import rundir
 from aecli.store.atomic import remove_stale_temps
+from aecli.threads import choose_threads, cores_available, parse_threads
 from aecli.use import tables
 from aecli.use.trained import TrainedRun
 from aecli.use.trained import open_run as open_
@@ -31,8 +36,10 @@ T = TypeVar("T")
 def open_run(args: argparse.Namespace) -> TrainedRun:
     """The run ``RUN`` names, with the ``--checkpoint`` model on ``--device``; a run still
     training there is named in a warning (its checkpoints change under the command)."""
+    threads = parse_threads(getattr(args, "threads", "auto"))  # before the checkpoint is read: a typo costs nothing
     run = open_(args.run, args.checkpoint, args.device)
     still_training(run.run_dir)
+    set_threads(run, threads)
     return run
 
 
@@ -55,6 +62,28 @@ def noise(run: TrainedRun, option: Any) -> Any:
     """The noise ``--noise KIND[:LEVEL]`` names (an ``aecli.cli.NoiseOption``, already checked), or
     the run's own where there is none."""
     return run.noise if option is None else build(OmegaConf.create({"noise": option.config()}), "noise")
+
+
+def set_threads(run: TrainedRun, threads: int | str, batch: int = 256) -> None:
+    """``--threads``: a number is taken as is; ``auto`` on the CPU times the model's forward pass on a
+    batch at each thread count (``aecli.threads.choose_threads``) and says what it chose (log; stderr on a terminal)."""
+    if threads != "auto":
+        torch.set_num_threads(int(threads))
+        return
+    if run.device.type != "cpu":
+        return
+    x = torch.rand(batch, *run.model.input_shape)
+
+    def step() -> None:
+        with torch.no_grad():
+            run.model(x)
+
+    with torch.random.fork_rng(devices=[]):
+        _, why = choose_threads(step, cores_available())
+    line = f"torch threads: {torch.get_num_threads()} ({why})"
+    logging.getLogger("aecli").info(line)  # evaluate's log; the other commands: a terminal only, as progress bars
+    if sys.stderr.isatty():
+        print(f"aecli: {line}", file=sys.stderr)
 
 
 def out_dir(args: argparse.Namespace, run: TrainedRun) -> Path:
@@ -108,6 +137,29 @@ def progress(items: Iterable[T], total: int | None = None, desc: str = "") -> It
     from tqdm import tqdm
 
     return tqdm(items, total=total, desc=desc, leave=False, file=sys.stderr, disable=None)
+
+
+@contextlib.contextmanager
+def stage(desc: str) -> Iterator[None]:
+    """A long step that reports no progress of its own (scikit-learn's t-SNE, a probe's fit): its
+    name and the seconds so far, ticking on stderr while it runs (a terminal only, as ``progress``)."""
+    from tqdm import tqdm
+
+    bar = tqdm(desc=desc, bar_format="{desc}: {elapsed}", leave=False, file=sys.stderr, disable=None)
+    done = threading.Event()
+
+    def tick() -> None:
+        while not done.wait(0.5):
+            bar.refresh()
+
+    ticker = threading.Thread(target=tick, daemon=True)
+    ticker.start()
+    try:
+        yield
+    finally:
+        done.set()
+        ticker.join()
+        bar.close()
 
 
 def test_index(value: Any, n: int, key: str) -> int:

@@ -51,14 +51,16 @@ def projector(out: Path, run: TrainedRun, data: ImageData, arrays: dict[str, np.
     n = len(arrays["codes"])
     keep = np.linspace(0, n - 1, min(n, PROJECTOR_MAX)).round().astype(int)
     cpu = torch.device("cpu")
+    # vectors (a table row, a document) have no picture to show: the points go without sprites
     raw = torch.cat([inference.pick(data.split(s), arrays["index"][keep][arrays["split"][keep] == s], cpu)
-                     for s in dict.fromkeys(arrays["split"])])
+                     for s in dict.fromkeys(arrays["split"])]) if data.images else None
     if "labels" in arrays:
         named = arrays["classes"][arrays["labels"]] if "classes" in arrays else arrays["labels"]
         metadata, header = [[str(lab), s] for lab, s in zip(named[keep], arrays["split"][keep])], ["label", "split"]
     else:
         metadata, header = [str(s) for s in arrays["split"][keep]], None
     with SummaryWriter(log_dir=str(out)) as writer:
-        writer.add_embedding(torch.from_numpy(arrays["codes"][keep]), metadata=metadata, label_img=data.as_float(raw),
+        writer.add_embedding(torch.from_numpy(arrays["codes"][keep]), metadata=metadata,
+                             label_img=None if raw is None else data.as_float(raw),
                              global_step=run.state["step"], tag=tag, metadata_header=header)
 

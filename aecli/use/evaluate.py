@@ -5,7 +5,7 @@ last``: its last one) and measured on its test split, batched on its device:
 
 1. reconstruction: the training loss terms (unit in the key), MSE per pixel, PSNR, SSIM, and the
    statistics of the codes of a model that ``MeasuresCodes`` (a VAE's active units, a VQ-VAE's
-   perplexity and codes used, a sparse AE's near-zero fraction, a contractive AE's Jacobian);
+   codebook perplexity and codes used, a sparse AE's near-zero fraction, a contractive AE's Jacobian);
 2. likelihood, for a model that defines one (a VAE trained with loss=bce): -ELBO and the
    importance-weighted bound on -log p(x) with ``--iw-samples`` samples, nats per image;
 3. denoising: the PSNR of the test images corrupted by the run's noise (or ``--noise``), and
@@ -42,6 +42,7 @@ from aecli.store import rundir
 from aecli.store.atomic import atomic_move, atomic_write_text, remove_stale_temps, temp_dir
 from aecli.use import commandline as commands
 from aecli.use import inference, probes, report, tables
+from aecli.use.commandline import set_threads, stage
 from aecli.use.trained import TrainedRun, find_runs, open_run
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ TB_PREFIXES = ("test/", "probe/", "knn/", "chance_accuracy")  # what goes to Ten
 COLUMNS = {"model": "model", "train noise": "noise", "mse/px": "test/mse_per_pixel", "psnr_db": "test/psnr_db",
            "ssim": "test/ssim", "-elbo nats": "test/neg_elbo_nats_per_image",
            "iw bound nats": "test/iw_bound_nats_per_image", "active units": "test/active_units",
-           "perplexity": "test/perplexity", "codes used": "test/codes_used",
+           "codebook perplexity": "test/codebook_perplexity", "codes used": "test/codes_used",
            "near-zero codes": "test/near_zero_fraction", "jacobian^2": "test/jacobian_frobenius_sq",
            "noisy psnr": "test/noisy_input_psnr_db",
            "denoised psnr": "test/denoised_psnr_db", "probe codes": "probe/codes_accuracy",
@@ -80,6 +81,7 @@ class Options:
 
     checkpoint: str = "best"
     device: str = "auto"
+    threads: int | str = "auto"  # torch's CPU threads: auto (timed on the first run's model) | N
     iw_samples: int | None = None  # None: DEFAULT_IW_SAMPLES where the model has a likelihood
     noise: Any = None  # --noise KIND[:LEVEL] (an aecli.cli.NoiseOption); None: the run's own noise
     batch_size: int | None = None  # None: the run's trainer.eval_batch_size
@@ -150,8 +152,9 @@ def reconstruction(run: TrainedRun, data: ImageData, batch: int, opts: Options) 
     with inference.seeded(opts.seed, run.device):  # a VAE's loss terms sample z
         out: dict[str, Any] = {f"test/{k}": v for k, v in
                                metrics.reconstruction(run.model, data, data.test, run.recon, batch).items()}
-    out["test/ssim"] = metrics.ssim(run.model, data, data.test, run.recon, batch)
-    out["ssim_window"] = f"gaussian, sigma {metrics.ssim_sigma(*data.shape[1:]):.2f}"
+    if data.images:  # SSIM compares image windows; a table row or a document has none
+        out["test/ssim"] = metrics.ssim(run.model, data, data.test, run.recon, batch)
+        out["ssim_window"] = f"gaussian, sigma {metrics.ssim_sigma(*data.shape[1:]):.2f}"
     return out
 
 
@@ -225,12 +228,16 @@ def representations(run: TrainedRun, data: ImageData, batch: int, opts: Options,
         opts.cache[key] = probes.Features(probes.pixels(data, data.train, train_idx, batch),
                                           probes.pixels(data, data.test, test_idx, batch))
     pixels: probes.Features = opts.cache[key]
-    scores = {"codes": probes.score(codes, y_train, y_test, k, opts.seed)}
+    with stage(f"probes on the codes ({len(train_idx):,} train images)"):
+        scores = {"codes": probes.score(codes, y_train, y_test, k, opts.seed)}
     pixels_key, pca_key = (key, "pixels"), (key, "pca", codes.dims)
     if pixels_key not in opts.cache:
-        opts.cache[pixels_key] = probes.score(pixels, y_train, y_test, k, opts.seed)
+        with stage("probes on the pixels"):
+            opts.cache[pixels_key] = probes.score(pixels, y_train, y_test, k, opts.seed)
     if pca_key not in opts.cache:
-        opts.cache[pca_key] = probes.score(probes.pca(pixels, codes.dims, opts.seed), y_train, y_test, k, opts.seed)
+        with stage(f"probes on the {codes.dims}-dim baseline"):
+            opts.cache[pca_key] = probes.score(probes.baseline(data, pixels, codes.dims, opts.seed)[1], y_train,
+                                               y_test, k, opts.seed)
     scores["pixels"], scores["pca"] = opts.cache[pixels_key], opts.cache[pca_key]
     out: dict[str, Any] = {}
     for name, s in scores.items():
@@ -239,6 +246,9 @@ def representations(run: TrainedRun, data: ImageData, batch: int, opts: Options,
     if unconverged:
         notes.append(f"the linear probe stopped at {probes.PROBE_MAX_ITER} lbfgs iterations before converging on "
                      f"{', '.join(unconverged)}: the accuracy of that early-stopped fit")
+    if not data.images:
+        name = "LSA (TF-IDF, truncated SVD)" if data.kind == "text" else "PCA"
+        notes.append(f"vectors: 'pixels' are the {data.kind}'s raw features, 'pca' is {name} at the code's size")
     out.update({"probe_train_images": len(train_idx), "test_images": len(test_idx), "knn_k": k,
                 "chance_accuracy": float(np.bincount(y_test).max() / len(y_test))})
     return out
@@ -266,6 +276,7 @@ def open_runs(paths: Sequence[str | Path], opts: Options) -> tuple[list[TrainedR
                           f"({'; '.join(skipped[:3])})", "pass a run (or sweep) whose jobs trained at least one epoch")
     for s in skipped:
         log.warning("skipped %s", s)
+    set_threads(runs[0], opts.threads)
     return runs, skipped
 
 
@@ -415,8 +426,8 @@ def recipe(args: argparse.Namespace) -> None:
     """``aecli evaluate RUN...``: every run measured, its table printed (several: also written)."""
     given = {"iw_samples": args.iw_samples, "batch_size": args.batch_size, "probe_images": args.probe_images,
              "knn_k": args.knn}
-    opts = Options(checkpoint=args.checkpoint, device=args.device, noise=args.noise, seed=args.seed,
-                   data_root=args.data_root, **{k: v for k, v in given.items() if v is not None})
+    opts = Options(checkpoint=args.checkpoint, device=args.device, threads=args.threads, noise=args.noise,
+                   seed=args.seed, data_root=args.data_root, **{k: v for k, v in given.items() if v is not None})
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     results = evaluate_paths(args.run, opts, args.out)
     if len(results) == 1:

@@ -62,6 +62,14 @@ def errors(run: TrainedRun, images: Tensor | ImageFiles, max_value: float) -> Te
     return torch.cat(out).cpu()
 
 
+@torch.no_grad()
+def feature_errors(run: TrainedRun, items: Tensor, max_value: float) -> Tensor:
+    """Each item's squared reconstruction error per feature (vectors: a table's columns),
+    (N, D) on the CPU; its mean over features is ``errors``."""
+    return torch.cat([(run.model.reconstruct(x, run.recon) - x).pow(2).flatten(1).cpu()
+                      for x in float_batches(run, items, max_value, "scoring")])
+
+
 def image_files(folder: Path, key: str, skip: Path | None = None) -> list[Path]:
     """The image files under ``folder`` as a folder dataset lists them (``aecli.data.sources.image_files``:
     by extension), ``skip``'s contents left out; the other files are counted in one note (each

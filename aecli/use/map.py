@@ -29,7 +29,8 @@ def recipe(args: argparse.Namespace) -> None:
         raise ConfigError("--method", f"a {dim}-number code has no 2-D map", "train with model.latent_dim >= 2")
     data = run.data(args.data_root)
     codes = inference.codes(run, data.test, data.max_value).cpu().numpy()
-    xy = to_2d(codes, args.method, args.seed)
+    with commands.stage(f"{TITLES[args.method]} ({len(codes):,} images)"):
+        xy = to_2d(codes, args.method, args.seed)
     labels = data.labels["test"].numpy() if data.labels is not None else None
     fig = scatter(xy, labels, data.classes, f"{commands.run_title(run)}: {TITLES[args.method]}, "
                   f"{len(codes)} test images, one dot each", AXES[args.method])

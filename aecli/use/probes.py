@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from aecli.data import ImageData, batches
+from aecli.data.vectors import tfidf
 
 REPRESENTATIONS = ("codes", "pixels", "pca")
 # lbfgs iterations of the probe: scikit-learn's default. Measured on Fashion-MNIST pixels
@@ -57,6 +58,24 @@ def pca(pixel_features: Features, dims: int, seed: int) -> Features:
     n = min(dims, *pixel_features.train.shape)
     fit = PCA(n_components=n, random_state=seed).fit(pixel_features.train)
     return Features(fit.transform(pixel_features.train), fit.transform(pixel_features.test))
+
+
+def lsa(features: Features, fitted: dict, dims: int, seed: int) -> Features:
+    """Latent semantic analysis: truncated SVD with ``dims`` components of the TF-IDF rows
+    (``features`` in the corpus's own representation), fit on the train rows."""
+    from sklearn.decomposition import TruncatedSVD
+
+    train, test = tfidf(fitted, features.train), tfidf(fitted, features.test)
+    n = max(1, min(dims, train.shape[1] - 1, train.shape[0] - 1))
+    fit = TruncatedSVD(n_components=n, random_state=seed).fit(train)
+    return Features(fit.transform(train), fit.transform(test))
+
+
+def baseline(data: ImageData, raw: Features, dims: int, seed: int) -> tuple[str, Features]:
+    """The linear baseline at the code's size: LSA of a corpus, PCA of anything else."""
+    if data.kind == "text":
+        return "LSA", lsa(raw, data.transform, dims, seed)
+    return "PCA", pca(raw, dims, seed)
 
 
 def linear_probe(features: Features, y_train: np.ndarray, y_test: np.ndarray, seed: int) -> tuple[float, bool]:

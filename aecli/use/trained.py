@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from aecli.components import build, load_data
 from aecli.config import saved_config
 from aecli.data import ImageData
+from aecli.data.vectors import transform_file
 from aecli.device import resolve_device
 from aecli.errors import ConfigError
 from aecli.store import checkpoint, rundir
@@ -45,16 +46,35 @@ class TrainedRun:
         if self._data is None:
 
             cfg = self.cfg
+            key = "path" if "path" in cfg.dataset else "root"  # a table or corpus: its file or folder
             if root is not None:
-                cfg = OmegaConf.merge(cfg, {"dataset": {"root": root}})
+                cfg = OmegaConf.merge(cfg, {"dataset": {key: root}})
+            fitted = self.state.get("data_transform")
+            if fitted is not None:
+                check_transform_copy(self.run_dir, fitted)
             try:
-                self._data = load_data(cfg).to(self.device)
+                self._data = load_data(cfg, fitted).to(self.device)
             except ConfigError as e:  # the training key, dataset.root, is the flag --data-root here
-                if e.key != "dataset.root":
+                if e.key != f"dataset.{key}":
                     raise
                 raise ConfigError("--data-root", e.problem, "pass --data-root DIR: where the run's dataset "
                                   "lies now") from None
         return self._data
+
+
+def check_transform_copy(run_dir: Path, fitted: dict[str, Any]) -> None:
+    """The run dir's JSON copy of the fitted scaler or vocabulary (``scaler.json``,
+    ``vocabulary.json``) must be the checkpoint's: an edited copy is refused, since the
+    model's inputs would silently change meaning."""
+    file = run_dir / transform_file(str(fitted.get("kind")))
+    copy, problem = rundir.read_json(file)
+    if problem == "missing":
+        return
+    if problem is not None or copy != fitted:
+        raise ConfigError("RUN", f"{file} is not the {fitted.get('kind')} transform the run was trained with "
+                          f"({problem or 'its content differs from the checkpoint'})",
+                          f"restore {file.name} (the checkpoint holds the original), or delete it to use the "
+                          "checkpoint's copy")
 
 
 def find_runs(paths: list[str | Path]) -> list[Path]:
