@@ -72,6 +72,8 @@ COLUMNS = {"model": "model", "train noise": "noise", "mse/px": "test/mse_per_pix
 # eval.md's table leaves the probe and k-NN columns to the "codes vs pixels vs PCA" table below it
 # (eval.csv has every column); numbers to DIGITS significant digits
 IN_REPRESENTATIONS = ("probe ", "knn ")
+# and the statistics of the codes (MeasuresCodes) to a table of their own, "Codes"
+CODE_STATISTICS = ("active units", "codebook perplexity", "codes used", "near-zero codes", "jacobian^2")
 DIGITS = 4
 
 
@@ -364,9 +366,12 @@ def write_table(runs: Sequence[TrainedRun], results: Sequence[dict[str, Any]], o
     out.mkdir(parents=True, exist_ok=True)
     notes = "".join(f"- {row['run']}: {n}\n" for row, r in zip(rows, results) for n in r["notes"])
     representations = representation_table([row["run"] for row in rows], results)
-    compact = [{c: f"{v:.{DIGITS}g}" if isinstance(v, float) else v for c, v in row.items()
-                if not c.startswith(IN_REPRESENTATIONS)} for row in rows]
+    shown = [{c: f"{v:.{DIGITS}g}" if isinstance(v, float) else v for c, v in row.items()} for row in rows]
+    compact = [{c: v for c, v in row.items() if not c.startswith(IN_REPRESENTATIONS) and c not in CODE_STATISTICS}
+               for row in shown]
+    codes = [{c: v for c, v in row.items() if c == "run" or c in CODE_STATISTICS} for row in shown]
     text = (f"# Evaluation of {len(runs)} runs\n\n{report.markdown(compact)}\n{legend(results, skipped)}"
+            + (f"\n## Codes\n\n{report.markdown(codes)}" if any(len(row) > 1 for row in codes) else "")
             + (f"\n## Codes vs pixels vs PCA\n\n{representations}" if representations else "")
             + (f"\nNotes:\n{notes}" if notes else ""))
     atomic_write_text(out / "eval.md", text)
