@@ -55,9 +55,14 @@ def bounded(default: Any, *, example: Any = None, null: str | None = None, **lim
     return field(default=default, metadata={"bound": bound})
 
 
-def sizes(default: list[int], **limits: float) -> Any:
-    """A list-of-whole-numbers field (layer widths, channels), each in range: ``sizes([256], ge=1)``."""
-    bound = Bound(**limits, example="[" + ",".join(map(str, default)) + "]", each=True)
+def sizes(default: list[int] | None, *, example: list[int] | None = None, null: str | None = None,
+          **limits: float) -> Any:
+    """A list-of-whole-numbers field (layer widths, channels), each in range: ``sizes([256], ge=1)``;
+    ``sizes(None, example=[32, 64], null="what None means", ge=1)`` for a list that may be null."""
+    shown = default if example is None else example
+    bound = Bound(**limits, example="[" + ",".join(map(str, shown)) + "]", null=null, each=True)
+    if default is None:
+        return field(default=None, metadata={"bound": bound})
     return field(default_factory=lambda: list(default), metadata={"bound": bound})
 
 

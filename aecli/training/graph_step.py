@@ -217,6 +217,8 @@ class GraphStep(Step):
         tensors = [p for group in optimizer.param_groups for p in group["params"]]
         tensors += [t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
         tensors += [*self.sums.values(), self.first_bad, self.step_count]
+        # the model's buffers: a schedule's step count, a codebook's EMA statistics, BatchNorm's running stats
+        tensors += list(self.phase.module.buffers())
         # the scaler's public state (its load_state_dict refills its tensors in place, which the graph keeps)
         scaler = self.scaler.state_dict() if self.scaler.is_enabled() else None
         return {"tensors": [(t, t.detach().clone()) for t in tensors], "scaler": scaler}
