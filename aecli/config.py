@@ -51,6 +51,17 @@ class Precision(Enum):
     fp16 = 16
 
 
+class Sparsity(Enum):
+    l1 = "l1"  # an L1 penalty on ReLU codes
+    kl = "kl"  # KL(target || mean activation) per unit of sigmoid codes (Ng's sparse autoencoder)
+
+
+class KLSchedule(Enum):
+    constant = "constant"  # beta from the first step
+    linear = "linear"  # beta x min(1, step / kl_warmup_steps): a warm-up
+    cyclical = "cyclical"  # the warm-up again every kl_cycle_steps (Fu et al. 2019)
+
+
 class DeviceName(Enum):
     auto = "auto"
     cpu = "cpu"
@@ -133,19 +144,74 @@ class ConvAutoencoderConfig:
 
 
 @dataclass
-class ConvVAEConfig:
-    _target_: str = "aecli.models.ConvVAE"
-    channels: list[int] = sizes([32, 64, 128, 256], ge=1)  # one stride-2 conv + BatchNorm + LeakyReLU each
-    latent_dim: int = bounded(128, ge=1)
+class KLConfig:
+    """What every VAE's KL term takes: its weight, its schedule over the training steps, free bits."""
+
     beta: float = bounded(1.0, ge=0)
+    kl_schedule: KLSchedule = KLSchedule.constant
+    kl_warmup_steps: int = bounded(1000, ge=1)  # linear/cyclical: steps for the weight to rise from 0 to beta
+    kl_cycle_steps: int = bounded(4000, ge=1)  # cyclical: steps per cycle (the rise, then beta)
+    free_bits: float = bounded(0.0, ge=0)  # nats per code unit the KL is not pushed below (Kingma et al. 2016)
 
 
 @dataclass
-class VAEConfig:
+class ConvVAEConfig(KLConfig):
+    _target_: str = "aecli.models.ConvVAE"
+    # one stride-2 conv + BatchNorm + LeakyReLU each
+    channels: list[int] | None = sizes(None, example=[32, 64, 128, 256], ge=1,
+                                       null="[32,64,128,256], as many layers as the image size takes")
+    latent_dim: int = bounded(128, ge=1)
+
+
+@dataclass
+class VAEConfig(KLConfig):
     _target_: str = "aecli.models.VAE"
     hidden_dims: list[int] = sizes([400], ge=1)
     latent_dim: int = bounded(20, ge=1)
-    beta: float = bounded(1.0, ge=0)
+
+
+@dataclass
+class SparseAutoencoderConfig:
+    _target_: str = "aecli.models.SparseAutoencoder"
+    hidden_dims: list[int] = sizes([256], ge=1)
+    latent_dim: int = bounded(64, ge=1)
+    sparsity: Sparsity = Sparsity.l1
+    sparsity_weight: float = bounded(0.1, ge=0)  # times the penalty's mean over code units
+    target: float = bounded(0.05, gt=0, lt=1)  # kl: the mean activation rho each unit is held to
+
+
+@dataclass
+class ContractiveAutoencoderConfig:
+    _target_: str = "aecli.models.ContractiveAutoencoder"
+    hidden_dims: list[int] = sizes([], ge=1)  # []: one sigmoid layer (the closed-form penalty)
+    latent_dim: int = bounded(64, ge=1)
+    contraction_weight: float = bounded(0.01, ge=0)  # times ||d code / d input||_F^2 per image
+    projections: int = bounded(1, ge=1)  # deeper encoders: random projections per image of the estimate
+
+
+@dataclass
+class VQConfig:
+    """What every VQ-VAE's codebook takes."""
+
+    codebook_size: int = bounded(256, ge=2)  # K codes
+    code_dim: int = bounded(16, ge=1)  # D numbers each
+    beta: float = bounded(0.25, ge=0)  # the commitment loss's weight
+    ema: bool = False  # codebook updates as moving averages of the codes' encoder outputs (no codebook loss)
+    decay: float = bounded(0.99, ge=0, lt=1)  # ema: the moving averages' decay
+    restarts: bool = True  # codes unused for a while restart at recent encoder outputs
+
+
+@dataclass
+class VQVAEConfig(VQConfig):
+    _target_: str = "aecli.models.VQVAE"
+    hidden_dims: list[int] = sizes([256], ge=1)
+    codes: int = bounded(4, ge=1)  # code vectors per input (latent_dim: codes x code_dim)
+
+
+@dataclass
+class ConvVQVAEConfig(VQConfig):
+    _target_: str = "aecli.models.ConvVQVAE"
+    channels: list[int] = sizes([32, 64], ge=1)  # one stride-2 3x3 conv each; a code per position of the last map
 
 
 @dataclass
@@ -297,7 +363,8 @@ class TextConfig:
 # their ``_target_``s (``targets``). Options that only set values (dae, mnist, ...) are YAML.
 SCHEMAS: dict[str, dict[str, type]] = {
     "model": {"ae": MLPAutoencoderConfig, "conv": ConvAutoencoderConfig, "vae": VAEConfig,
-              "stacked": StackedAutoencoderConfig, "conv_vae": ConvVAEConfig},
+              "stacked": StackedAutoencoderConfig, "conv_vae": ConvVAEConfig, "sparse": SparseAutoencoderConfig,
+              "contractive": ContractiveAutoencoderConfig, "vqvae": VQVAEConfig, "conv_vqvae": ConvVQVAEConfig},
     "noise": {"none": NoNoiseConfig, "binomial": MaskingNoiseConfig, "gaussian": GaussianNoiseConfig},
     "loss": {"mse": SquaredErrorConfig, "bce": BinaryCrossEntropyConfig, "multinomial": MultinomialConfig},
     "dataset": {"digits": DigitsConfig, "torchvision": TorchvisionConfig, "folder": FolderConfig,

@@ -56,10 +56,15 @@ def bounded(default: Any, *, example: Any = None, null: str | None = None, ge: f
     return field(default=default, metadata={"bound": bound})
 
 
-def sizes(default: list[int], *, ge: float | None = None, gt: float | None = None, le: float | None = None,
-          lt: float | None = None) -> Any:
-    """A list-of-whole-numbers field (layer widths, channels), each in range: ``sizes([256], ge=1)``."""
-    bound = Bound(ge, gt, le, lt, example="[" + ",".join(map(str, default)) + "]", each=True)
+def sizes(default: list[int] | None, *, example: list[int] | None = None, null: str | None = None,
+          ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None) -> Any:
+    """A list-of-whole-numbers field (layer widths, channels), each in range: ``sizes([256], ge=1)``;
+    ``sizes(None, example=[32, 64], null="what None means", ge=1)`` for a list that may be null."""
+    shown = default if example is None else example
+    assert shown is not None, "sizes(None, ...) needs an example"
+    bound = Bound(ge, gt, le, lt, example="[" + ",".join(map(str, shown)) + "]", null=null, each=True)
+    if default is None:
+        return field(default=None, metadata={"bound": bound})
     return field(default_factory=lambda: list(default), metadata={"bound": bound})
 
 

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from aecli.data import ImageData, ImageFiles, batches
 from aecli.losses import ModelsWords, ReconstructionLoss
-from aecli.models import Autoencoder, HasLikelihoodBound, likelihood_bound
+from aecli.models import Autoencoder, HasLikelihoodBound, MeasuresCodes, likelihood_bound
 
 
 def psnr_db(mse: float, data_range: float = 1.0) -> float:
@@ -28,12 +28,14 @@ def reconstruction(model: Autoencoder, data: ImageData, raw: Tensor | ImageFiles
                    batch_size: int) -> dict[str, float]:
     """Mean loss terms on clean inputs (training units: ``loss_<unit>``, ...), per-pixel MSE of
     the reconstruction (``model.reconstruct``: a VAE decodes its mean code), PSNR (dB, data in
-    [0, 1]), and what ``model.extra_metrics`` derives (a VAE with bce: -ELBO in nats per image).
+    [0, 1]), what ``model.extra_metrics`` derives (a VAE with bce: -ELBO in nats per image), and
+    the statistics of the codes of a model that ``MeasuresCodes`` (active units, sparsity, ...).
     The model is put back in training mode afterwards if it was in it."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     sums: dict[str, Tensor] = {}
+    code_sums: dict[str, Tensor] = {}
     squared_error = torch.zeros((), device=device, dtype=torch.float64)
     nats_words = torch.zeros(2, device=device, dtype=torch.float64)  # word models: -log p, words
     for _, b in batches(raw, batch_size, torch.arange(len(raw), device=device)):
@@ -43,6 +45,9 @@ def reconstruction(model: Autoencoder, data: ImageData, raw: Tensor | ImageFiles
         squared_error += (model.reconstruct(x, recon) - x).double().pow(2).sum()
         if isinstance(recon, ModelsWords):
             nats_words += torch.stack(recon.nats_per_word(model.decode(model.encode(x)), x)).double()
+        if isinstance(model, MeasuresCodes):
+            for k, v in model.code_sums(x).items():
+                code_sums[k] = code_sums[k] + v.double() if k in code_sums else v.double()
     model.train(was_training)
     n = len(raw)
     means = {k: v.item() / n for k, v in sums.items()}
@@ -54,6 +59,8 @@ def reconstruction(model: Autoencoder, data: ImageData, raw: Tensor | ImageFiles
         out["perplexity"] = math.exp(min(out["recon_nats_per_word"], 700.0))
     if isinstance(model, HasLikelihoodBound):
         out.update(model.extra_metrics(means, recon))
+    if isinstance(model, MeasuresCodes):
+        out.update(model.code_metrics(code_sums, n))
     return out
 
 

@@ -2,4 +2,4 @@
 from aecli.training.app import main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()  # exits 1 or 128 + N itself; returning is success (0)

@@ -87,19 +87,19 @@ def pause_in_checkpoint_write(n: int) -> None:
 
     original, count = checkpoint.atomic_write, [0]
 
-    def atomic_write(path, write):
+    def atomic_write(path, write, **kwargs):
         if path.suffix != ".pt":
-            return original(path, write)
+            return original(path, write, **kwargs)
         count[0] += 1
         if count[0] != n:
-            return original(path, write)
+            return original(path, write, **kwargs)
 
         def write_then_pause(f):
             write(f)
             f.flush()
             pause(f"in checkpoint write {n} ({path})")
 
-        return original(path, write_then_pause)
+        return original(path, write_then_pause, **kwargs)
 
     checkpoint.atomic_write = atomic_write
 

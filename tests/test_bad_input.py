@@ -67,5 +67,5 @@ def test_unknown_option_lists_the_available_ones(tmp_path):
     proc = run_cli("model=transformer", cwd=tmp_path)
     assert proc.returncode == 1
     assert proc.stderr.startswith("aecli: error: model: there is no option 'transformer' "
-                                  "(options: ae, conv, conv_vae, dae, ")
+                                  "(options: ae, contractive, conv, conv_vae, ")
     assert "Traceback" not in proc.stderr

@@ -13,6 +13,7 @@ from aecli.data import ImageData
 from aecli.errors import ConfigError
 from aecli.losses import BinaryCrossEntropy, SquaredError
 from aecli.noise import GaussianNoise, MaskingNoise, NoNoise
+from aecli.training.placement import threads_per_job
 
 from .conftest import make_cfg
 
@@ -37,7 +38,8 @@ def refusal(*overrides: str) -> ConfigError:
 
 
 def test_groups_have_the_documented_options():
-    assert options("model") == ["ae", "conv", "conv_vae", "dae", "stacked", "vae"]
+    assert options("model") == ["ae", "contractive", "conv", "conv_vae", "conv_vqvae", "dae", "sparse", "stacked",
+                                "vae", "vqvae"]
     assert options("noise") == ["binomial", "gaussian", "none"]
     assert options("loss") == ["bce", "mse", "multinomial"]
     assert options("dataset") == ["cifar10", "digits", "fashion_mnist", "folder", "kmnist", "mnist", "photos", "table",
@@ -80,7 +82,12 @@ def _leaves(node, prefix: str):
 def test_every_model_config_builds_a_model_of_its_latent_size(model):
     cfg = make_cfg(f"model={model}")
     net = instantiate(cfg.model, input_shape=(3, 32, 32))
-    assert net.latent_dim == cfg.model.latent_dim == {"vae": 20, "conv_vae": 128}.get(model, 16)
+    # VQ-VAEs: codes x code_dim; the conv one a code per position of its 8x8 map
+    declared = {"vqvae": cfg.model.get("codes", 0) * cfg.model.get("code_dim", 0),
+                "conv_vqvae": 8 * 8 * cfg.model.get("code_dim", 0)}.get(model)
+    assert net.latent_dim == (declared or cfg.model.latent_dim)
+    assert net.latent_dim == {"vae": 20, "conv_vae": 128, "sparse": 64, "contractive": 64, "vqvae": 64,
+                              "conv_vqvae": 1024}.get(model, 16)
 
 
 def test_noise_and_loss_configs_build_what_they_name():
@@ -160,7 +167,8 @@ def test_default_dataset_is_the_bundled_digits_with_labels():
      "need a noise to scale"),
     (["model=stacked", "noise=gaussian", "model.pretrain_noise_levels=[0.1]"], "model.pretrain_noise_levels",
      "1 levels for 3 layers"),
-    (["model=transformer"], "model", "no option 'transformer' (options: ae, conv, conv_vae, dae, stacked, vae)"),
+    (["model=transformer"], "model", "no option 'transformer' (options: ae, contractive, conv, conv_vae, "
+     "conv_vqvae, dae, sparse, stacked, vae, vqvae)"),
 ])
 def test_a_bad_config_is_one_message_naming_the_key(overrides, key, words):
     error = refusal(*overrides)
@@ -170,6 +178,12 @@ def test_a_bad_config_is_one_message_naming_the_key(overrides, key, words):
     assert "+" not in error.fix.split("=")[0]  # never Hydra's advice to append a key that does not exist
 
 
-@pytest.mark.parametrize("ok", ["auto", "4", "null"])
-def test_num_threads_is_auto_a_whole_number_or_null(ok):
-    check(make_cfg(f"trainer.num_threads={ok}"))
+@pytest.mark.parametrize("ok, two_jobs_on_4_cores, alone", [("auto", 2, None), ("4", 4, 4), ("null", None, None)])
+def test_num_threads_is_auto_a_whole_number_or_null(ok, two_jobs_on_4_cores, alone):
+    """Each accepted value means what the docs say: auto shares the cores between the jobs that
+    run at once (alone: torch's default, then timed on the CPU), a number is taken as is, null
+    leaves torch's default."""
+    cfg = make_cfg(f"trainer.num_threads={ok}")
+    check(cfg)
+    assert threads_per_job(cfg.trainer.num_threads, cores=4, jobs=2) == two_jobs_on_4_cores
+    assert threads_per_job(cfg.trainer.num_threads, cores=4, jobs=1) == alone

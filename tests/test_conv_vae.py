@@ -98,8 +98,11 @@ def test_image_sizes(size):
     assert set(terms) == {"loss", "recon", "kl"}
 
 
-def test_digits_need_fewer_layers_and_say_so():
+def test_the_default_layers_fit_the_image_size_and_named_ones_that_do_not_say_so():
+    for shape, layers in (((1, 8, 8), 2), ((1, 28, 28), 3), ((3, 32, 32), 4), ((3, 64, 64), 4)):
+        model = ConvVAE(shape, latent_dim=4)
+        assert len(model.down) == layers, shape
+        assert model(torch.rand(2, *shape)).shape == (2, *shape)
     with pytest.raises(ConfigError) as e:
-        ConvVAE((1, 8, 8))  # the default 4 layers need 32 px
+        ConvVAE((1, 8, 8), channels=(32, 64, 128, 256))  # 4 layers need 32 px
     assert e.value.key == "model.channels" and "model.channels=[32,64]" in e.value.fix
-    assert ConvVAE((1, 8, 8), channels=(32, 64))(torch.rand(2, 1, 8, 8)).shape == (2, 1, 8, 8)

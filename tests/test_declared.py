@@ -70,7 +70,9 @@ def test_every_default_agrees_between_schema_yaml_and_constructor(group, option)
 def test_the_checkpoint_allow_list_is_what_the_components_declare():
     allowed = checkpoint.allowed_targets()
     assert allowed["model"] == {"aecli.models.MLPAutoencoder", "aecli.models.ConvAutoencoder", "aecli.models.VAE",
-                                "aecli.models.StackedAutoencoder", "aecli.models.ConvVAE"}
+                                "aecli.models.StackedAutoencoder", "aecli.models.ConvVAE",
+                                "aecli.models.SparseAutoencoder", "aecli.models.ContractiveAutoencoder",
+                                "aecli.models.VQVAE", "aecli.models.ConvVQVAE"}
     assert allowed["noise"] == {"aecli.noise.NoNoise", "aecli.noise.MaskingNoise", "aecli.noise.GaussianNoise"}
     assert allowed["loss"] == {"aecli.losses.SquaredError", "aecli.losses.BinaryCrossEntropy",
                                "aecli.losses.Multinomial"}

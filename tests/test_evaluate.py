@@ -125,6 +125,10 @@ def test_several_runs_make_one_table_in_their_common_parent(results, runs):
     header = md.split("\n\n")[1].splitlines()[0]
     assert "probe" not in header and "knn" not in header and header.count("|") <= 12
     assert f"| {results['ae']['test/mse_per_pixel']:.4g} |" in md and "probe codes" in rows[0]
+    # the statistics of the codes in a table of their own: the VAE's active units, none for the AEs
+    codes = md.split("## Codes\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert codes[0] == "| run | active units |" and codes[2] == "| ae |  |"
+    assert codes[4] == f"| vae | {results['vae']['test/active_units']:.4g} |"
 
 
 def test_a_dataset_without_labels_gets_reconstruction_only(runs):

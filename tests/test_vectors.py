@@ -98,7 +98,7 @@ def test_text_vocabulary_comes_from_the_train_split_without_stop_words(corpus):
 
 
 def test_conv_models_refuse_vectors_with_one_message(table):
-    for model in ("conv", "conv_vae"):
+    for model in ("conv", "conv_vae", "conv_vqvae"):
         with pytest.raises(ConfigError) as e:
             build_parts(quick("dataset=table", f"dataset.path={table}", "dataset.label_column=label",
                               "dataset.categorical=[colour]", f"model={model}", "loss=mse"))
@@ -111,10 +111,11 @@ def test_bce_on_word_counts_is_refused_with_the_representation_as_fix(corpus):
     assert e.value.key == "loss" and "dataset.representation=binary" in e.value.fix
 
 
-@pytest.mark.parametrize("model", ["vae", "stacked", "dae"])
+@pytest.mark.parametrize("model", ["vae", "stacked", "dae", "sparse", "contractive", "vqvae"])
 def test_the_other_vector_models_train_on_documents(model, corpus, tmp_path):
+    size = "model.codes=2" if model == "vqvae" else "model.latent_dim=4"  # a VQ-VAE: codes x code_dim
     result = train(quick("dataset=text", f"dataset.path={corpus}", f"model={model}", "loss=bce",
-                         "dataset.representation=binary", "trainer.epochs=1", "model.latent_dim=4",
+                         "dataset.representation=binary", "trainer.epochs=1", size,
                          *(["model.pretrain_epochs=1"] if model == "stacked" else [])), tmp_path / "run")
     assert result.status == "completed" and math.isfinite(result.objective)
     assert (tmp_path / "run" / "reconstruction_words.md").read_text().count("|") > 12

@@ -36,7 +36,8 @@ def image_shape(input_shape: Sequence[int], model: str) -> tuple[int, int, int]:
     if len(input_shape) != 3:
         raise ConfigError("model", f"{model} needs images (channels, height, width), but this dataset's items "
                           f"are vectors of {input_shape[0] if input_shape else 0} features",
-                          "use model=ae, model=dae, model=vae or model=stacked for tables and text")
+                          "use model=ae, model=dae, model=vae, model=stacked, model=sparse, model=contractive or "
+                          "model=vqvae for tables and text")
     c, h, w = (int(s) for s in input_shape)
     return c, h, w
 
@@ -64,11 +65,14 @@ class Autoencoder(nn.Module):
     ``loss_unit`` names the reduction of the training loss so metrics carry their unit:
     ``per_pixel`` (mean over pixels and batch) or ``per_image`` (sum over pixels, mean over batch).
     ``prefers_channels_last``: NHWC batches are faster for this model on CUDA (conv models).
+    ``why_no_prior``: what ``aecli sample`` says where the model has no prior.
     """
 
     loss_unit = "per_pixel"
     prefers_channels_last = False
     latent_dim: int
+    # why there are no prior samples (a model with a prior is ``HasPrior``): for the message
+    why_no_prior = "an autoencoder's codes follow no known distribution"
 
     def __init__(self, input_shape: Sequence[int]) -> None:
         super().__init__()
@@ -117,6 +121,19 @@ class HasLikelihoodBound(Protocol):
     def extra_metrics(self, means: dict[str, float], recon: ReconstructionLoss) -> dict[str, float]:
         """Metrics derived from the mean loss terms of an evaluation pass (keys name units; a
         VAE with bce: -ELBO in nats per image)."""
+
+
+@runtime_checkable
+class MeasuresCodes(Protocol):
+    """A model with statistics of its codes worth watching (sparsity, a Jacobian's norm, codebook
+    use, a VAE's active units): gathered over a split batch by batch, reported with the
+    reconstruction metrics (``val/...`` every epoch, ``test/...`` in evaluate)."""
+
+    def code_sums(self, x: Tensor) -> dict[str, Tensor]:
+        """Sums over the batch ``x`` (tensors of any shape) that add up across batches."""
+
+    def code_metrics(self, sums: dict[str, Tensor], n: int) -> dict[str, float]:
+        """The metrics from the sums of ``code_sums`` over ``n`` images."""
 
 
 @runtime_checkable

@@ -52,14 +52,20 @@ class ConvAutoencoder(Autoencoder):
         self.from_latent = nn.Linear(self.latent_dim, n_feat)
 
     def encode(self, x: Tensor) -> Tensor:
-        for conv in self.down:
-            x = torch.relu(conv(x))
-        return self.to_latent(x.flatten(1))
+        return self.to_latent(self.features(x).flatten(1))
 
     def decode(self, z: Tensor) -> Tensor:
-        h = torch.relu(self.from_latent(z)).view(-1, *self.feature_shape)
-        targets = self.sizes[-2::-1]
-        for i, (deconv, size) in enumerate(zip(self.up, targets)):
+        return self.from_features(torch.relu(self.from_latent(z)).view(-1, *self.feature_shape))
+
+    def features(self, x: Tensor) -> Tensor:
+        """The last feature map of the encoder's convs, shape (N, *feature_shape)."""
+        for conv in self.down:
+            x = torch.relu(conv(x))
+        return x
+
+    def from_features(self, h: Tensor) -> Tensor:
+        """The decoder's convs from a last feature map back to logits shaped like the input."""
+        for i, (deconv, size) in enumerate(zip(self.up, self.sizes[-2::-1])):
             h = deconv(h, output_size=size)
             if i < len(self.up) - 1:
                 h = torch.relu(h)

@@ -10,7 +10,7 @@ from typing import cast
 
 from torch import Tensor, nn
 
-from aecli.config import ConvVAEConfig
+from aecli.config import ConvVAEConfig, KLSchedule
 from aecli.errors import ConfigError
 from aecli.models.base import image_shape
 from aecli.models.vae import GaussianVAE
@@ -21,6 +21,7 @@ def _block(conv: nn.Module, channels: int) -> nn.ModuleList:
 
 
 D = ConvVAEConfig()  # the declared defaults, for __init__'s own
+DEFAULT_CHANNELS = (32, 64, 128, 256)  # channels=None: as many of these as the image size takes
 
 
 class ConvVAE(GaussianVAE):
@@ -32,7 +33,8 @@ class ConvVAE(GaussianVAE):
 
     Images must be at least ``2 ** (len(channels) + 1)`` pixels high and wide, so the last
     feature map is at least 2x2: on a 1x1 map BatchNorm has one value per channel and image,
-    and a training batch of one image fails. The default 4 layers take 32 px and up.
+    and a training batch of one image fails. The default (``channels=None``) is the first of
+    ``[32, 64, 128, 256]`` that the image size takes: 4 layers from 32 px, 3 for 28 px MNIST.
     """
 
     prefers_channels_last = True  # tensor cores want NHWC (CUDA)
@@ -40,12 +42,19 @@ class ConvVAE(GaussianVAE):
     def __init__(
         self,
         input_shape: Sequence[int],
-        channels: Sequence[int] = tuple(D.channels),
+        channels: Sequence[int] | None = D.channels,
         latent_dim: int = D.latent_dim,
         beta: float = D.beta,
+        kl_schedule: KLSchedule | str = D.kl_schedule,
+        kl_warmup_steps: int = D.kl_warmup_steps,
+        kl_cycle_steps: int = D.kl_cycle_steps,
+        free_bits: float = D.free_bits,
     ) -> None:
-        super().__init__(image_shape(input_shape, "model=conv_vae"), latent_dim, beta)
+        super().__init__(image_shape(input_shape, "model=conv_vae"), latent_dim, beta, kl_schedule, kl_warmup_steps,
+                         kl_cycle_steps, free_bits)
         c_in, height, width = self.input_shape
+        if channels is None:  # as many of the default layers as the image size takes
+            channels = DEFAULT_CHANNELS[:max(1, _layers_that_fit(height, width))]
         _check_size(height, width, len(channels))
         chans = [c_in, *channels]
         self.down = nn.ModuleList(_block(nn.Conv2d(a, b, 3, stride=2, padding=1), b)
@@ -82,7 +91,7 @@ def _check_size(height: int, width: int, layers: int) -> None:
     smallest = 2 ** (layers + 1)
     if min(height, width) >= smallest:
         return
-    fits = int(math.log2(max(min(height, width), 1))) - 1  # layers this image size takes
+    fits = _layers_that_fit(height, width)
     if fits < 1:
         raise ConfigError("model", f"{height}x{width} images are too small for the conv VAE (4x4 at least)",
                           "use model=vae (an MLP VAE) for such small images, or larger images")
@@ -91,3 +100,8 @@ def _check_size(height: int, width: int, layers: int) -> None:
                       f"(the last feature map at least 2x2 for BatchNorm); these are {height}x{width}",
                       f"use at most {fits} layer(s) for {height}x{width} images, e.g. model.channels={example}, "
                       f"or larger images (dataset.image_size={smallest} for a folder)")
+
+
+def _layers_that_fit(height: int, width: int) -> int:
+    """Stride-2 layers that leave a feature map of at least 2x2."""
+    return int(math.log2(max(min(height, width), 1))) - 1

@@ -8,14 +8,19 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from aecli.config import VAEConfig
+from aecli.config import KLSchedule, VAEConfig
 from aecli.losses import ReconstructionLoss
 from aecli.models.base import Autoencoder, mlp
 
 
+def kl_per_unit(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, 1)) of each code unit, in nats (closed form), shape of ``mu``."""
+    return -0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp())
+
+
 def kl_to_standard_normal(mu: Tensor, logvar: Tensor) -> Tensor:
     """KL(N(mu, exp(logvar)) || N(0, I)) per row, in nats (closed form)."""
-    return -0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)
+    return kl_per_unit(mu, logvar).sum(dim=1)
 
 
 class GaussianVAE(Autoencoder):
@@ -24,14 +29,45 @@ class GaussianVAE(Autoencoder):
     Loss per image: reconstruction summed over pixels + ``beta`` x KL (both in nats with
     ``loss=bce``); both terms are returned so they can be logged separately. A subclass gives
     ``encode_stats`` (mean and log-variance) and ``decode``.
+
+    Against posterior collapse: the KL's weight can follow ``kl_schedule`` over the training
+    steps (a linear warm-up, or cyclical: the warm-up again every ``kl_cycle_steps``), and
+    ``free_bits`` nats per code unit (the batch's mean KL of each unit) cost nothing. The step
+    count is a buffer (``kl_steps``) the loss advances when it trains, so the schedule runs
+    inside a CUDA graph and a resumed run continues it exactly; ``code_metrics`` reports the
+    active units (Burda et al. 2016), the units whose posterior mean varies with x.
     """
 
     loss_unit = "per_image"
+    kl_steps: Tensor  # a buffer: the training steps taken
+    ACTIVE_UNIT_VARIANCE = 0.01  # Burda et al. 2016: Cov_x(E_q[z_u]) above this makes unit u active
 
-    def __init__(self, input_shape: Sequence[int], latent_dim: int, beta: float) -> None:
+    def __init__(self, input_shape: Sequence[int], latent_dim: int, beta: float,
+                 kl_schedule: KLSchedule | str = KLSchedule.constant, kl_warmup_steps: int = 1000,
+                 kl_cycle_steps: int = 4000, free_bits: float = 0.0) -> None:
         super().__init__(input_shape)
         self.latent_dim = int(latent_dim)
         self.beta = float(beta)
+        self.kl_schedule = KLSchedule(getattr(kl_schedule, "value", kl_schedule))
+        self.kl_warmup_steps, self.kl_cycle_steps = int(kl_warmup_steps), int(kl_cycle_steps)
+        self.free_bits = float(free_bits)
+        self.register_buffer("kl_steps", torch.zeros((), dtype=torch.long))  # training steps taken
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object) -> None:
+        # checkpoints written before the KL schedule have no step count: they start at 0
+        state_dict.setdefault(prefix + "kl_steps", torch.zeros((), dtype=torch.long))
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def kl_weight(self) -> Tensor | float:
+        """The KL's weight at the current step: ``beta``, or beta times the schedule's ramp while
+        training (validation and evaluation measure the loss with the full ``beta``, so epochs
+        compare)."""
+        if self.kl_schedule is KLSchedule.constant or not self.training:
+            return self.beta
+        t = self.kl_steps.float()
+        if self.kl_schedule is KLSchedule.cyclical:
+            t = torch.remainder(t, float(self.kl_cycle_steps))  # the step within its cycle
+        return self.beta * torch.clamp(t / float(self.kl_warmup_steps), max=1.0)
 
     def encode_stats(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and log-variance of q(z|x)."""
@@ -52,8 +88,16 @@ class GaussianVAE(Autoencoder):
         mu, logvar = self.encode_stats(x_in)
         logits = self.decode(self.reparameterize(mu, logvar))
         rec = recon.elementwise(logits, target).flatten(1).sum(1).mean()
-        kl = kl_to_standard_normal(mu, logvar).mean()
-        return {"loss": rec + self.beta * kl, "recon": rec, "kl": kl}
+        kl_units = kl_per_unit(mu, logvar).mean(0)  # the batch's mean KL of each code unit
+        kl = kl_units.sum()
+        penalty = kl_units.clamp(min=self.free_bits).sum() if self.free_bits > 0 else kl
+        weight = self.kl_weight()
+        if self.training and torch.is_grad_enabled():  # a training step (not validation, nor a probe)
+            self.kl_steps.add_(1)
+        terms = {"loss": rec + weight * penalty, "recon": rec, "kl": kl}
+        if self.kl_schedule is not KLSchedule.constant and self.training:
+            terms["kl_weight"] = torch.as_tensor(weight, device=kl.device).detach()
+        return terms
 
     def sample_latents(self, n: int, generator: torch.Generator) -> Tensor:
         """Codes from the prior N(0, I)."""
@@ -85,6 +129,16 @@ class GaussianVAE(Autoencoder):
             return {}
         return {"neg_elbo_nats_per_image": means["recon"] + means["kl"]}
 
+    def code_sums(self, x: Tensor) -> dict[str, Tensor]:
+        """Sums of the posterior means and their squares, per unit (for their variance over x)."""
+        mu = self.encode(x).double()
+        return {"mu": mu.sum(0), "mu_sq": mu.pow(2).sum(0)}
+
+    def code_metrics(self, sums: dict[str, Tensor], n: int) -> dict[str, float]:
+        """``active_units``: how many units' posterior mean varies over x by more than 0.01."""
+        variance = sums["mu_sq"] / n - (sums["mu"] / n).pow(2)
+        return {"active_units": float((variance > self.ACTIVE_UNIT_VARIANCE).sum().item())}
+
 
 D = VAEConfig()  # the declared defaults, for __init__'s own
 
@@ -98,8 +152,12 @@ class VAE(GaussianVAE):
         hidden_dims: Sequence[int] = tuple(D.hidden_dims),
         latent_dim: int = D.latent_dim,
         beta: float = D.beta,
+        kl_schedule: KLSchedule | str = D.kl_schedule,
+        kl_warmup_steps: int = D.kl_warmup_steps,
+        kl_cycle_steps: int = D.kl_cycle_steps,
+        free_bits: float = D.free_bits,
     ) -> None:
-        super().__init__(input_shape, latent_dim, beta)
+        super().__init__(input_shape, latent_dim, beta, kl_schedule, kl_warmup_steps, kl_cycle_steps, free_bits)
         n_in = math.prod(self.input_shape)
         self.encoder = mlp([n_in, *hidden_dims], last_activation=True)
         self.to_stats = nn.Linear(hidden_dims[-1] if hidden_dims else n_in, 2 * self.latent_dim)

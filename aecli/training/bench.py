@@ -34,10 +34,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -48,10 +48,10 @@ from aecli.device import resolve_device
 from aecli.errors import ConfigError
 from aecli.losses import ReconstructionLoss
 from aecli.metrics import reconstruction
-from aecli.models import VAE, Autoencoder
+from aecli.models import Autoencoder
 from aecli.noise import NoNoise
 from aecli.training.build import build_parts, make_step, new_state
-from aecli.training.hooks import Hooks, Run
+from aecli.training.hooks import Hook, Hooks, Run
 from aecli.training.loop import train_epoch
 from aecli.training.state import EpochState
 
@@ -128,7 +128,7 @@ class ClassicVAE(nn.Module):
     PARAMS = ("weight", "bias")
 
     @classmethod
-    def from_aecli(cls, vae: VAE) -> ClassicVAE:
+    def from_aecli(cls, vae: Autoencoder) -> ClassicVAE:
         """The same network with the same weights as an aecli ``VAE(hidden_dims=[h])``, copied
         by state-dict key (a VAE of another shape is refused, not half copied)."""
         state = vae.state_dict()
@@ -144,7 +144,7 @@ class ClassicVAE(nn.Module):
         out.load_state_dict(ours)  # strict: every key, every shape
         return out.to(state["to_stats.weight"].device)
 
-    def to_aecli(self, vae: VAE) -> VAE:
+    def to_aecli(self, vae: Autoencoder) -> Autoencoder:
         """Copy these weights back into aecli's ``vae`` by state-dict key (to evaluate both the
         same way); returns ``vae``."""
         mine = self.state_dict()
@@ -169,14 +169,14 @@ def classic_loader(raw: Tensor, batch_size: int, device: torch.device,
                    sampler: Iterable[int] | None = None) -> torch.utils.data.DataLoader:
     """The example's loader: ``shuffle=True``; ``num_workers=1, pin_memory=True`` on CUDA.
     ``sampler`` (tests only) fixes the order to compare with aecli's path step by step."""
-    cuda = {"num_workers": 1, "pin_memory": True} if device.type == "cuda" else {}
+    cuda: dict[str, Any] = {"num_workers": 1, "pin_memory": True} if device.type == "cuda" else {}
     if sampler is not None:
         return torch.utils.data.DataLoader(ClassicImages(raw), batch_size=batch_size, sampler=sampler,
                                            generator=torch.Generator(), **cuda)
     return torch.utils.data.DataLoader(ClassicImages(raw), batch_size=batch_size, shuffle=True, **cuda)
 
 
-def classic_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: torch.utils.data.DataLoader,
+def classic_epoch(model: ClassicVAE | ClassicAE, optimizer: torch.optim.Optimizer, loader: torch.utils.data.DataLoader,
                   device: torch.device, on_step: Callable[[float], None] | None = None) -> float:
     """The example's ``train(epoch)``; returns the mean loss per image (the example's unit)."""
     model.train()
@@ -190,7 +190,7 @@ def classic_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: to
         optimizer.step()
         if on_step is not None:
             on_step(loss.item())
-    return train_loss / len(loader.dataset)
+    return train_loss / len(cast(Sized, loader.dataset))  # torch's Dataset declares no __len__; ClassicImages has
 
 
 # --- measurements -----------------------------------------------------------------------------
@@ -231,7 +231,7 @@ class PathResult:
     threads: int
 
 
-def aecli_epoch(cfg: Any, data: ImageData, device: torch.device, hooks: list[Any] = ()
+def aecli_epoch(cfg: Any, data: ImageData, device: torch.device, hooks: Sequence[Hook] = ()
                 ) -> tuple[Autoencoder, ReconstructionLoss, Callable[..., None]]:
     """aecli's side, built by ``aecli.training.build`` exactly as a run builds it (noise off, as in the
     baseline): the model, its loss, and a function that trains one epoch (in the order ``perm``,
@@ -269,10 +269,12 @@ def compose_case(name: str, device: str, extra: Sequence[str] = ()) -> Any:
 
 
 def bench_case(name: str, data: ImageData, device: torch.device, epochs: int,
-               extra: list[str] = ()) -> tuple[PathResult, PathResult, float, str]:
+               extra: Sequence[str] = ()) -> tuple[PathResult, PathResult, float, str]:
     """Baseline and aecli for one case: their results, FLOPs per image, the test loss's unit.
     ``extra``: more overrides for aecli's side (a speed knob to measure, e.g. trainer.compile=true)."""
     _, batch_size, counterpart = CASES[name]
+    train, test = data.train, data.test
+    assert isinstance(train, Tensor) and isinstance(test, Tensor), "load_data's splits are in memory"
     cfg = compose_case(name, device.type, extra)
     default_threads = torch.get_num_threads()
     model, recon, aecli_epoch_at_its_threads = aecli_epoch(cfg, data, device)
@@ -285,10 +287,11 @@ def bench_case(name: str, data: ImageData, device: torch.device, epochs: int,
             aecli_epoch_at_its_threads()
         finally:
             torch.set_num_threads(default_threads)
-    classic = ClassicVAE.from_aecli(model) if counterpart == "vae" else ClassicAE(copy.deepcopy(model))
+    classic: ClassicVAE | ClassicAE = (ClassicVAE.from_aecli(model) if counterpart == "vae"
+                                       else ClassicAE(copy.deepcopy(model)))
     classic_opt = torch.optim.Adam(classic.parameters(), lr=cfg.optim.lr)  # the example's optimizer
-    loader = classic_loader(data.train, batch_size, device)
-    flops = step_flops_per_image(model, data.as_float(data.train[:batch_size]), recon)
+    loader = classic_loader(train, batch_size, device)
+    flops = step_flops_per_image(model, data.as_float(train[:batch_size]), recon)
 
     paths = {"baseline": lambda: classic_epoch(classic, classic_opt, loader, device), "aecli": aecli_one_epoch}
     speeds: dict[str, list[float]] = {path: [] for path in paths}
@@ -304,9 +307,9 @@ def bench_case(name: str, data: ImageData, device: torch.device, epochs: int,
     # Both evaluated by the same code on the same images (the VAE's loss samples: same seed).
     def test_loss(m: Autoencoder) -> float:
         torch.manual_seed(0)
-        return reconstruction(m, data, data.test, recon, 1024)[f"loss_{m.loss_unit}"]
+        return reconstruction(m, data, test, recon, 1024)[f"loss_{m.loss_unit}"]
 
-    baseline_model = classic.to_aecli(copy.deepcopy(model)) if counterpart == "vae" else classic.model
+    baseline_model = classic.to_aecli(copy.deepcopy(model)) if isinstance(classic, ClassicVAE) else classic.model
     unit = "nats/image" if model.loss_unit == "per_image" else "MSE/pixel"
     return (PathResult(statistics.median(speeds["baseline"]), test_loss(baseline_model), default_threads),
             PathResult(statistics.median(speeds["aecli"]), test_loss(model), aecli_threads), flops, unit)
@@ -349,6 +352,7 @@ def load_data(name: str, root: str, repeat: int) -> tuple[ImageData, str]:
     the training split tiled ``repeat`` times so an epoch is long enough to time."""
     if name == "mnist":
         d = load_torchvision("mnist", root, download=False)
+        assert isinstance(d.train, Tensor) and isinstance(d.val, Tensor), "torchvision's sets load into memory"
         train = torch.cat([d.train, d.val])
         return ImageData(train, d.test, d.test), f"MNIST ({len(train):,} train / {len(d.test):,} test, 28x28)"
     d = load_digits()

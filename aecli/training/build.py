@@ -7,7 +7,7 @@ import copy
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 import torch
 from omegaconf import DictConfig
@@ -19,7 +19,7 @@ from aecli.data import ImageData
 from aecli.device import resolve_device
 from aecli.errors import ConfigError
 from aecli.losses import ReconstructionLoss
-from aecli.models import PretrainsInStages
+from aecli.models import Autoencoder, PretrainsInStages
 from aecli.threads import choose_threads, cores_available
 from aecli.training.distributed import World
 from aecli.training.graph_step import GraphStep
@@ -57,7 +57,7 @@ class Parts:
 
     device: torch.device
     data: ImageData
-    model: torch.nn.Module
+    model: Autoencoder
     recon: ReconstructionLoss
     noise: Any
     precision: Precision
@@ -78,14 +78,14 @@ def build_parts(cfg: DictConfig, slot: JobSlot = JobSlot(), data: ImageData | No
     seed_everything(cfg.seed)
     data = data if data is not None else load_data(cfg, fitted)
     recon: ReconstructionLoss = build(cfg, "loss")
-    top = float(data.train.max()) / data.max_value if not data.streamed else 1.0  # files: uint8/255
+    top = float(data.train.max()) / data.max_value if isinstance(data.train, Tensor) else 1.0  # files: uint8/255
     if recon.needs_unit_range and top > 1.0:
         fix = {"text": "use dataset.representation=binary, or loss=multinomial for word counts",
                "table": "use loss=mse, or dataset.scale=minmax (the train split's range; other splits may "
                         "still leave it)"}.get(data.kind, "use loss=mse, or a dataset whose pixels lie in [0, 1]")
         raise ConfigError("loss", f"loss={recon.name} needs data in [0, 1], but this dataset reaches {top:.3g}", fix)
     data = data.to(device)
-    model = build(cfg, "model", input_shape=data.shape).to(device)
+    model: Autoencoder = build(cfg, "model", input_shape=data.shape).to(device)
     noise = build(cfg, "noise")
     precision = Precision.from_config(cfg.trainer.precision, device)
     if device.type == "cpu" and cfg.trainer.get("num_threads") == "auto":
@@ -99,7 +99,7 @@ def build_parts(cfg: DictConfig, slot: JobSlot = JobSlot(), data: ImageData | No
                  placement)
 
 
-def time_threads(model: torch.nn.Module, shape: tuple[int, ...], recon: ReconstructionLoss, precision: Precision,
+def time_threads(model: Autoencoder, shape: tuple[int, ...], recon: ReconstructionLoss, precision: Precision,
                  cfg: DictConfig, most: int) -> tuple[int, str]:
     """``trainer.num_threads=auto`` on the CPU: ``aecli.threads.choose_threads`` times training steps
     (this model, batch size, loss, precision and optimizer) at 1 .. ``most`` threads and keeps the
@@ -172,5 +172,7 @@ def make_step(phase: Phase, parts: Parts, state: TrainState, cfg: DictConfig, wo
     if uses_cuda_graph(cfg, parts.device, world):
 
         return GraphStep(*args)
-    compute = torch.compile(phase.module.loss, mode=cfg.trainer.compile_mode) if cfg.trainer.compile else None
+    # Phase.module is an nn.Module, whose attribute type (Tensor | Module) hides that it has ``loss``
+    loss = cast(Callable[..., dict[str, Tensor]], phase.module.loss)
+    compute = torch.compile(loss, mode=cfg.trainer.compile_mode) if cfg.trainer.compile else None
     return Step(*args, compute=compute, skip_nan=value(cfg.trainer.on_nan) == "skip_batch", world=world)

@@ -68,6 +68,7 @@ class Checkpointing(Hook):
 
     def on_step_end(self, run: Run, terms: dict[str, Tensor] | None) -> None:
         es = run.state.epoch_state
+        assert es is not None, "steps run inside an epoch"
         last_batch = es.batch * run.batch_size >= len(es.perm)  # the epoch's end writes one anyway
         if self.every_n_steps and run.state.step % self.every_n_steps == 0 and not run.stop_requested \
                 and not last_batch:
@@ -90,19 +91,21 @@ class ProgressReport(Hook):
         self.seen0 = 0
 
     def on_epoch_start(self, run: Run) -> None:
-        self.t0, self.seen0 = time.perf_counter(), run.state.epoch_state.seen
+        es = run.state.epoch_state
+        assert es is not None, "run_epochs sets the epoch before its start"
+        self.t0, self.seen0 = time.perf_counter(), es.seen
         if self.use_bar:
             import math
 
             from tqdm.auto import tqdm
 
-            es = run.state.epoch_state
             self.bar = tqdm(total=math.ceil(len(es.perm) / run.batch_size), initial=es.batch, leave=False,
                             desc=self._desc(run), file=sys.stderr)
 
     @staticmethod
     def _desc(run: Run) -> str:
         phase, state = run.phase, run.state
+        assert phase is not None, "an epoch belongs to a phase"
         epoch = f"epoch {state.epoch + 1}/{phase.epochs}"
         return epoch if phase.main else f"{phase.name} {epoch}"
 
@@ -111,6 +114,7 @@ class ProgressReport(Hook):
             return
         self.bar.update(1)
         if terms is not None and run.state.step % self.sync_every == 0:  # a sync the loop makes anyway
+            assert run.state.epoch_state is not None, "steps run inside an epoch"
             ips = (run.state.epoch_state.seen - self.seen0) / max(time.perf_counter() - self.t0, 1e-9)
             self.bar.set_postfix(loss=f"{terms['loss'].item():.4g}", img_s=f"{ips:,.0f}")
 
@@ -118,7 +122,9 @@ class ProgressReport(Hook):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-        phase, unit = run.phase, run.phase.unit
+        phase = run.phase
+        assert phase is not None, "an epoch belongs to a phase"
+        unit = phase.unit
         line = f"{phase.name} epoch {run.state.epoch}/{phase.epochs} step {run.state.step}: loss_{unit} " \
                f"{result.means.get('loss', float('nan')):.5g}"
         if val is not None:

@@ -103,7 +103,7 @@ class EagerReplay:
         torch.set_rng_state(rng)
 
         def replay() -> None:
-            self.step.phase.optimizer.zero_grad(set_to_none=True)  # a graph's backward writes fresh grads
+            self.step.optimizer.zero_grad(set_to_none=True)  # a graph's backward writes fresh grads
             for k, v in body().items():
                 terms[k].copy_(v)
 
@@ -121,6 +121,8 @@ class Captured:
 class GraphStep(Step):
     """A ``Step`` replayed as a CUDA graph; ``__call__``'s contract is the eager step's.
     ``recorder``: how steps are recorded and replayed (default: CUDA graphs)."""
+
+    first_bad: Tensor  # the graphs write it: it exists from the start (the eager step's from begin_epoch)
 
     def __init__(self, phase: Phase, recon: ReconstructionLoss, precision: Precision, scaler: torch.amp.GradScaler,
                  to_float: Callable[[Tensor], Tensor],
@@ -169,15 +171,15 @@ class GraphStep(Step):
         saved = self.snapshot()
         with self.recorder.side_stream():
             for _ in range(WARMUP_STEPS):
-                self.phase.optimizer.zero_grad(set_to_none=True)
+                self.optimizer.zero_grad(set_to_none=True)
                 self.body(raw)
         self.restore(saved)
         self.recorder.set_rng(rng[0])
         torch.set_rng_state(rng[1])
         static_raw = raw.clone()
-        self.phase.optimizer.zero_grad(set_to_none=True)  # backward allocates .grad in the graph's pool
+        self.optimizer.zero_grad(set_to_none=True)  # backward allocates .grad in the graph's pool
         replay, terms = self.recorder.record(lambda: self.body(static_raw))
-        grads = [p.grad for g in self.phase.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
         self.graphs[raw.shape[0]] = Captured(replay, static_raw, terms, grads)
         return self.graphs[raw.shape[0]]
 
@@ -194,7 +196,7 @@ class GraphStep(Step):
                 self.sums[k].copy_(self.carried[k])
         if self.scaler.is_enabled():
             self.scaler.scale(torch.ones((), device=self.first_bad.device))  # creates its scale tensors
-        optimizer = self.phase.optimizer
+        optimizer = self.optimizer
         params = [p for group in optimizer.param_groups for p in group["params"]]
         if all(p in optimizer.state and optimizer.state[p] for p in params):
             return
@@ -211,10 +213,12 @@ class GraphStep(Step):
 
     def snapshot(self) -> dict:
         """Copies of everything a warm-up step changes in place."""
-        optimizer = self.phase.optimizer
+        optimizer = self.optimizer
         tensors = [p for group in optimizer.param_groups for p in group["params"]]
         tensors += [t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
         tensors += [*self.sums.values(), self.first_bad, self.step_count]
+        # the model's buffers: a schedule's step count, a codebook's EMA statistics, BatchNorm's running stats
+        tensors += list(self.phase.module.buffers())
         # the scaler's public state (its load_state_dict refills its tensors in place, which the graph keeps)
         scaler = self.scaler.state_dict() if self.scaler.is_enabled() else None
         return {"tensors": [(t, t.detach().clone()) for t in tensors], "scaler": scaler}

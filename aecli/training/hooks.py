@@ -32,6 +32,7 @@ from torch import Tensor
 from aecli.config import plain
 from aecli.data import ImageData
 from aecli.losses import ReconstructionLoss
+from aecli.models import Autoencoder
 from aecli.training.distributed import World
 from aecli.training.state import Phase, TrainState
 from aecli.training.step import Step
@@ -64,7 +65,7 @@ class Run:
         self.device = next(self.state.model.parameters()).device
 
     @property
-    def model(self) -> torch.nn.Module:
+    def model(self) -> Autoencoder:
         return self.state.model
 
     @property
@@ -77,7 +78,10 @@ class Run:
         es = self.state.epoch_state
         if es is None:
             return {}
-        return dict(es.carried) if es.carried is not None or self.step is None else self.step.totals()
+        if es.carried is None:
+            assert self.step is not None, "only a step takes the carried sums over"
+            return self.step.totals()
+        return dict(es.carried)
 
 
 class Hook:

@@ -35,6 +35,7 @@ def train_epoch(run: Run, hooks: Hooks, sync_every: int) -> EpochResult:
     ``on_nan=skip_batch``, the step skips the batch (a sync per step).
     """
     state, es, step_fn = run.state, run.state.epoch_state, run.step
+    assert es is not None and step_fn is not None, "run_epochs sets the epoch and the phase's step first"
     mine = run.world.shard(es.perm)  # DDP: this rank's part of the epoch (all of it otherwise)
     n_batches = math.ceil(len(mine) / run.batch_size)
     step_fn.begin_epoch(es, state.step)

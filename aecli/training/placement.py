@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from aecli.threads import cores_available
 
@@ -34,7 +34,8 @@ def jobs_at_once(launcher: Mapping[str, Any] | None, cores: int) -> int:
     so a job counts as one of ``cores`` jobs (1 thread) unless ``cpus_per_task`` says its share;
     SLURM and the basic launcher: one job per machine/allocation at a time.
     """
-    target = str((launcher or {}).get("_target_", ""))
+    launcher = launcher or {}
+    target = str(launcher.get("_target_", ""))
     if target.endswith("JoblibLauncher"):
         n = int(launcher.get("n_jobs") or 1)
         return max(cores + 1 + n, 1) if n < 0 else n
@@ -68,13 +69,14 @@ def job_slot() -> JobSlot:
     """This job's ``JobSlot`` from Hydra's config (a plain ``JobSlot()`` outside Hydra)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, OmegaConf
 
     if not HydraConfig.initialized():
         return JobSlot()
-    hc = HydraConfig.get()
+    hc = cast(DictConfig, HydraConfig.get())  # typed as the HydraConf dataclass; at runtime a DictConfig
     if hc.mode != RunMode.MULTIRUN:
         return JobSlot()
-    launcher = OmegaConf.to_container(hc.launcher, resolve=False)
+    # to_container's stub allows any container; a DictConfig (the launcher's) gives a dict
+    launcher = cast(dict[str, Any], OmegaConf.to_container(hc.launcher, resolve=False))
     return JobSlot(num=hc.job.get("num"), jobs_at_once=jobs_at_once(launcher, cores_available()),
                    launcher=str(hc.runtime.choices.get("hydra/launcher", "basic")))

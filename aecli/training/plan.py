@@ -203,7 +203,8 @@ def prepare(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None, 
     if not follower:
         rundir.check_dir_path(run_dir)
     file = resume_file(cfg.resume, run_dir) if cfg.get("resume") is not None else None
-    state, changed = None, []
+    state: dict[str, Any] | None = None
+    changed: list[str] = []
     if file is None and follower:
         pass
     elif file is None:

@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from aecli import metrics
 from aecli.components import build
 from aecli.config import value
-from aecli.data import batches
+from aecli.data import ImageFiles, batches
 from aecli.errors import ConfigError, RunFailed
 from aecli.store import checkpoint, rundir
 from aecli.training import callbacks, hooks
@@ -76,14 +76,14 @@ def run(cfg: DictConfig, run_dir: str | Path, *, choices: dict[str, str] | None 
     with SIGNALS.installed():
         try:
             parts = build_parts(cfg, slot, world=world,
-                                fitted=plan.resume_from.get("data_transform") if plan.resuming else None)
+                                fitted=plan.resume_from.get("data_transform") if plan.resume_from is not None else None)
             best = BestModel(cfg.get("objective"), parts.model.loss_unit)
             # the objective's name, against one validation image's metrics, before any training
             # (``batches`` brings it to the device also from a streamed folder)
             _, first = next(batches(parts.data.val, 1, torch.arange(1, device=parts.device)))
             best.check(measure(parts, first, 1, cfg.seed))
             state = new_state(parts, cfg, world)
-            if plan.resuming:
+            if plan.resume_from is not None:
                 state.restore(plan.resume_from, len(parts.data.train), cfg.trainer.batch_size, parts.device,
                               world.rank, world.size)
         except ConfigError:
@@ -125,12 +125,13 @@ def fit(run_: hooks.Run, all_hooks: hooks.Hooks, parts: Parts, cfg: DictConfig, 
     except NonFiniteLoss as e:
         last = run_.run_dir / "checkpoints" / checkpoint.LAST
         good = f"the last good checkpoint is {last} (untouched)" if last.exists() else "no checkpoint was written"
+        assert run_.phase is not None, "run_epochs raises it from a phase's step"
         raise RunFailed("trainer.on_nan", f"{e} ({run_.phase.name}, epoch {run_.state.epoch + 1}); {good}",
                         "lower optim.lr, or trainer.on_nan=skip_batch to skip such batches"
                         + (f"; continue with resume={last.parent.parent}" if last.exists() else "")) from None
 
 
-def measure(parts: Parts, raw: torch.Tensor, batch_size: int, seed: int) -> dict[str, float]:
+def measure(parts: Parts, raw: torch.Tensor | ImageFiles, batch_size: int, seed: int) -> dict[str, float]:
     """``metrics.reconstruction`` of ``raw`` with the RNG seeded by ``seed`` (a VAE's loss draws
     codes) and the training's RNG left as it was: the same model gives the same numbers at a
     validation and in ``metrics.json``, and measuring does not change the training's draws."""
@@ -143,6 +144,7 @@ def measure(parts: Parts, raw: torch.Tensor, batch_size: int, seed: int) -> dict
 def validate(run_: hooks.Run, parts: Parts, cfg: DictConfig, best: BestModel) -> dict[str, float]:
     """The epoch's validation pass, handed to ``best``; a non-finite validation loss means the model diverged."""
     val = measure(parts, parts.data.val, cfg.trainer.eval_batch_size, cfg.seed)
+    assert run_.phase is not None, "run_epochs validates after a phase's epoch"
     if not math.isfinite(val[f"loss_{run_.phase.unit}"]):
         raise NonFiniteLoss(run_.state.step, "validation loss")
     best.update(run_.state, val)
@@ -180,7 +182,7 @@ def default_hooks(cfg: DictConfig, writer: Any, choices: dict[str, str], mine: l
     other than 0 keep only those that take part in collectives (they log to a ``NullWriter``)."""
     tc = cfg.trainer
     bar = value(tc.progress) == "bar" or (value(tc.progress) == "auto" and _stderr_is_tty())
-    ends = [callbacks.StopOnSignal(SIGNALS, tc.log_every_n_steps)]
+    ends: list[hooks.Hook] = [callbacks.StopOnSignal(SIGNALS, tc.log_every_n_steps)]
     ends += [callbacks.MaxSteps(tc.max_steps)] if tc.max_steps is not None else []
     logs = [tb.EpochScalars(writer), tb.ImageGrids(writer, tc.grid_images, cfg.seed), tb.VectorReport(writer),
             callbacks.ProgressReport(bar, tc.log_every_n_steps)] if world.main else []
@@ -208,8 +210,8 @@ def describe(parts: Parts, plan: Plan) -> None:
              type(model).__name__, f"{sum(p.numel() for p in model.parameters()):,}", parts.device,
              "x".join(map(str, data.shape)), len(data.train), len(data.val), len(data.test), parts.noise,
              parts.recon.name)
-    if plan.resuming:
-        s = plan.resume_from
+    s = plan.resume_from
+    if s is not None:
         log.info("resuming from step %d (phase %d, epoch %d%s): training the checkpoint's config; from this "
                  "command: %s", s["step"], s["phase"], s["epoch"],
                  f", batch {s['epoch_state']['batch']}" if s["epoch_state"] else "", "; ".join(plan.changed) or

@@ -11,14 +11,14 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from aecli.errors import ConfigError
-from aecli.models import Phase  # one record for a phase: the models' pre-training stages are phases too
+from aecli.models import Autoencoder, Phase  # one record for a phase: the models' pre-training stages are phases too
 
 
 @dataclass
@@ -52,7 +52,7 @@ class EpochState:
 class TrainState:
     """Everything that changes while a run trains."""
 
-    model: nn.Module
+    model: Autoencoder
     phases: list[Phase]
     scaler: torch.amp.GradScaler
     phase: int = 0  # index into phases
@@ -71,7 +71,9 @@ class TrainState:
         epoch's (``EpochState.to_dict``, with the sums; DDP: over all ranks), ``rng_ranks``
         every rank's RNG state (DDP), ``data_transform`` the data's fitted scaler or vocabulary
         (plain numbers and strings, ``aecli.data.vectors``)."""
-        out = {"model": self.model.state_dict(), "optimizer": self.phases[self.phase].optimizer.state_dict(),
+        optimizer = self.phases[self.phase].optimizer
+        assert optimizer is not None, "build.new_state gives every phase its optimizer"
+        out = {"model": self.model.state_dict(), "optimizer": optimizer.state_dict(),
                "scaler": self.scaler.state_dict(), "phase": self.phase, "epoch": self.epoch, "step": self.step,
                "epoch_state": epoch_state, "val": dict(self.val), "best_val": self.best_val,
                "best_step": self.best_step, "rng": rng_state(), "hooks": dict(self.hooks),
@@ -111,19 +113,22 @@ class TrainState:
             raise refuse(f"it was written by a run of {written_by} process(es), this one has {world_size}")
         self.epoch_state = None if es is None else EpochState.from_dict(es, device)
         if self.epoch_state is not None and rank > 0:  # rank 0 carries the sums of all ranks so far
-            self.epoch_state.carried = {k: torch.zeros_like(v) for k, v in self.epoch_state.carried.items()}
+            sums = self.epoch_state.hand_over()
+            self.epoch_state.carried = {k: torch.zeros_like(v) for k, v in sums.items()}
             self.epoch_state.seen = self.epoch_state.skipped = 0
         self.val, self.best_val, self.best_step = dict(d["val"]), float(d["best_val"]), d["best_step"]
         self.hooks = dict(d["hooks"])
         try:
-            set_rng_state(ranks[rank] if world_size > 1 else d["rng"])
+            set_rng_state(ranks[rank] if isinstance(ranks, list) and world_size > 1 else d["rng"])
         except (ValueError, TypeError, RuntimeError) as e:
             raise refuse(f"its RNG state is damaged ({str(e).splitlines()[0][:200]})") from None
 
 
 def rng_state() -> dict[str, Any]:
     """Every RNG a run draws from (python, numpy, torch, CUDA), as checkpoint-safe data."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    # numpy's stub also allows a dict (a non-MT19937 generator); the global RandomState's legacy state is a tuple
+    legacy = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state(legacy=True))
+    kind, keys, pos, has_gauss, gauss = legacy
     state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state(),
                              "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)}
     if torch.cuda.is_available() and torch.cuda.is_initialized():

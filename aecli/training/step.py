@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -73,8 +73,11 @@ class Step:
                  skip_nan: bool = False, world: World = World()) -> None:
         self.phase, self.recon, self.precision, self.scaler = phase, recon, precision, scaler
         self.to_float, self.skip_nan, self.world = to_float, skip_nan, world
-        self.compute = compute or phase.module.loss
-        self.params = [p for group in phase.optimizer.param_groups for p in group["params"]]
+        # Phase.module is an nn.Module, whose attribute type (Tensor | Module) hides that it has ``loss``
+        self.compute = compute or cast(Callable[..., dict[str, Tensor]], phase.module.loss)
+        assert phase.optimizer is not None, "the trainer gives each phase its optimizer before its step"
+        self.optimizer: torch.optim.Optimizer = phase.optimizer
+        self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.sums: dict[str, Tensor] = {}  # the epoch's loss terms x images, on the device
         self.first_bad: Tensor | None = None  # first step with a non-finite loss, -1: none (device scalar)
 
@@ -89,7 +92,7 @@ class Step:
     def update(self, loss: Tensor) -> None:
         self.scaler.scale(loss).backward()
         self.world.average_gradients(self.params)  # DDP: every rank steps with the global mean
-        self.scaler.step(self.phase.optimizer)
+        self.scaler.step(self.optimizer)
         self.scaler.update()
 
     def begin_epoch(self, es: EpochState, step: int) -> None:
@@ -109,12 +112,13 @@ class Step:
         terms = self.losses(x)
         if self.skip_nan and self.world.any(not torch.isfinite(terms["loss"]).item(), x.device):  # a sync per step
             return None
-        self.phase.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)
         self.update(terms["loss"])
         terms = {k: v.detach() for k, v in terms.items()}
         for k, v in terms.items():  # out of place: a tensor totals() handed out never changes
             self.sums[k] = self.sums[k] + v.float() * x.shape[0] if k in self.sums else v.float() * x.shape[0]
         if not self.skip_nan:  # remember the first bad step on the device, without a sync
+            assert self.first_bad is not None, "begin_epoch comes before the epoch's steps"
             self.first_bad.copy_(torch.where((self.first_bad < 0) & ~torch.isfinite(terms["loss"]),
                                              torch.full_like(self.first_bad, step), self.first_bad))
         return terms

@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -49,20 +49,22 @@ class StepScalars(Hook):
         self.start_seen = 0
 
     def on_epoch_start(self, run: Run) -> None:
+        assert run.state.epoch_state is not None, "run_epochs sets the epoch before its start"
         if run.state.epoch_state.batch == 0:
             self.start, self.start_seen = {}, 0  # each epoch starts its own window
 
     def on_step_end(self, run: Run, terms: dict[str, Tensor] | None) -> None:
         if run.state.step % self.every:
             return
-        es = run.state.epoch_state
+        es, phase = run.state.epoch_state, run.phase
+        assert es is not None and phase is not None, "steps run inside an epoch of a phase"
         sums, seen_total = epoch_totals(run.world, run.epoch_sums(), es.seen, es.perm.device)  # DDP: all ranks
         seen = seen_total - self.start_seen
         if seen <= 0:
             return
-        tag = "train" if run.phase.main else run.phase.name
+        tag = "train" if phase.main else phase.name
         for k, v in sums.items():
-            self.writer.add_scalar(f"{tag}_step/{k}_{run.phase.unit}", (v - self.start.get(k, 0.0)) / seen,
+            self.writer.add_scalar(f"{tag}_step/{k}_{phase.unit}", (v - self.start.get(k, 0.0)) / seen,
                                    run.state.step)
         self.start, self.start_seen = sums, seen_total
 
@@ -84,6 +86,7 @@ class EpochScalars(Hook):
 
     def on_epoch_end(self, run: Run, result: EpochResult, val: dict[str, float] | None) -> None:
         step, phase = run.state.step, run.phase
+        assert phase is not None, "an epoch belongs to a phase"
         prefix = "train_epoch" if phase.main else phase.name
         for k, v in result.means.items():
             self.writer.add_scalar(f"{prefix}/{k}_{phase.unit}", v, step)
@@ -188,6 +191,7 @@ class VectorReport(Hook):
         rebuilt = run.model.reconstruct(x, run.recon)
         run.model.train(was_training)
         words = run.data.features
+        assert words is not None, "on only for data with named features (on_fit_start)"
         names = run.data.names["val"] if run.data.names else [str(i) for i in range(len(x))]
         top = lambda v: ", ".join(words[j] for j in v.topk(min(self.WORDS, len(v))).indices.tolist()  # noqa: E731
                                   if v[j] > 0)
@@ -219,6 +223,7 @@ class VectorReport(Hook):
             atomic_write(path, lambda f: f.write(text.encode()))
         else:
             path = run.run_dir / "feature_errors.png"
+            assert run.data.features is not None, "on only for data with named features (on_fit_start)"
             figure = error_bars(self.feature_errors(run), run.data.features, self.COLUMNS)
             self.writer.add_figure("reconstruction/feature_errors", figure, run.state.step, close=False)
             buffer = io.BytesIO()
@@ -257,7 +262,8 @@ class HParams(Hook):
                   if "/" in k and isinstance(v, (int, float))}
         exp, start, end = hparams(hparams_of(self.cfg, self.choices), values)
         for summary in (exp, start, end):
-            self.writer.file_writer.add_summary(summary, step)
+            # torch types file_writer by its initial None; SummaryWriter.__init__ opens it
+            self.writer.file_writer.add_summary(summary, step)  # type: ignore[attr-defined]
         for k, v in values.items():
             self.writer.add_scalar(k, v, step)
         self.writer.flush()
@@ -266,7 +272,8 @@ class HParams(Hook):
 def hparams_of(cfg: DictConfig, choices: dict[str, str]) -> dict[str, Any]:
     """Flat scalar hyperparameters for TensorBoard's HParams tab."""
     flat: dict[str, Any] = {f"choice/{k}": v for k, v in choices.items()}
-    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    # to_container's stub allows any container; a DictConfig gives a dict
+    container = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
 
     def walk(prefix: str, node: Any) -> None:
         if isinstance(node, dict):

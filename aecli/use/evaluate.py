@@ -3,7 +3,9 @@
 Each run (a multirun dir: each of its jobs) is opened from its ``best.pt`` (``--checkpoint
 last``: its last one) and measured on its test split, batched on its device:
 
-1. reconstruction: the training loss terms (unit in the key), MSE per pixel, PSNR, SSIM;
+1. reconstruction: the training loss terms (unit in the key), MSE per pixel, PSNR, SSIM, and the
+   statistics of the codes of a model that ``MeasuresCodes`` (a VAE's active units, a VQ-VAE's
+   codebook perplexity and codes used, a sparse AE's near-zero fraction, a contractive AE's Jacobian);
 2. likelihood, for a model that defines one (a VAE trained with loss=bce): -ELBO and the
    importance-weighted bound on -log p(x) with ``--iw-samples`` samples, nats per image;
 3. denoising: the PSNR of the test images corrupted by the run's noise (or ``--noise``), and
@@ -59,7 +61,10 @@ TB_PREFIXES = ("test/", "probe/", "knn/", "chance_accuracy")  # what goes to Ten
 # table column -> eval.json key, in the order shown; columns no run has are left out
 COLUMNS = {"model": "model", "train noise": "noise", "mse/px": "test/mse_per_pixel", "psnr_db": "test/psnr_db",
            "ssim": "test/ssim", "-elbo nats": "test/neg_elbo_nats_per_image",
-           "iw bound nats": "test/iw_bound_nats_per_image", "noisy psnr": "test/noisy_input_psnr_db",
+           "iw bound nats": "test/iw_bound_nats_per_image", "active units": "test/active_units",
+           "codebook perplexity": "test/codebook_perplexity", "codes used": "test/codes_used",
+           "near-zero codes": "test/near_zero_fraction", "jacobian^2": "test/jacobian_frobenius_sq",
+           "noisy psnr": "test/noisy_input_psnr_db",
            "denoised psnr": "test/denoised_psnr_db", "probe codes": "probe/codes_accuracy",
            "probe pixels": "probe/pixels_accuracy", "probe pca": "probe/pca_accuracy",
            "knn codes": "knn/codes_accuracy", "knn pixels": "knn/pixels_accuracy", "knn pca": "knn/pca_accuracy",
@@ -67,6 +72,8 @@ COLUMNS = {"model": "model", "train noise": "noise", "mse/px": "test/mse_per_pix
 # eval.md's table leaves the probe and k-NN columns to the "codes vs pixels vs PCA" table below it
 # (eval.csv has every column); numbers to DIGITS significant digits
 IN_REPRESENTATIONS = ("probe ", "knn ")
+# and the statistics of the codes (MeasuresCodes) to a table of their own, "Codes"
+CODE_STATISTICS = ("active units", "codebook perplexity", "codes used", "near-zero codes", "jacobian^2")
 DIGITS = 4
 
 
@@ -359,9 +366,12 @@ def write_table(runs: Sequence[TrainedRun], results: Sequence[dict[str, Any]], o
     out.mkdir(parents=True, exist_ok=True)
     notes = "".join(f"- {row['run']}: {n}\n" for row, r in zip(rows, results) for n in r["notes"])
     representations = representation_table([row["run"] for row in rows], results)
-    compact = [{c: f"{v:.{DIGITS}g}" if isinstance(v, float) else v for c, v in row.items()
-                if not c.startswith(IN_REPRESENTATIONS)} for row in rows]
+    shown = [{c: f"{v:.{DIGITS}g}" if isinstance(v, float) else v for c, v in row.items()} for row in rows]
+    compact = [{c: v for c, v in row.items() if not c.startswith(IN_REPRESENTATIONS) and c not in CODE_STATISTICS}
+               for row in shown]
+    codes = [{c: v for c, v in row.items() if c == "run" or c in CODE_STATISTICS} for row in shown]
     text = (f"# Evaluation of {len(runs)} runs\n\n{report.markdown(compact)}\n{legend(results, skipped)}"
+            + (f"\n## Codes\n\n{report.markdown(codes)}" if any(len(row) > 1 for row in codes) else "")
             + (f"\n## Codes vs pixels vs PCA\n\n{representations}" if representations else "")
             + (f"\nNotes:\n{notes}" if notes else ""))
     atomic_write_text(out / "eval.md", text)

@@ -56,8 +56,9 @@ def recipe(args: argparse.Namespace) -> None:
 def prior_samples(run: TrainedRun, n: int, seed: int) -> Tensor:
     """``n`` images decoded from codes drawn from the model's prior (``model.sample_latents``)."""
     if not isinstance(run.model, HasPrior):
-        raise ConfigError("--n", f"{type(run.model).__name__} has no prior to draw codes from (an autoencoder's "
-                          "codes follow no known distribution)", "use --interpolate A B (decodes the line between "
+        why = getattr(run.model, "why_no_prior", "its codes follow no known distribution")  # a custom nn.Module
+        raise ConfigError("--n", f"{type(run.model).__name__} has no prior to draw codes from ({why})",
+                          "use --interpolate A B (decodes the line between "
                           "two test images' codes; any model), or train a VAE (model=vae) to sample")
     z = run.model.sample_latents(n, torch.Generator().manual_seed(seed))
     return run.recon.output(run.model.decode(z.to(run.device)))
