@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from aecli.config import ContractiveAutoencoderConfig
 from aecli.losses import ReconstructionLoss
@@ -52,10 +53,13 @@ class ContractiveAutoencoder(Autoencoder):
         the random-projection estimate over ``projections`` draws (default: the model's)."""
         if len(self.encoder) == 1:
             h = self.encode(x)
-            w_sq = self.encoder[0].weight.pow(2).sum(1)  # ||W_j||^2 per code unit
+            first = self.encoder[0]
+            assert isinstance(first, nn.Linear)  # mlp's one layer
+            w_sq = first.weight.pow(2).sum(1)  # ||W_j||^2 per code unit
             return h, (h * (1 - h)).pow(2) @ w_sq
         with torch.enable_grad():  # also under no_grad (validation): the estimate needs the vjp
-            h, pullback = torch.func.vjp(self.encode, x)
+            # two values without has_aux: torch annotates vjp with both shapes, not overloaded on has_aux
+            h, pullback = cast("tuple[Tensor, Callable[..., tuple[Tensor]]]", torch.func.vjp(self.encode, x))
             total = x.new_zeros(x.shape[0])
             for _ in range(projections or self.projections):
                 (g,) = pullback(torch.randn_like(h))
