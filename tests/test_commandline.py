@@ -75,7 +75,7 @@ print(json.dumps({{"torch": "torch" in sys.modules, "answers": answers}}))
     assert found["torch"] is False
     for argv, status, out, err in found["answers"]:
         if argv == ["train", "--help"]:  # Hydra's help
-            assert status == 0 and "== Configuration groups ==" in out and "model: ae, conv" in out, out
+            assert status == 0 and "== Configuration groups ==" in out and "model: ae, contractive, conv" in out, out
         elif argv[-1] == "--help":
             assert status == 0 and "usage: aecli" in out and "examples:\n  aecli " in out, argv
         else:
