@@ -8,6 +8,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict, read_write
 
 from aecli.errors import AecliError
+from aecli.training.distributed import WORLD
 
 PLANS: dict[Path, Any] = {}  # run dir -> aecli.training.plan.Plan, from RunGuard to the task
 
@@ -28,7 +29,8 @@ class RunGuard(Callback):
     and overrides), which Hydra would otherwise overwrite with the resume command's."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from aecli.training.distributed import WORLD
+        # the checks import torch (checkpoints): here, when a run starts, so that Hydra's --help,
+        # which builds this callback too, answers before torch loads
         from aecli.training.plan import prepare
 
         run_dir = Path(config.hydra.run.dir).absolute()
