@@ -41,9 +41,9 @@ def test_classic_vae_is_the_same_network_as_aecli_vae():
     torch.manual_seed(1)
     theirs = classic.loss(x) / len(x)  # the example sums over the batch
     assert theirs.item() == pytest.approx(ours.item(), rel=1e-5)
-    back = classic.to_aecli(VAE((1, 28, 28), hidden_dims=[400], latent_dim=20)).state_dict()
-    assert back.keys() == vae.state_dict().keys()
-    for key, value in vae.state_dict().items():
+    back = dict(classic.to_aecli(VAE((1, 28, 28), hidden_dims=[400], latent_dim=20)).named_parameters())
+    assert back.keys() == dict(vae.named_parameters()).keys()
+    for key, value in vae.named_parameters():  # every weight back where it came from (buffers are the VAE's own)
         assert torch.equal(value, back[key]), key
 
 

@@ -130,11 +130,12 @@ class ClassicVAE(nn.Module):
     @classmethod
     def from_aecli(cls, vae: Autoencoder) -> ClassicVAE:
         """The same network with the same weights as an aecli ``VAE(hidden_dims=[h])``, copied
-        by state-dict key (a VAE of another shape is refused, not half copied)."""
-        state = vae.state_dict()
+        by parameter name (a VAE of another shape is refused, not half copied; its buffers, such as
+        a KL schedule's step count, have no counterpart in the example)."""
+        state = {k: v.detach() for k, v in vae.named_parameters()}
         expected = {f"{name}.{p}" for name in (*cls.AECLI_NAMES.values(), "to_stats") for p in cls.PARAMS}
         if set(state) != expected:
-            raise ValueError(f"the classic VAE has one hidden layer: expected the state-dict keys {sorted(expected)}"
+            raise ValueError(f"the classic VAE has one hidden layer: expected the parameters {sorted(expected)}"
                              f" of VAE(hidden_dims=[h]), got {sorted(state)}")
         n_hidden, n_in = state["encoder.0.weight"].shape
         out = cls(n_in, n_hidden, vae.latent_dim)
@@ -150,6 +151,7 @@ class ClassicVAE(nn.Module):
         mine = self.state_dict()
         state = {f"{theirs}.{p}": mine[f"{ours}.{p}"] for ours, theirs in self.AECLI_NAMES.items() for p in self.PARAMS}
         state.update({f"to_stats.{p}": torch.cat([mine[f"fc21.{p}"], mine[f"fc22.{p}"]]) for p in self.PARAMS})
+        state.update(dict(vae.named_buffers()))  # the VAE's own buffers stay as they are
         vae.load_state_dict(state)  # strict: every key, every shape
         return vae
 
