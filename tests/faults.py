@@ -80,18 +80,25 @@ class NaNNoise:
         return self
 
 
-def pause_in_checkpoint_write(n: int) -> None:
-    """Make the ``n``-th checkpoint write pause after its temp file is written, before the rename
-    (where a kill leaves a half-finished write behind)."""
-    from aecli.store import checkpoint
+def pause_in_checkpoint_write(n: int | str) -> None:
+    """Make the ``n``-th checkpoint write (``n`` a file name such as ``metrics.json``: the first
+    write of that file) pause after its temp file is written, before the rename (where a kill
+    leaves a half-finished write behind)."""
+    from aecli import figures
+    from aecli.store import checkpoint, rundir
 
-    original, count = checkpoint.atomic_write, [0]
+    for module in (checkpoint, rundir, figures):
+        module.atomic_write = pausing(module.atomic_write, n)
+
+
+def pausing(original, n: int | str):
+    count = [0]
 
     def atomic_write(path, write, **kwargs):
-        if path.suffix != ".pt":
+        if path.suffix != ".pt" if isinstance(n, int) else path.name != n:
             return original(path, write, **kwargs)
         count[0] += 1
-        if count[0] != n:
+        if count[0] != (n if isinstance(n, int) else 1):
             return original(path, write, **kwargs)
 
         def write_then_pause(f):
@@ -101,11 +108,11 @@ def pause_in_checkpoint_write(n: int) -> None:
 
         return original(path, write_then_pause, **kwargs)
 
-    checkpoint.atomic_write = atomic_write
+    return atomic_write
 
 
-if __name__ == "__main__":  # python -m tests.faults N ARGS...: aecli.training.app ARGS, pausing in write N
-    pause_in_checkpoint_write(int(sys.argv[1]))
+if __name__ == "__main__":  # python -m tests.faults N|NAME ARGS...: aecli.training.app ARGS, pausing in write N
+    pause_in_checkpoint_write(int(sys.argv[1]) if sys.argv[1].isdigit() else sys.argv[1])
     sys.argv = ["aecli.train", *sys.argv[2:]]
     from aecli.training.app import main
 

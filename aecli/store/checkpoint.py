@@ -69,8 +69,8 @@ def find(path: str | Path, name: str = LAST) -> Path:
 def other_checkpoint(file: Path) -> str:
     """The fix for a broken checkpoint file: the run's other one (never the broken file itself)."""
     if file.name == BEST:
-        return (f"use the last checkpoint instead (--checkpoint last; {file.with_name(LAST)}), or retrain "
-                "(resume=auto continues from last.pt)")
+        return (f"use the last checkpoint instead (--checkpoint last; {file.with_name(LAST)}), or train again "
+                "in a new run dir to recover the best model")
     if file.name == LAST:
         return f"use the best checkpoint instead (--checkpoint best; {file.with_name(BEST)}), or start a new run"
     return "use another checkpoint of the run (checkpoints/best.pt or checkpoints/last.pt), or start a new run"
@@ -274,7 +274,8 @@ def load_model(path: str | Path, name: str = BEST, trusted_targets: Iterable[str
 def best_state(file: Path, key: str) -> tuple[dict[str, Any], Path]:
     """The verified checkpoint of the best model: ``best.pt`` (``file``), or ``last.pt`` next to
     it when that records the best model as its own and best.pt is older or missing (best.pt is
-    written right after last.pt: a crash between the two), with a warning."""
+    written right after last.pt: a crash between the two), with a warning. Never another model:
+    a best.pt that is missing, damaged or not the step last.pt names is a ``ConfigError``."""
     last_file = file.parent / LAST
     if not last_file.is_file():
         return read(file, key=key), file
@@ -283,11 +284,17 @@ def best_state(file: Path, key: str) -> tuple[dict[str, Any], Path]:
         log.warning("%s is missing; using %s (step %d), %s", file, last_file, last["step"],
                     "the best model" if last["best_step"] is not None else "no model was validated yet")
         return last, last_file
+    if not file.is_file():
+        raise ConfigError(key, f"{file} is missing; the best model (step {last['best_step']}, as {last_file} "
+                          f"records) is in no other file", other_checkpoint(file))
     best = read(file, key=key)
     if last["best_step"] == last["step"] and best["step"] != last["step"]:
         log.warning("%s is older than the best model, which %s holds (step %d): using that one",
                     file, last_file, last["step"])
         return last, last_file
+    if last["best_step"] is not None and best["step"] != last["best_step"]:  # never another model as the best
+        raise ConfigError(key, f"{file} holds the model of step {best['step']}, but the best model is step "
+                          f"{last['best_step']}'s (as {last_file} records)", other_checkpoint(file))
     return best, file
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from aecli.errors import ConfigError
+from aecli.errors import ConfigError, RunFailed
 from aecli.store import checkpoint
 from aecli.training.state import TrainState
 
@@ -85,15 +85,26 @@ class BestModel:
             checkpoint.save(content, best)
 
     @staticmethod
-    def load_best(model: torch.nn.Module, run_dir: Path, state: TrainState) -> str:
+    def load_best(model: torch.nn.Module, run_dir: Path, state: TrainState, strict: bool = True) -> str:
         """Put the best model's weights into ``model`` (it holds them already when the last
         validation was the best); what ``metrics.json`` calls it: best.pt, or the final model
-        when nothing was validated (or, on a DDP rank that cannot see it, best.pt is missing)."""
+        when nothing was validated. A best model that cannot be read (best.pt missing, damaged,
+        another step's) is a ``RunFailed``: the numbers are never another model's. ``strict``
+        False (a DDP rank that cannot see best.pt; rank 0 writes the numbers): the model as it is."""
         best = Path(run_dir) / "checkpoints" / checkpoint.BEST
         if state.best_step is None:
             return "final model"
-        if state.best_step != state.step and best.is_file():
-            model.load_state_dict(checkpoint.read(best)["model"])
+        if state.best_step == state.step or (not strict and not best.is_file()):
+            return checkpoint.BEST
+        try:
+            content, _ = checkpoint.best_state(best, key="hydra.run.dir")
+        except ConfigError as e:
+            raise RunFailed(e.key, f"the best model (step {state.best_step}) cannot be evaluated for "
+                            f"metrics.json: {e.problem}",
+                            f"evaluate the final model (step {state.step}) instead: python -m aecli.evaluate "
+                            f"{run_dir} --checkpoint last; or train again in a new run dir to recover the best "
+                            "model") from None
+        model.load_state_dict(content["model"])
         return checkpoint.BEST
 
     def summary(self, state: TrainState) -> dict[str, Any]:

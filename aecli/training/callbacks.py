@@ -179,10 +179,15 @@ class MaxSteps(Hook):
 
 class FirstStepTime(Hook):
     """Seconds from the process's start to the end of the first optimizer step it ran
-    (``metrics.json``'s ``first_step_seconds``): the startup a user waits through."""
+    (``metrics.json``'s ``first_step_seconds``): the startup a user waits through. Kept in the
+    checkpoints: a resume after the final checkpoint (no step to run) reports the interrupted
+    process's."""
+
+    state_key = "first_step"
 
     def __init__(self) -> None:
         self.seconds: float | None = None
+        self.saved: float | None = None  # an earlier process's, from the checkpoint
 
     def on_step_end(self, run: Run, terms: dict[str, Tensor] | None) -> None:
         if self.seconds is None:
@@ -191,9 +196,41 @@ class FirstStepTime(Hook):
 
             self.seconds = seconds_since_process_start()
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"seconds": self.seconds if self.seconds is not None else self.saved}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.saved = state.get("seconds")
+
     def on_fit_end(self, run: Run, metrics: dict[str, Any]) -> None:
-        if self.seconds is not None:
-            metrics["first_step_seconds"] = round(self.seconds, 3)
+        seconds = self.seconds if self.seconds is not None else self.saved
+        if seconds is not None:
+            metrics["first_step_seconds"] = round(seconds, 3)
+
+
+class LastEpoch(Hook):
+    """The main phase's last epoch (its mean loss terms and images/s: ``metrics.json``'s
+    ``train_epoch/*`` and ``images_per_sec``) kept in the checkpoints, so that a resume after the
+    final checkpoint finishes as the uninterrupted run does. Runs before ``Checkpointing``."""
+
+    state_key = "last_epoch"
+
+    def __init__(self) -> None:
+        self.last: EpochResult | None = None
+
+    def on_fit_start(self, run: Run) -> None:
+        run.last_epoch = run.last_epoch or self.last
+
+    def on_epoch_end(self, run: Run, result: EpochResult, val: dict[str, float] | None) -> None:
+        self.last = run.last_epoch
+
+    def state_dict(self) -> dict[str, Any]:
+        last = self.last
+        return {} if last is None else {"means": dict(last.means), "images_per_sec": last.images_per_sec}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            self.last = EpochResult(dict(state["means"]), state["images_per_sec"])
 
 
 class SaveTransform(Hook):

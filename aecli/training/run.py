@@ -155,7 +155,7 @@ def finish(run_: hooks.Run, all_hooks: hooks.Hooks, parts: Parts, cfg: DictConfi
     """The best model (``best`` says which: best.pt, or the final one if none was validated) on
     every split: ``metrics.json``, the hooks' ``on_fit_end`` (HParams, PNGs), and its objective."""
     state, unit = run_.state, parts.model.loss_unit
-    chosen = best.load_best(parts.model, run_.run_dir, state)
+    chosen = best.load_best(parts.model, run_.run_dir, state, strict=run_.world.main)
     splits = {"train": parts.data.train, "val": parts.data.val, "test": parts.data.test}
     out: dict[str, Any] = {f"{split}/{k}": v for split, raw in splits.items()
                            for k, v in measure(parts, raw, cfg.trainer.eval_batch_size, cfg.seed).items()}
@@ -186,7 +186,7 @@ def default_hooks(cfg: DictConfig, writer: Any, choices: dict[str, str], mine: l
     ends += [callbacks.MaxSteps(tc.max_steps)] if tc.max_steps is not None else []
     logs = [tb.EpochScalars(writer), tb.ImageGrids(writer, tc.grid_images, cfg.seed), tb.VectorReport(writer),
             callbacks.ProgressReport(bar, tc.log_every_n_steps)] if world.main else []
-    return [callbacks.FirstStepTime(), callbacks.SaveTransform(), *mine, *ends,
+    return [callbacks.FirstStepTime(), callbacks.LastEpoch(), callbacks.SaveTransform(), *mine, *ends,
             tb.StepScalars(writer, tc.log_every_n_steps), *logs,
             callbacks.Checkpointing(tc.checkpoint_every_n_steps, best, flush=writer.flush),
             *([tb.HParams(writer, cfg, choices)] if world.main else [])]
