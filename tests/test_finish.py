@@ -146,5 +146,6 @@ def test_a_signal_at_any_moment_ends_cleanly_and_the_printed_command_continues(t
     assert "Traceback" not in out and "KeyboardInterrupt" not in out
     if code:
         command = out.split("Continue with:\n", 1)[1].splitlines()[0].strip()
-        run(make_cfg(*shlex.split(command)[3:]), run_dir)  # the printed command, from Python
+        returncode, out = finish(popen_cli(*shlex.split(command)[3:], cwd=tmp_path))  # the printed command
+        assert returncode == 0, out
     assert_same_as(run_dir, reference)
