@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from aecli.errors import RunFailed
+from aecli.errors import ConfigError, RunFailed
 from aecli.store import checkpoint
 from aecli.training.run import run
 
@@ -87,6 +87,22 @@ def test_finish_never_reports_another_model_as_the_best(tmp_path, reference, cas
     assert "--checkpoint last" in e.value.fix and "best.pt" not in e.value.fix, e.value.fix
     assert "resume=" not in e.value.fix  # a resume would fail the same way
     assert not (run_dir / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("case", ["missing", "damaged", "another step"])
+def test_the_use_commands_never_open_another_model_as_the_best(tmp_path, reference, case):
+    """The read side (evaluate's eval.json, every use command): the same refusal, the same fix."""
+    run_dir = killed_after_the_final_checkpoint(reference, tmp_path / "run")
+    with_best_step(run_dir, 10)
+    best = run_dir / "checkpoints" / "best.pt"
+    if case == "missing":
+        best.unlink()
+    elif case == "damaged":
+        best.write_bytes(best.read_bytes()[:5000])
+    with pytest.raises(ConfigError) as e:
+        checkpoint.load_model(run_dir)
+    assert "best.pt" in e.value.problem, e.value.problem
+    assert "--checkpoint last" in e.value.fix and "best.pt" not in e.value.fix, e.value.fix
 
 
 # --- the campaign ----------------------------------------------------------------------------
