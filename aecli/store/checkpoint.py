@@ -285,8 +285,8 @@ def best_state(file: Path, key: str) -> tuple[dict[str, Any], Path]:
                     "the best model" if last["best_step"] is not None else "no model was validated yet")
         return last, last_file
     if not file.is_file():
-        raise ConfigError(key, f"{file} is missing; the best model (step {last['best_step']}, as {last_file} "
-                          f"records) is in no other file", other_checkpoint(file))
+        raise ConfigError(key, f"{file} is missing, and {last_file} holds step {last['step']}, not the best "
+                          f"model (step {last['best_step']})", other_checkpoint(file))
     best = read(file, key=key)
     if last["best_step"] == last["step"] and best["step"] != last["step"]:
         log.warning("%s is older than the best model, which %s holds (step %d): using that one",

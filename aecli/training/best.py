@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -99,11 +100,10 @@ class BestModel:
         try:
             content, _ = checkpoint.best_state(best, key="hydra.run.dir")
         except ConfigError as e:
-            raise RunFailed(e.key, f"the best model (step {state.best_step}) cannot be evaluated for "
-                            f"metrics.json: {e.problem}",
+            raise RunFailed(e.key, f"metrics.json cannot describe the best model (step {state.best_step}): {e.problem}",
                             f"evaluate the final model (step {state.step}) instead: python -m aecli.evaluate "
-                            f"{run_dir} --checkpoint last; or train again in a new run dir to recover the best "
-                            "model") from None
+                            f"{shlex.quote(str(run_dir))} --checkpoint last; or train again in a new run dir to "
+                            "recover the best model") from None
         model.load_state_dict(content["model"])
         return checkpoint.BEST
 
