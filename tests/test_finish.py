@@ -145,7 +145,10 @@ def test_a_kill_at_any_moment_then_a_resume_gives_the_uninterrupted_run(tmp_path
     wait_for_pause(proc)
     proc.kill()
     proc.wait()
-    run(make_cfg(*RUN, "resume=auto"), run_dir)  # what resume=RUN_DIR does on the command line
+    # resumed by the command line (in-process, its event file could sort before the killed one's:
+    # a pid that is lower, in the same second)
+    code, out = finish(popen_cli(*RUN, "resume=auto", f"hydra.run.dir={run_dir}", cwd=tmp_path))
+    assert code == 0, out
     assert_same_as(run_dir, reference)
 
 
