@@ -70,3 +70,19 @@ def test_a_resume_is_a_plan_that_trains_the_stored_config_and_says_what_the_comm
     assert result.status == "completed" and result.step == 20
     assert "resuming from step 10 (phase 0, epoch 1): training the checkpoint's config; from this command: " \
            "trainer.epochs: 1 -> 2" in caplog.text
+
+
+def test_a_resumed_writer_sorts_after_every_earlier_event_file(tmp_path):
+    """TensorBoard purges only events of files that sort before the resumed run's: an earlier
+    process that started in this same second with a larger pid must not sort after it (its
+    events past the resumed step would come back as duplicates)."""
+    import time
+
+    from aecli.training import tensorboard as tb
+
+    earlier = tmp_path / f"events.out.tfevents.{int(time.time())}.host.99999999.0"
+    earlier.write_bytes(b"")
+    writer = tb.open_writer(tmp_path, resumed_step=10)
+    writer.close()
+    files = sorted(p.name for p in tmp_path.glob("events.out.tfevents.*"))
+    assert files[0] == earlier.name and len(files) == 2

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -312,6 +313,7 @@ def open_writer(run_dir: Path, resumed_step: int | None) -> SummaryWriter:
     before = set(Path(run_dir).glob("events.out.tfevents.*"))
     if resumed_step is None and before:
         resumed_step = 0
+    wait_to_sort_last(before)
     try:
         return SummaryWriter(log_dir=str(run_dir), purge_step=None if resumed_step is None else resumed_step + 1)
     except OSError:  # a full disk: leave no empty event file behind
@@ -319,3 +321,15 @@ def open_writer(run_dir: Path, resumed_step: int | None) -> SummaryWriter:
             if p.stat().st_size == 0:
                 p.unlink(missing_ok=True)
         raise
+
+
+def wait_to_sort_last(existing: set[Path], most_s: float = 2.0) -> None:
+    """TensorBoard purges (``purge_step``) only the events of files that sort before the new one,
+    and an event file is named ``events.out.tfevents.SECONDS.HOST.PID``: a resume started in the
+    same second as an earlier process with a larger pid would sort first and purge nothing. Wait
+    (at most ``most_s``) until the clock is past every existing file's second."""
+    seconds = [int(p.name.split(".")[3]) for p in existing if p.name.split(".")[3:4] and p.name.split(".")[3].isdigit()]
+    if seconds:
+        wait = max(seconds) + 1 - time.time()
+        if 0 < wait <= most_s:
+            time.sleep(wait)
