@@ -76,11 +76,12 @@ def test_a_resumed_writer_sorts_after_every_earlier_event_file(tmp_path):
     """TensorBoard purges only events of files that sort before the resumed run's: an earlier
     process that started in this same second with a larger pid must not sort after it (its
     events past the resumed step would come back as duplicates)."""
+    import socket
     import time
 
     from aecli.training import tensorboard as tb
 
-    earlier = tmp_path / f"events.out.tfevents.{int(time.time())}.host.99999999.0"
+    earlier = tmp_path / f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.99999999.0"
     earlier.write_bytes(b"")
     writer = tb.open_writer(tmp_path, resumed_step=10)
     writer.close()
