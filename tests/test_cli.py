@@ -168,7 +168,7 @@ def test_hooks_from_the_config(tmp_path):
 
 
 def test_a_custom_model_gets_grids_samples_metrics_and_exact_resume(tmp_path):
-    custom = ("model._target_=tests.custom.TinyVAE", "loss=bce", "trainer.epochs=3")
+    custom = ("model._target_=tests.custom.TinyVAE", "loss=bce", "trainer.epochs=3", "trainer.num_threads=1")
     whole = run(quick_cfg(*custom), tmp_path / "whole")
     events = read_events(tmp_path / "whole")
     assert {"samples/prior", "reconstruction/clean_reconstructed"} <= set(events.Tags()["images"])

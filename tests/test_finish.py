@@ -19,7 +19,8 @@ from .test_resume import finish, wait_for_pause
 
 # digits: 10 steps an epoch; checkpoint writes: step 4 (1), 8 (2), epoch 1's last.pt (3) and
 # best.pt (4), step 12 (5), 16 (6), epoch 2's last.pt (7) and best.pt (8)
-RUN = ("trainer.epochs=2", "trainer.checkpoint_every_n_steps=4", "trainer.progress=log")
+RUN = ("trainer.epochs=2", "trainer.checkpoint_every_n_steps=4", "trainer.progress=log",
+       "trainer.num_threads=1")  # separate runs compared bit for bit: one thread count for all
 
 
 def tags(run_dir: Path) -> dict[str, list[str]]:

@@ -87,3 +87,13 @@ def test_a_resumed_writer_sorts_after_every_earlier_event_file(tmp_path):
     writer.close()
     files = sorted(p.name for p in tmp_path.glob("events.out.tfevents.*"))
     assert files[0] == earlier.name and len(files) == 2
+
+
+def test_a_resume_with_auto_threads_keeps_the_count_of_the_run_it_continues(tmp_path):
+    """num_threads=auto times the count afresh in each process; a resume keeps the checkpoint's
+    (another count sums in another order), so it continues exactly."""
+    run_dir = tmp_path / "run"
+    run(make_cfg("model=ae", "trainer.epochs=1", "trainer.progress=log", "trainer.num_threads=1"), run_dir)
+    torch.set_num_threads(2)
+    resumed = run(make_cfg("model=ae", "trainer.epochs=2", "trainer.progress=log", f"resume={run_dir}"), run_dir)
+    assert resumed.metrics["torch_threads"] == 1 and torch.get_num_threads() == 1

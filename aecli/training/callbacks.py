@@ -177,6 +177,28 @@ class MaxSteps(Hook):
             run.stop_requested = "max_steps"
 
 
+class KeepThreads(Hook):
+    """``trainer.num_threads=auto`` picks the count by timing, so a resume could pick another
+    count than the run it continues, and another count sums in another order (the last bits of
+    every result differ). The checkpoint records the count; a resume with ``auto`` keeps it, so
+    it continues exactly. A number given on the command line is used as given."""
+
+    state_key = "torch_threads"
+
+    def __init__(self, setting: Any) -> None:
+        self.setting = setting
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"threads": torch.get_num_threads()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        threads = state.get("threads")
+        if self.setting == "auto" and isinstance(threads, int) and threads >= 1 and threads != torch.get_num_threads():
+            log.info("torch threads: %d, as the run this resume continues (exact resume; trainer.num_threads=N "
+                     "to change it)", threads)
+            torch.set_num_threads(threads)
+
+
 class FirstStepTime(Hook):
     """Seconds from the process's start to the end of the first optimizer step it ran
     (``metrics.json``'s ``first_step_seconds``): the startup a user waits through. Kept in the

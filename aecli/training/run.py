@@ -186,7 +186,8 @@ def default_hooks(cfg: DictConfig, writer: Any, choices: dict[str, str], mine: l
     ends += [callbacks.MaxSteps(tc.max_steps)] if tc.max_steps is not None else []
     logs = [tb.EpochScalars(writer), tb.ImageGrids(writer, tc.grid_images, cfg.seed), tb.VectorReport(writer),
             callbacks.ProgressReport(bar, tc.log_every_n_steps)] if world.main else []
-    return [callbacks.FirstStepTime(), callbacks.LastEpoch(), callbacks.SaveTransform(), *mine, *ends,
+    return [callbacks.KeepThreads(tc.get("num_threads")), callbacks.FirstStepTime(), callbacks.LastEpoch(),
+            callbacks.SaveTransform(), *mine, *ends,
             tb.StepScalars(writer, tc.log_every_n_steps), *logs,
             callbacks.Checkpointing(tc.checkpoint_every_n_steps, best, flush=writer.flush),
             *([tb.HParams(writer, cfg, choices)] if world.main else [])]
