@@ -63,14 +63,7 @@ def grid_figure(rows: Sequence[Tensor], title: str, row_labels: Sequence[str] | 
     tile_h, tile_w = h * scale + 2 * PAD, w * scale + 2 * PAD
     cap_lines = max((c.count("\n") + 1 for row in captions or [] for c in row), default=0)
     gap = cap_lines * LINE_PX + (6 if cap_lines else 0)
-    strips = []
-    for batch in rows:
-        grid = image_grid([batch], small=min_tile, upscale_to=min_tile, pad=PAD).permute(1, 2, 0).numpy()
-        strips.append(grid)
-        if gap:
-            strips.append(np.ones((gap, grid.shape[1], grid.shape[2]), dtype=grid.dtype))
-    image = np.concatenate(strips)
-    image = image[..., 0] if image.shape[-1] == 1 else image
+    image = stacked_rows(rows, gap, min_tile)
     img_h, img_w = image.shape[:2]
     left = (max(len(s) for s in row_labels) * 7 + 16) if row_labels else 10
     left = max(left, 70) if axes else left
@@ -109,6 +102,19 @@ def grid_figure(rows: Sequence[Tensor], title: str, row_labels: Sequence[str] | 
         ax.add_patch(Rectangle((i * tile_w, r * step), tile_w - 1, tile_h - 1, fill=False,
                                edgecolor=MARK_COLOUR, linewidth=2.5))
     return fig
+
+
+def stacked_rows(rows: Sequence[Tensor], gap: int, min_tile: int) -> np.ndarray:
+    """The rows' image grids one under the other, ``gap`` white pixels under each (room for the
+    captions); (H, W) for grey images, (H, W, C) for colour."""
+    strips = []
+    for batch in rows:
+        grid = image_grid([batch], small=min_tile, upscale_to=min_tile, pad=PAD).permute(1, 2, 0).numpy()
+        strips.append(grid)
+        if gap:
+            strips.append(np.ones((gap, grid.shape[1], grid.shape[2]), dtype=grid.dtype))
+    image = np.concatenate(strips)
+    return image[..., 0] if image.shape[-1] == 1 else image
 
 
 def save_figure(fig: Any, path: Path) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from aecli.data import decode
+from aecli.data import decode  # the submodule (this package imports none of its own)
 from aecli.errors import ConfigError, RunFailed
 from aecli.store.atomic import atomic_write, remove_stale_temps
 
