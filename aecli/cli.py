@@ -118,7 +118,8 @@ def run_options(many: bool = False) -> argparse.ArgumentParser:
     device_option(p)
     p.add_argument("--threads", type=parse_threads, default="auto", metavar="auto|N",
                    help="torch's CPU threads: auto (default: the fastest for this model on this machine now, "
-                        "timed at startup in under a second) or a number")
+                        "timed at startup in under a second) or a number "
+                        "(scikit-learn and numpy then keep to it too)")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="write the outputs into DIR (default: the run dir)")
     return p

@@ -37,6 +37,21 @@ def parse_threads(value: Any, key: str = "--threads") -> int | str:
     return n
 
 
+LIBRARY_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def limit_libraries(n: int) -> None:
+    """Hold scikit-learn's and numpy's thread pools (OpenMP, OpenBLAS, MKL) to ``n`` threads too,
+    for a ``--threads N`` the user chose: t-SNE, PCA and the probes would otherwise take every
+    core. Pools already loaded are limited now (threadpoolctl); the environment covers the ones
+    that load later (each reads it once, when its library loads)."""
+    from threadpoolctl import threadpool_limits
+
+    for name in LIBRARY_THREAD_VARIABLES:
+        os.environ[name] = str(n)
+    threadpool_limits(n)
+
+
 def cores_available() -> int:
     """The cores this process may run on (its CPU affinity: what ``taskset``, SLURM or a
     container allow), else the machine's count."""

@@ -161,3 +161,25 @@ def test_a_long_stage_shows_its_name_and_elapsed_time_on_a_terminal(monkeypatch)
         with stage("t-SNE of the codes (359 images)"):
             time.sleep(0.6)  # one tick
         assert ("t-SNE of the codes (359 images): 00:00" in terminal.getvalue()) is shown
+
+
+LIBRARIES = """
+import json, sys
+import numpy
+from aecli.threads import limit_libraries
+limit_libraries(int(sys.argv[1]))
+import sklearn.manifold, sklearn.linear_model  # their OpenMP runtime loads after the call
+from threadpoolctl import threadpool_info
+print(json.dumps(sorted({(p["internal_api"], p["num_threads"]) for p in threadpool_info()})))
+"""
+
+
+def test_a_fixed_thread_count_holds_scikit_learn_and_numpy_too():
+    """``--threads 1`` also holds t-SNE's, PCA's and the probes' pools: the ones loaded before the
+    call and the ones that load after it (scikit-learn's own OpenMP runtime)."""
+    env = {k: v for k, v in cli_env().items() if k not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", LIBRARIES, "1"], env=env, capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    pools = json.loads(out)
+    assert {api for api, _ in pools} >= {"openmp"}, pools  # scikit-learn's OpenMP was seen
+    assert all(n == 1 for _, n in pools), pools

@@ -25,7 +25,7 @@ from aecli.config import noise_name
 from aecli.errors import ConfigError
 from aecli.store import rundir
 from aecli.store.atomic import remove_stale_temps
-from aecli.threads import choose_threads, cores_available, parse_threads
+from aecli.threads import choose_threads, cores_available, limit_libraries, parse_threads
 from aecli.use import tables
 from aecli.use.trained import TrainedRun
 from aecli.use.trained import open_run as open_
@@ -65,10 +65,12 @@ def noise(run: TrainedRun, option: Any) -> Any:
 
 
 def set_threads(run: TrainedRun, threads: int | str, batch: int = 256) -> None:
-    """``--threads``: a number is taken as is; ``auto`` on the CPU times the model's forward pass on a
-    batch at each thread count (``aecli.threads.choose_threads``) and says what it chose (log; stderr on a terminal)."""
+    """``--threads``: a number is taken as is, by torch and by scikit-learn's and numpy's pools
+    alike; ``auto`` on the CPU times the model's forward pass on a batch at each thread count
+    (``aecli.threads.choose_threads``) and says what it chose (log; stderr on a terminal)."""
     if threads != "auto":
         torch.set_num_threads(int(threads))
+        limit_libraries(int(threads))
         return
     if run.device.type != "cpu":
         return
