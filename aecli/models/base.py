@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -66,6 +66,10 @@ class Autoencoder(nn.Module):
     ``per_pixel`` (mean over pixels and batch) or ``per_image`` (sum over pixels, mean over batch).
     ``prefers_channels_last``: NHWC batches are faster for this model on CUDA (conv models).
     ``why_no_prior``: what ``aecli sample`` says where the model has no prior.
+    ``packs``: copies of the model can train side by side as one batched model (a packed sweep,
+    ``hydra/launcher=packed``: ``torch.func.vmap`` over the members); ``why_no_pack`` says why not.
+    ``pack_scalars``: float attributes, named as the model's config keys, in which the members of
+    one pack may differ (each member's value reaches its copy as a tensor).
     """
 
     loss_unit = "per_pixel"
@@ -73,6 +77,9 @@ class Autoencoder(nn.Module):
     latent_dim: int
     # why there are no prior samples (a model with a prior is ``HasPrior``): for the message
     why_no_prior = "an autoencoder's codes follow no known distribution"
+    packs: ClassVar[bool] = True
+    why_no_pack: ClassVar[str] = ""
+    pack_scalars: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, input_shape: Sequence[int]) -> None:
         super().__init__()
@@ -92,6 +99,11 @@ class Autoencoder(nn.Module):
     def loss(self, x_in: Tensor, target: Tensor, recon: ReconstructionLoss) -> dict[str, Tensor]:
         """Training loss terms for a batch; ``loss`` is what is minimised."""
         return {"loss": recon.elementwise(self(x_in), target).mean()}
+
+    def draw_normal(self, like: Tensor) -> Tensor:
+        """N(0, 1) numbers shaped like ``like``: the one place a model's training loss draws random
+        numbers, so a packed sweep can hand each member the draws its own run would make."""
+        return torch.randn_like(like)
 
     def reconstruct(self, x: Tensor, recon: ReconstructionLoss) -> Tensor:
         """What a user means by the reconstruction of ``x``: its code, decoded, as an image."""

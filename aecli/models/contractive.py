@@ -27,6 +27,8 @@ class ContractiveAutoencoder(Autoencoder):
     normal ``u`` in code space (a vector-Jacobian product, ``torch.func.vjp``), averaged over
     ``projections`` draws per image."""
 
+    pack_scalars = ("contraction_weight",)
+
     def __init__(
         self,
         input_shape: Sequence[int],
@@ -62,7 +64,7 @@ class ContractiveAutoencoder(Autoencoder):
             h, pullback = cast("tuple[Tensor, Callable[..., tuple[Tensor]]]", torch.func.vjp(self.encode, x))
             total = x.new_zeros(x.shape[0])
             for _ in range(projections or self.projections):
-                (g,) = pullback(torch.randn_like(h))
+                (g,) = pullback(self.draw_normal(h))
                 total = total + g.flatten(1).pow(2).sum(1)
         return h, total / (projections or self.projections)
 

@@ -28,6 +28,8 @@ class SparseAutoencoder(Autoencoder):
     (``l1``) or sigmoid (``kl``). Loss: reconstruction + ``sparsity_weight`` x the penalty's mean
     over code units (l1: mean |code|; kl: KL(target || the unit's mean activation))."""
 
+    pack_scalars = ("sparsity_weight", "target")
+
     def __init__(
         self,
         input_shape: Sequence[int],

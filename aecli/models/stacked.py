@@ -23,6 +23,9 @@ class StackedAutoencoder(Autoencoder):
     gives each layer its own noise level (masking p or Gaussian sigma), else the selected
     ``noise`` is used as is."""
 
+    packs = False
+    why_no_pack = "its layer-wise pre-training trains another module in each phase"
+
     def __init__(
         self,
         input_shape: Sequence[int],

@@ -41,6 +41,7 @@ class GaussianVAE(Autoencoder):
     loss_unit = "per_image"
     kl_steps: Tensor  # a buffer: the training steps taken
     ACTIVE_UNIT_VARIANCE = 0.01  # Burda et al. 2016: Cov_x(E_q[z_u]) above this makes unit u active
+    pack_scalars = ("beta", "kl_warmup_steps", "kl_cycle_steps")
 
     def __init__(self, input_shape: Sequence[int], latent_dim: int, beta: float,
                  kl_schedule: KLSchedule | str = KLSchedule.constant, kl_warmup_steps: int = 1000,
@@ -64,10 +65,10 @@ class GaussianVAE(Autoencoder):
         compare)."""
         if self.kl_schedule is KLSchedule.constant or not self.training:
             return self.beta
-        t = self.kl_steps.float()
+        t = self.kl_steps.float()  # (the lengths: ints, or a packed member's float tensors; the same quotient)
         if self.kl_schedule is KLSchedule.cyclical:
-            t = torch.remainder(t, float(self.kl_cycle_steps))  # the step within its cycle
-        return self.beta * torch.clamp(t / float(self.kl_warmup_steps), max=1.0)
+            t = torch.remainder(t, self.kl_cycle_steps)  # the step within its cycle
+        return self.beta * torch.clamp(t / self.kl_warmup_steps, max=1.0)
 
     def encode_stats(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and log-variance of q(z|x)."""
@@ -76,9 +77,8 @@ class GaussianVAE(Autoencoder):
     def encode(self, x: Tensor) -> Tensor:
         return self.encode_stats(x)[0]
 
-    @staticmethod
-    def reparameterize(mu: Tensor, logvar: Tensor) -> Tensor:
-        return mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+    def reparameterize(self, mu: Tensor, logvar: Tensor) -> Tensor:
+        return mu + self.draw_normal(mu) * (0.5 * logvar).exp()
 
     def forward(self, x: Tensor) -> Tensor:
         mu, logvar = self.encode_stats(x)

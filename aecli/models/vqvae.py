@@ -113,6 +113,9 @@ class VectorQuantized(Autoencoder):
     Loss: reconstruction (per pixel) + the codebook loss (not with ``ema``) + ``beta`` x the
     commitment loss ||z_e - sg(e)||^2, both per number of the code vectors."""
 
+    packs = False
+    why_no_pack = "its codebook is updated outside autograd (EMA, dead-code restarts) after each batch"
+
     why_no_prior = ("a VQ-VAE needs a learned prior over its code indices, e.g. a PixelCNN as in van den Oord "
                     "et al. 2017, and aecli does not train one")
 

@@ -66,12 +66,13 @@ class Parts:
 
 
 def build_parts(cfg: DictConfig, slot: JobSlot = JobSlot(), data: ImageData | None = None,
-                world: World = World(), fitted: dict[str, Any] | None = None) -> Parts:
+                world: World = World(), fitted: dict[str, Any] | None = None, pick_threads: bool = True) -> Parts:
     """Device, seed, data (on the device), loss, model, noise and precision, as ``cfg`` says
     (``data``: these images instead of ``cfg.dataset``'s; ``fitted``: a resumed run's stored
     scaler or vocabulary, ``aecli.components.load_data``); a config that does not fit is a
     ``ConfigError`` (nothing is written here). DDP: every rank builds the same model (the run's
-    seed), then draws its own random numbers (noise) from seed + rank."""
+    seed), then draws its own random numbers (noise) from seed + rank. ``pick_threads``: False
+    keeps the thread count already chosen (a packed sweep's members after the first)."""
     if world.distributed and slot.num is None:
         slot = JobSlot(jobs_at_once=world.local_size, launcher="torchrun")
     device, placement = place_job(cfg, slot, world)
@@ -88,7 +89,7 @@ def build_parts(cfg: DictConfig, slot: JobSlot = JobSlot(), data: ImageData | No
     model: Autoencoder = build(cfg, "model", input_shape=data.shape).to(device)
     noise = build(cfg, "noise")
     precision = Precision.from_config(cfg.trainer.precision, device)
-    if device.type == "cpu" and cfg.trainer.get("num_threads") == "auto":
+    if pick_threads and device.type == "cpu" and cfg.trainer.get("num_threads") == "auto":
         most = threads_per_job("auto", cores_available(), slot.jobs_at_once) or cores_available()
         placement += "; " + time_threads(model, data.shape, recon, precision, cfg, most)[1]
     placement = placement.format(threads=torch.get_num_threads())

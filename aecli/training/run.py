@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from aecli import metrics
 from aecli.components import build
 from aecli.config import value
-from aecli.data import ImageFiles, batches
+from aecli.data import ImageData, ImageFiles, batches
 from aecli.errors import ConfigError, RunFailed
 from aecli.store import checkpoint, rundir
 from aecli.training import callbacks, hooks
@@ -72,44 +72,73 @@ def run(cfg: DictConfig, run_dir: str | Path, *, choices: dict[str, str] | None 
         plan = prepare(cfg, Path(run_dir))
     elif Path(plan.run_dir).absolute() != Path(run_dir).absolute():
         raise ValueError(f"the plan is for {plan.run_dir}, not {run_dir}")
-    cfg, run_dir = plan.cfg, plan.run_dir
     with SIGNALS.installed():
+        begun = start(plan, choices=choices, slot=slot, extra_hooks=extra_hooks, world=world)
+        if isinstance(begun, RunResult):
+            return begun
         try:
-            parts = build_parts(cfg, slot, world=world,
-                                fitted=plan.resume_from.get("data_transform") if plan.resume_from is not None else None)
-            best = BestModel(cfg.get("objective"), parts.model.loss_unit)
-            # the objective's name, against one validation image's metrics, before any training
-            # (``batches`` brings it to the device also from a streamed folder)
-            _, first = next(batches(parts.data.val, 1, torch.arange(1, device=parts.device)))
-            best.check(measure(parts, first, 1, cfg.seed))
-            state = new_state(parts, cfg, world)
-            if plan.resume_from is not None:
-                state.restore(plan.resume_from, len(parts.data.train), cfg.trainer.batch_size, parts.device,
-                              world.rank, world.size)
-        except ConfigError:
-            if world.main:
-                discard_new_run_dir(plan)
-            raise
-        if SIGNALS.requested is not None and not world.distributed:  # before the first step: nothing to save
-            return RunResult("stopped", state.step, signal=SIGNALS.name())
-        writer = tb.open_writer(run_dir, state.step if plan.resuming else None) if world.main \
-            else tb.NullWriter()
-        mine = user_hooks(cfg) + list(extra_hooks or [])
-        all_hooks = hooks.Hooks(default_hooks(cfg, writer, choices or {}, mine, best, world))
-        run_ = hooks.Run(cfg=cfg, run_dir=run_dir, state=state, data=parts.data, recon=parts.recon,
-                         noise=parts.noise, hooks=all_hooks, world=world)
-        describe(parts, plan)
-        log.info("processes: %d (world size%s)", world.size, ", torchrun" if world.distributed else "")
-        try:
-            finished = fit(run_, all_hooks, parts, cfg, best)
-            if not finished:
-                all_hooks.on_stop(run_)
-            if not finished and run_.stop_requested != "max_steps":
-                return RunResult("stopped", state.step, signal=run_.stop_requested)
-            result = finish(run_, all_hooks, parts, cfg, best)
+            finished = fit(begun.run, begun.hooks, begun.parts, plan.cfg, begun.best)
+            return end(begun, finished)
         finally:
-            writer.close()
-    return result
+            begun.writer.close()
+
+
+@dataclass
+class Started:
+    """A run built and ready to train: its ``hooks.Run``, hooks, parts, best-model record and
+    TensorBoard writer (``run`` fits one; a packed sweep fits several side by side)."""
+
+    run: hooks.Run
+    hooks: hooks.Hooks
+    parts: Parts
+    best: BestModel
+    writer: Any
+
+
+def start(plan: Plan, *, choices: dict[str, str] | None = None, slot: JobSlot = JobSlot(),
+          extra_hooks: list[hooks.Hook] | None = None, world: World = WORLD, data: ImageData | None = None,
+          pick_threads: bool = True) -> Started | RunResult:
+    """Build what ``plan`` trains (``data``: these images instead of the config's; ``pick_threads``:
+    False keeps the thread count already chosen), put a checkpoint it continues back, and open
+    its writer and hooks; a ``RunResult`` when a stop signal came before the first step. A
+    ``ConfigError`` removes the new run's dir."""
+    cfg, run_dir = plan.cfg, plan.run_dir
+    try:
+        parts = build_parts(cfg, slot, data=data, world=world, pick_threads=pick_threads,
+                            fitted=plan.resume_from.get("data_transform") if plan.resume_from is not None else None)
+        best = BestModel(cfg.get("objective"), parts.model.loss_unit)
+        # the objective's name, against one validation image's metrics, before any training
+        # (``batches`` brings it to the device also from a streamed folder)
+        _, first = next(batches(parts.data.val, 1, torch.arange(1, device=parts.device)))
+        best.check(measure(parts, first, 1, cfg.seed))
+        state = new_state(parts, cfg, world)
+        if plan.resume_from is not None:
+            state.restore(plan.resume_from, len(parts.data.train), cfg.trainer.batch_size, parts.device,
+                          world.rank, world.size)
+    except ConfigError:
+        if world.main:
+            discard_new_run_dir(plan)
+        raise
+    if SIGNALS.requested is not None and not world.distributed:  # before the first step: nothing to save
+        return RunResult("stopped", state.step, signal=SIGNALS.name())
+    writer = tb.open_writer(run_dir, state.step if plan.resuming else None) if world.main else tb.NullWriter()
+    mine = user_hooks(cfg) + list(extra_hooks or [])
+    all_hooks = hooks.Hooks(default_hooks(cfg, writer, choices or {}, mine, best, world))
+    run_ = hooks.Run(cfg=cfg, run_dir=run_dir, state=state, data=parts.data, recon=parts.recon,
+                     noise=parts.noise, hooks=all_hooks, world=world)
+    describe(parts, plan)
+    log.info("processes: %d (world size%s)", world.size, ", torchrun" if world.distributed else "")
+    return Started(run_, all_hooks, parts, best, writer)
+
+
+def end(begun: Started, finished: bool) -> RunResult:
+    """After fitting: a stopped run's result (its hooks' ``on_stop``), else ``finish``'s."""
+    run_ = begun.run
+    if not finished:
+        begun.hooks.on_stop(run_)
+    if not finished and run_.stop_requested != "max_steps":
+        return RunResult("stopped", run_.state.step, signal=run_.stop_requested)
+    return finish(run_, begun.hooks, begun.parts, run_.cfg, begun.best)
 
 
 def fit(run_: hooks.Run, all_hooks: hooks.Hooks, parts: Parts, cfg: DictConfig, best: BestModel) -> bool:

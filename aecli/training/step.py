@@ -114,9 +114,14 @@ class Step:
             return None
         self.optimizer.zero_grad(set_to_none=True)
         self.update(terms["loss"])
+        return self.tally(terms, x.shape[0], step)
+
+    def tally(self, terms: dict[str, Tensor], images: int, step: int) -> dict[str, Tensor]:
+        """After the update: the step's loss terms (over ``images``) into the epoch's sums, and a
+        non-finite loss noted on the device; returns the terms, detached."""
         terms = {k: v.detach() for k, v in terms.items()}
         for k, v in terms.items():  # out of place: a tensor totals() handed out never changes
-            self.sums[k] = self.sums[k] + v.float() * x.shape[0] if k in self.sums else v.float() * x.shape[0]
+            self.sums[k] = self.sums[k] + v.float() * images if k in self.sums else v.float() * images
         if not self.skip_nan:  # remember the first bad step on the device, without a sync
             assert self.first_bad is not None, "begin_epoch comes before the epoch's steps"
             self.first_bad.copy_(torch.where((self.first_bad < 0) & ~torch.isfinite(terms["loss"]),
