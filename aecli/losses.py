@@ -83,11 +83,16 @@ class BCEWithLogitsFloat32CPU(torch.autograd.Function):
     only where the term is below ~1e-7 nats, far under a loss's resolution.
     """
 
+    generate_vmap_rule = True  # a packed sweep computes its members' losses under torch.func.vmap
+
     @staticmethod
-    def forward(ctx, logits: Tensor, target: Tensor) -> Tensor:
-        ctx.save_for_backward(logits, target)
+    def forward(logits: Tensor, target: Tensor) -> Tensor:
         softplus_neg_abs = logits.abs().neg_().exp_().add_(1.0).log_()
         return logits.clamp(min=0.0).sub_(logits * target).add_(softplus_neg_abs)
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple[Tensor, Tensor], output: Tensor) -> None:
+        ctx.save_for_backward(*inputs)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:

@@ -152,12 +152,17 @@ def fit(run_: hooks.Run, all_hooks: hooks.Hooks, parts: Parts, cfg: DictConfig, 
         return run_epochs(run_, lambda phase: make_step(phase, parts, run_.state, cfg, run_.world), all_hooks,
                           tc.log_every_n_steps, lambda: validate(run_, parts, cfg, best))
     except NonFiniteLoss as e:
-        last = run_.run_dir / "checkpoints" / checkpoint.LAST
-        good = f"the last good checkpoint is {last} (untouched)" if last.exists() else "no checkpoint was written"
-        assert run_.phase is not None, "run_epochs raises it from a phase's step"
-        raise RunFailed("trainer.on_nan", f"{e} ({run_.phase.name}, epoch {run_.state.epoch + 1}); {good}",
-                        "lower optim.lr, or trainer.on_nan=skip_batch to skip such batches"
-                        + (f"; continue with resume={last.parent.parent}" if last.exists() else "")) from None
+        raise diverged(run_, e) from None
+
+
+def diverged(run_: hooks.Run, e: NonFiniteLoss) -> RunFailed:
+    """What a run that met a non-finite loss tells its user: where, the checkpoint it keeps, the fix."""
+    last = run_.run_dir / "checkpoints" / checkpoint.LAST
+    good = f"the last good checkpoint is {last} (untouched)" if last.exists() else "no checkpoint was written"
+    assert run_.phase is not None, "a phase's step raises it"
+    return RunFailed("trainer.on_nan", f"{e} ({run_.phase.name}, epoch {run_.state.epoch + 1}); {good}",
+                     "lower optim.lr, or trainer.on_nan=skip_batch to skip such batches"
+                     + (f"; continue with resume={last.parent.parent}" if last.exists() else ""))
 
 
 def measure(parts: Parts, raw: torch.Tensor | ImageFiles, batch_size: int, seed: int) -> dict[str, float]:
