@@ -1,14 +1,5 @@
 """aecli: train, compare and reuse the classic autoencoders from one Hydra-configured CLI."""
-import os
-
-# Before torch (and scikit-learn) load their OpenMP runtime, which reads this once: OpenMP's
-# worker threads then sleep between parallel regions instead of spin-waiting for each other.
-# Spinning wins a few microseconds per region on idle cores, but as soon as another process
-# shares the cores every region waits for a descheduled spinner: the default digits run went
-# from 26-28k to 0.6-1.9k images/s on a busy 2-core laptop. Every entry point (python -m aecli.X,
-# torchrun ranks) imports this package first, and child processes (DataLoader and decode
-# workers, joblib/submitit sweep jobs) inherit the environment. A user's own value is kept.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from aecli.threads import set_wait_policy
 
 __version__ = "0.1.0"
 
@@ -36,3 +27,13 @@ def _stop_quietly_until_handled() -> None:
 
 
 _stop_quietly_until_handled()
+
+# OpenMP's wait policy, decided before torch (and scikit-learn) load their OpenMP runtime, which
+# reads it once, and after the handlers above (sampling the machine's load takes 50 ms): on a quiet
+# machine torch's default (idle threads spin-wait, the fastest there), on a busy one PASSIVE (they
+# sleep: spinners descheduled by other processes make each parallel region wait; docs/benchmarks.md).
+# A user's own OMP_WAIT_POLICY is kept; aecli.threads.set_wait_policy says how it is decided. Every
+# entry point (python -m aecli.X, torchrun ranks) imports this package first, and child processes
+# (DataLoader and decode workers, joblib/submitit sweep jobs) inherit the decision through the
+# environment (AECLI_WAIT_POLICY).
+set_wait_policy()

@@ -149,12 +149,15 @@ def trained_runs(tmp_path_factory) -> dict[str, Path]:
 def untimed_threads(request, monkeypatch):
     """In-process runs keep the process's thread count instead of timing one (tests/test_threads.py
     tests the timing): tests compare separate runs bit for bit, and two timings on a busy machine
-    can pick two counts, which sum in two orders."""
+    can pick two counts, which sum in two orders. For the same reason no run drops to one thread
+    mid-run (``SpinWatch``): the wait policy reads PASSIVE here and in the subprocesses."""
     if request.module.__name__.endswith("test_threads"):
         return
     import torch
 
+    from aecli.threads import WAIT_POLICY
     from aecli.training import build
 
+    monkeypatch.setenv(WAIT_POLICY, "PASSIVE: set by tests/conftest.py")
     monkeypatch.setattr(build, "time_threads",
                         lambda *a, **k: (torch.get_num_threads(), "auto: not timed in the tests"))

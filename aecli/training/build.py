@@ -20,7 +20,7 @@ from aecli.device import resolve_device
 from aecli.errors import ConfigError
 from aecli.losses import ReconstructionLoss
 from aecli.models import Autoencoder, PretrainsInStages
-from aecli.threads import choose_threads, cores_available
+from aecli.threads import choose_threads, cores_available, wait_policy_in_effect
 from aecli.training.distributed import World
 from aecli.training.graph_step import GraphStep
 from aecli.training.placement import JobSlot, gpu_for_job, threads_per_job
@@ -38,8 +38,9 @@ def place_job(cfg: DictConfig, slot: JobSlot, world: World = World()) -> tuple[t
     threads = threads_per_job(cfg.trainer.get("num_threads"), cores, slot.jobs_at_once)
     if threads is not None:
         torch.set_num_threads(threads)
+    wait = wait_policy_in_effect().replace("{", "{{").replace("}", "}}")  # the line is formatted again below
     line = (f"torch threads: {{threads}} (trainer.num_threads={cfg.trainer.get('num_threads')}; "
-            f"{cores} cores, {slot.jobs_at_once} job(s) at once, {slot.launcher} launcher)")
+            f"{cores} cores, {slot.jobs_at_once} job(s) at once, {slot.launcher} launcher; wait policy {wait})")
     name = value(cfg.device.name)
     gpus = torch.cuda.device_count() if name in ("auto", "cuda") else 0
     index = gpu_for_job(cfg.device.get("index"), slot.num, gpus)

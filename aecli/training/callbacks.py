@@ -15,6 +15,7 @@ from torch import Tensor
 from aecli.data.vectors import transform_file
 from aecli.store import checkpoint, rundir
 from aecli.store.atomic import remove_stale_temps
+from aecli.threads import spinning, wait_policy_in_effect
 from aecli.training.best import BestModel
 from aecli.training.distributed import epoch_totals, gather
 from aecli.training.hooks import EpochResult, Hook, Run
@@ -197,6 +198,65 @@ class KeepThreads(Hook):
             log.info("torch threads: %d, as the run this resume continues (exact resume; trainer.num_threads=N "
                      "to change it)", threads)
             torch.set_num_threads(threads)
+
+
+class SpinWatch(Hook):
+    """Load that arrives after startup. On a machine that was quiet when the run started, torch's
+    idle threads spin-wait (``aecli.threads.set_wait_policy``); if other work takes the cores
+    later, every parallel region waits for a descheduled spinner, and several threads become many
+    times slower than one. So while threads spin (more than one, on the CPU) this times windows of
+    at least ``every`` steps and ``WINDOW_S`` seconds of training (validation and the epochs' ends
+    left out) and keeps the best steps/s of the phase; ``SLOW_WINDOWS`` windows in a row
+    ``SLOWDOWN`` times slower than the best drop torch to one thread, with one warning that says
+    why. A count the user chose (``trainer.num_threads=N`` or null) is kept: the warning then
+    says what to do. The checkpoint records the count in use (``KeepThreads``), so a resume goes
+    on with one thread. ``clock``: seconds, injectable for tests."""
+
+    SLOWDOWN = 3.0  # a window this many times slower than the best: the machine got busy
+    SLOW_WINDOWS = 2  # in a row: one slow window alone can be a pause (a checkpoint write, the GC)
+    WINDOW_S = 0.1  # the shortest window: a few fast steps alone are mostly noise
+
+    def __init__(self, setting: Any, every: int, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.setting, self.every, self.clock = setting, max(int(every), 1), clock
+        self.active = False
+        self.phase: Any = None
+        self.best = self.seconds = self.last = 0.0
+        self.slow = self.steps = 0
+
+    def on_fit_start(self, run: Run) -> None:
+        self.active = run.device.type == "cpu" and spinning() and torch.get_num_threads() > 1
+
+    def on_epoch_start(self, run: Run) -> None:
+        if run.phase is not self.phase:  # another phase trains another network, at another speed
+            self.phase, self.best, self.slow, self.steps, self.seconds = run.phase, 0.0, 0, 0, 0.0
+        self.last = self.clock()
+
+    def on_step_end(self, run: Run, terms: dict[str, Tensor] | None) -> None:
+        if not self.active:
+            return
+        now = self.clock()
+        self.steps, self.seconds, self.last = self.steps + 1, self.seconds + now - self.last, now
+        if self.steps < self.every or self.seconds < self.WINDOW_S:
+            return
+        rate = self.steps / self.seconds
+        self.steps, self.seconds = 0, 0.0
+        self.best = max(self.best, rate)
+        self.slow = self.slow + 1 if rate * self.SLOWDOWN <= self.best else 0
+        if self.slow >= self.SLOW_WINDOWS:
+            self.active = False
+            self.busy(run, rate)
+
+    def busy(self, run: Run, rate: float) -> None:
+        threads = torch.get_num_threads()
+        why = (f"the machine got busy: training ran at {rate:.3g} steps/s against {self.best:.3g} at best "
+               f"({self.SLOW_WINDOWS} windows in a row), its {threads} threads spin-waiting "
+               f"({wait_policy_in_effect()})")
+        if self.setting == "auto":
+            torch.set_num_threads(1)
+            log.warning("%s; on 1 thread from step %d on (trainer.num_threads=auto)", why, run.state.step)
+        else:
+            log.warning("%s; trainer.num_threads=%s keeps them: trainer.num_threads=auto would go on with 1 "
+                        "thread, OMP_WAIT_POLICY=PASSIVE keeps threads from spinning", why, self.setting)
 
 
 class FirstStepTime(Hook):

@@ -221,6 +221,7 @@ def default_hooks(cfg: DictConfig, writer: Any, choices: dict[str, str], mine: l
     logs = [tb.EpochScalars(writer), tb.ImageGrids(writer, tc.grid_images, cfg.seed), tb.VectorReport(writer),
             callbacks.ProgressReport(bar, tc.log_every_n_steps)] if world.main else []
     return [callbacks.KeepThreads(tc.get("num_threads")), callbacks.FirstStepTime(), callbacks.LastEpoch(),
+            callbacks.SpinWatch(tc.get("num_threads"), tc.log_every_n_steps),
             callbacks.SaveTransform(), *mine, *ends,
             tb.StepScalars(writer, tc.log_every_n_steps), *logs,
             callbacks.Checkpointing(tc.checkpoint_every_n_steps, best, flush=writer.flush),

@@ -25,7 +25,7 @@ from aecli.config import noise_name
 from aecli.errors import ConfigError
 from aecli.store import rundir
 from aecli.store.atomic import remove_stale_temps
-from aecli.threads import choose_threads, cores_available, limit_libraries, parse_threads
+from aecli.threads import choose_threads, cores_available, limit_libraries, parse_threads, wait_policy_in_effect
 from aecli.use import tables
 from aecli.use.trained import TrainedRun
 from aecli.use.trained import open_run as open_
@@ -82,7 +82,7 @@ def set_threads(run: TrainedRun, threads: int | str, batch: int = 256) -> None:
 
     with torch.random.fork_rng(devices=[]):
         _, why = choose_threads(step, cores_available())
-    line = f"torch threads: {torch.get_num_threads()} ({why})"
+    line = f"torch threads: {torch.get_num_threads()} ({why}; wait policy {wait_policy_in_effect()})"
     logging.getLogger("aecli").info(line)  # evaluate's log; the other commands: a terminal only, as progress bars
     if sys.stderr.isatty():
         print(f"aecli: {line}", file=sys.stderr)
