@@ -96,6 +96,7 @@ class TrainerConfig:
     on_nan: OnNan = OnNan.stop
     progress: Progress = Progress.auto
     grid_images: int = bounded(8, ge=1)
+    pack_size: int = bounded(64, ge=1)  # hydra/launcher=packed: the most jobs trained side by side as one
     num_threads: Any = "auto"  # auto | N | null
     precision: Precision = Precision.fp32
     compile: bool = False

@@ -26,7 +26,8 @@ from aecli.store import checkpoint, rundir
 
 MAY_CHANGE = (
     "trainer.epochs", "trainer.max_steps", "trainer.progress", "trainer.num_threads", "trainer.log_every_n_steps",
-    "trainer.checkpoint_every_n_steps", "trainer.eval_batch_size", "trainer.grid_images", "trainer.compile",
+    "trainer.checkpoint_every_n_steps", "trainer.eval_batch_size", "trainer.grid_images", "trainer.pack_size",
+    "trainer.compile",
     "trainer.compile_mode", "trainer.cuda_graph", "trainer.channels_last", "trainer.cudnn_benchmark", "trainer.on_nan",
     "device", "dataset.root", "dataset.path", "dataset.download", "dataset.num_workers", "dataset.max_memory_mb",
     "dataset.cache", "resume", "callbacks",

@@ -1,0 +1,1 @@
+"""aecli's Hydra launcher plugin: ``hydra/launcher=packed`` (``aecli.training.packing``)."""

@@ -1,0 +1,45 @@
+"""``hydra/launcher=packed``: a sweep's same-shape jobs trained side by side in one process.
+
+Hydra imports every module under ``hydra_plugins`` when it starts, so this one stays light: the
+launcher's work (and torch) loads from ``aecli.training.packing`` only when a sweep launches.
+"""
+# no "from __future__ import annotations": Hydra runs plugin modules outside sys.modules, where a
+# dataclass cannot look string annotations up
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.utils import JobReturn
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+
+@dataclass
+class PackedLauncherConf:
+    _target_: str = "hydra_plugins.aecli_packed_launcher.packed_launcher.PackedLauncher"
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="packed", node=PackedLauncherConf, provider="aecli")
+
+
+class PackedLauncher(Launcher):
+    """Groups the jobs that can train together (``aecli.training.packing.pack_key``), trains each
+    group as one batched model (``trainer.pack_size`` members at most), and runs the rest one
+    after another as the basic launcher does, saying why each could not pack."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config: DictConfig | None = None
+        self.task_function: TaskFunction | None = None
+        self.hydra_context: HydraContext | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from aecli.training.packing import launch  # torch and the training wing: only when a sweep runs
+
+        assert self.config is not None and self.hydra_context is not None and self.task_function is not None
+        return launch(self.config, self.hydra_context, self.task_function, job_overrides, initial_job_idx)
