@@ -28,6 +28,7 @@ from aecli.training.distributed import WORLD
 from aecli.training.guard import PLANS, Refused
 from aecli.training.placement import job_slot
 from aecli.training.signals import SIGNALS
+from hydra_plugins.aecli_packed_launcher import packed_launcher
 
 _outcome: dict[str, Any] = {}  # what a single run's task leaves for main: "error" or "stopped"
 
@@ -64,6 +65,7 @@ def job_tag(num: int | None) -> str:
 
 
 OmegaConf.register_new_resolver("aecli_job_tag", job_tag, replace=True)
+packed_launcher.register()  # hydra/launcher=packed, also from an editable install
 
 
 def continue_command(run_dir: Path) -> str:

@@ -19,12 +19,14 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import random
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -39,7 +41,7 @@ from aecli.training.placement import JobSlot
 from aecli.training.plan import Plan
 from aecli.training.run import RunResult, Started, diverged, end, start, validate
 from aecli.training.signals import SIGNALS
-from aecli.training.state import EpochState, rng_state, set_rng_state
+from aecli.training.state import EpochState
 from aecli.training.step import NonFiniteLoss, Step, check_finite
 
 log = logging.getLogger(__name__)
@@ -68,13 +70,44 @@ class Member:
 
     @contextmanager
     def active(self) -> Iterator[None]:
-        """Its RNG streams and its log, while it draws, validates, checkpoints or logs."""
-        set_rng_state(self.rng)
+        """Its RNG streams and its log, while it validates, checkpoints or logs."""
+        set_rngs(self.rng)
         try:
             with self.context():
                 yield
         finally:
-            self.rng = rng_state()
+            self.rng = rngs()
+
+    @contextmanager
+    def drawing(self) -> Iterator[None]:
+        """Its torch RNG stream alone, while it draws a step's noise and model draws (each step)."""
+        torch.set_rng_state(self.rng["torch"])
+        cuda = self.begun.parts.device if self.begun.parts.device.type == "cuda" else None
+        if cuda is not None:
+            torch.cuda.set_rng_state(self.rng["cuda"], cuda)
+        try:
+            yield
+        finally:
+            self.rng["torch"] = torch.get_rng_state()
+            if cuda is not None:
+                self.rng["cuda"] = torch.cuda.get_rng_state(cuda)
+
+
+def rngs() -> dict[str, Any]:
+    """This process's RNG states as they are (python, numpy, torch, the current CUDA device's)."""
+    out = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = torch.cuda.get_rng_state()
+    return out
+
+
+def set_rngs(state: dict[str, Any]) -> None:
+    """Put back what ``rngs`` took."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def train_pack(plans: list[Plan], contexts: list[Context], choices: list[dict[str, str]]) -> list[
@@ -97,7 +130,7 @@ def train_pack(plans: list[Plan], contexts: list[Context], choices: list[dict[st
                 out[i] = begun
                 continue
             data = begun.parts.data
-            members[i] = Member(begun, rng_state(), contexts[i])
+            members[i] = Member(begun, rngs(), contexts[i])
         if members:
             fit_pack(list(members.values()))
         for i, m in members.items():
@@ -131,7 +164,7 @@ def fit_pack(members: list[Member]) -> None:
         raws = {id(m): next_batch(m) for m in active}
         terms = pack([m.model for m in live], [m in active for m in live],
                      [raws.get(id(m), raws[id(active[0])]) for m in live], [m.step for m in live],  # type: ignore[misc]
-                     [m.active for m in live])
+                     [m.drawing for m in live])
         for m, t in zip(live, terms):
             if t is not None:
                 after_step(m, t, raws[id(m)].shape[0])
@@ -217,6 +250,7 @@ class PackedStep:
     precision: Any
     skeleton: Autoencoder = field(init=False)
     shapes: dict[tuple[int, ...], list[tuple[torch.Size, tuple[int, ...], torch.dtype]]] = field(default_factory=dict)
+    held: dict[int, tuple[list[Tensor], list[Tensor]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.skeleton = copy.deepcopy(self.models[0])
@@ -234,6 +268,14 @@ class PackedStep:
             terms = torch.func.functional_call(self.wrapper, prefixed({**params, **buffers}), (noisy, x),
                                                tie_weights=False, strict=True)
         return terms, buffers
+
+    def tensors(self, model: Autoencoder) -> tuple[list[Tensor], list[Tensor]]:
+        """A member's parameters and buffers, in the skeleton's order (looked up once)."""
+        key = id(model)
+        if key not in self.held:
+            params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
+            self.held[key] = ([params[n] for n in self.names], [buffers[n] for n in self.buffer_names])
+        return self.held[key]
 
     def draw_shapes(self, model: Autoencoder, noisy: Tensor, x: Tensor) -> list[tuple[torch.Size, tuple[int, ...],
                                                                                       torch.dtype]]:
@@ -271,10 +313,10 @@ class PackedStep:
             xs.append(x)
             noisy.append(n)
             draws.append(d)
-        params = {name: torch.stack([p if on else p.detach() for p, on in
-                                     zip((dict(m.named_parameters())[name] for m in models), active)])
-                  for name in self.names}
-        buffers = {name: torch.stack([dict(m.named_buffers())[name] for m in models]) for name in self.buffer_names}
+        held = [self.tensors(m) for m in models]
+        params = {name: torch.stack([h[0][k] if on else h[0][k].detach() for h, on in zip(held, active)])
+                  for k, name in enumerate(self.names)}
+        buffers = {name: torch.stack([h[1][k] for h in held]) for k, name in enumerate(self.buffer_names)}
         scalars = {name: torch.tensor([float(getattr(m, name)) for m in models], device=xs[0].device)
                    for name in self.scalar_names}
         stacked_draws = [torch.stack([d[k] for d in draws]) for k in range(len(draws[0]))]
@@ -286,13 +328,13 @@ class PackedStep:
         on_index = [i for i, on in enumerate(active) if on]
         terms["loss"][on_index].sum().backward()
         out: list[dict[str, Tensor] | None] = []
-        for i, (model, on, step) in enumerate(zip(models, active, steps)):
+        for i, (on, step) in enumerate(zip(active, steps)):
             if not on:
                 out.append(None)
                 continue
             step.optimizer.step()
             with torch.no_grad():
-                for name, b in model.named_buffers():
+                for b, name in zip(held[i][1], self.buffer_names):
                     b.copy_(buffers[name][i])
             out.append({k: v[i] for k, v in terms.items()})
         return out

@@ -229,7 +229,7 @@ def member_log(job: Job) -> Callable[[], Any]:
 def continue_command(config: DictConfig) -> str:
     """The command that continues this sweep: the same overrides, the same sweep dir, ``resume=auto``."""
     task = [o for o in config.hydra.overrides.task if not o.startswith("resume=")]
-    hydra = [o for o in config.hydra.overrides.hydra if not o.startswith("hydra.sweep.dir=")]
+    hydra = [o for o in config.hydra.overrides.hydra if not o.startswith(("hydra.sweep.dir=", "hydra.mode="))]
     words = ["python", "-m", "aecli.train", "-m", *task, *hydra, f"hydra.sweep.dir={config.hydra.sweep.dir}",
              "resume=auto"]
     return " ".join(shlex.quote(w) for w in words)

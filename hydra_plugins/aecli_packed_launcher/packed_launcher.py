@@ -43,3 +43,12 @@ class PackedLauncher(Launcher):
 
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
         return launch(self.config, self.hydra_context, self.task_function, job_overrides, initial_job_idx)
+
+
+def register() -> None:
+    """Make the launcher known to Hydra also where its plugin scan does not see this folder: the
+    scan lists the ``hydra_plugins`` folders on ``sys.path``, and an editable install of aecli
+    (``pip install -e``) maps this package from elsewhere. Called by ``aecli.training.app``."""
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance().register(PackedLauncher)
