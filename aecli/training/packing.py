@@ -66,7 +66,7 @@ def pack_key(cfg: DictConfig) -> tuple[str | None, str]:
     if schema.value(tc.precision) in ("16", 16, "fp16"):
         why = "trainer.precision=16 scales each member's loss with a gradient scaler of its own"
     elif tc.compile:
-        why = "trainer.compile=true compiles one model's step, not a pack's"
+        why = "trainer.compile=true: torch.compile compiles one model's step, not a pack's"
     elif schema.value(tc.on_nan) == "skip_batch":
         why = "trainer.on_nan=skip_batch checks each member's loss on the host at every step"
     elif cfg.get("resume") not in (None, "auto"):
