@@ -5,6 +5,7 @@ in the same process, alternating. Usage: python scripts/pack_speed.py [--model v
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from contextlib import nullcontext
 
@@ -33,6 +34,11 @@ def members(n: int, model: str, device: str, overrides: list[str]):
     return out
 
 
+def one_by_one(steps: list[Step], batch: torch.Tensor) -> None:
+    for s in steps:
+        s(batch, 1)
+
+
 def timed(fn, seconds: float, sync) -> float:
     fn()
     sync()
@@ -59,19 +65,12 @@ def main() -> None:
     for n in args.sizes:
         ms = members(n, args.model, args.device, args.overrides)
         parts = ms[0][0]
-        batch = parts.data.train[:int(128)]
+        batch = parts.data.train[:128]
         steps = [s for _, s in ms]
         pack = PackedStep([s.phase.module for s in steps], parts.recon, parts.precision)
-        k = [0]
-
-        def packed() -> None:
-            pack([s.phase.module for s in steps], [True] * n, [batch] * n, steps, [nullcontext] * n)
-
-        def separate() -> None:
-            k[0] += 1
-            for s in steps:
-                s(batch, k[0])
-
+        models = [s.phase.module for s in steps]
+        packed = functools.partial(pack, models, [True] * n, [batch] * n, steps, [nullcontext] * n)
+        separate = functools.partial(one_by_one, steps, batch)
         rates = [timed(packed, args.seconds, sync), timed(separate, args.seconds, sync)]
         images = n * batch.shape[0]
         print(f"| {n} | {rates[0] * images:,.0f} | {rates[1] * images:,.0f} | {rates[0] / rates[1]:.2f}x |", flush=True)
