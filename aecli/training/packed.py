@@ -141,7 +141,9 @@ def train_pack(plans: list[Plan], contexts: list[Context], choices: list[dict[st
                     out[i] = e
                 finally:
                     m.begun.writer.close()
-    return [r if r is not None else RuntimeError("not run") for r in out]  # type: ignore[misc]
+    done = [r for r in out if r is not None]
+    assert len(done) == len(plans), "every plan ends refused, stopped, failed or with its result"
+    return done
 
 
 def fit_pack(members: list[Member]) -> None:
@@ -170,7 +172,7 @@ def fit_pack(members: list[Member]) -> None:
                 after_step(m, t, raws[id(m)].shape[0])
         stop = next((m.begun.run.stop_requested for m in active
                      if m.begun.run.stop_requested not in (None, "max_steps")), None)
-        for m in active:  # a signal stops every member at the same step, whichever member's hook saw it
+        for m in live:  # a signal stops every member at this step, whichever member's hook saw it
             if stop and m.finished is None and m.error is None:
                 m.begun.run.stop_requested, m.finished = stop, False
 
