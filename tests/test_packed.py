@@ -184,3 +184,15 @@ def test_a_mixed_sweep_packs_what_it_can_and_the_report_sees_every_job(tmp_path)
     rows = list(csv.DictReader((tmp_path / "sweep" / "report.csv").open()))
     assert sorted(r["job"] for r in rows) == ["0", "1", "2", "3"]
     assert all(float(r["test/mse_per_pixel"]) < 0.1 for r in rows)
+
+
+def test_packs_hold_at_most_pack_size_and_a_lone_job_says_why():
+    from aecli.training.packing import Job, group
+
+    jobs = [Job(i, [f"seed={i}"], make_cfg(f"seed={i}", "trainer.pack_size=2")) for i in range(5)]
+    jobs.append(Job(5, ["model=conv"], make_cfg("model=conv", "trainer.pack_size=2")))
+    packs, alone = group(jobs)
+    assert [[j.idx for j in p] for p in packs] == [[0, 1], [2, 3]]
+    assert sorted((j.idx, why) for j, why in alone) == [
+        (4, "the one left over after packs of trainer.pack_size=2"),
+        (5, "no other job of the sweep shares its model, data, loss, batch size and schedule")]

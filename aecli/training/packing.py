@@ -101,7 +101,8 @@ def group(jobs: list[Job]) -> tuple[list[list[Job]], list[tuple[Job, str]]]:
                 packs.append(chunk)
             else:
                 alone.append((chunk[0], "no other job of the sweep shares its model, data, loss, batch size and "
-                                        "schedule" if len(same) == 1 else "the rest after packs of trainer.pack_size"))
+                                        "schedule" if len(same) == 1 else "trainer.pack_size=1" if size == 1
+                              else f"the one left over after packs of trainer.pack_size={size}"))
     return packs, alone
 
 
