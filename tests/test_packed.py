@@ -13,6 +13,7 @@ import pytest
 
 from aecli import cli
 from aecli.errors import RunFailed
+from aecli.threads import cores_available
 from aecli.training.packed import train_pack
 from aecli.training.packing import pack_key
 from aecli.training.plan import prepare
@@ -196,3 +197,20 @@ def test_packs_hold_at_most_pack_size_and_a_lone_job_says_why():
     assert sorted((j.idx, why) for j, why in alone) == [
         (4, "the one left over after packs of trainer.pack_size=2"),
         (5, "no other job of the sweep shares its model, data, loss, batch size and schedule")]
+
+
+@pytest.mark.integration
+def test_packs_run_side_by_side_in_worker_processes_with_n_jobs(tmp_path):
+    """hydra.launcher.n_jobs=2: two packs at once, each in a process of its own, one thread each."""
+    out = run_cli("-m", "seed=0,1,2,3", "trainer.epochs=2", "trainer.pack_size=2", "hydra/launcher=packed",
+                  "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    said = out.stdout + out.stderr
+    assert out.returncode == 0, said[-3000:]
+    assert "2 pack(s) of 2+2 job(s), 0 alone; 2 at once" in said
+    jobs = sorted(d for d in (tmp_path / "sweep").iterdir() if d.is_dir())
+    assert [json.loads((d / "job_status.json").read_text())["status"] for d in jobs] == ["COMPLETED"] * 4
+    share = max(cores_available() // 2, 1)  # the cores shared by 2 packs at once
+    assert all(1 <= read_metrics(d)["torch_threads"] <= share for d in jobs)
+    alone = run(quick_cfg("seed=3", "trainer.num_threads=1"), tmp_path / "alone")
+    assert read_metrics(jobs[3])["test/loss_per_pixel"] == pytest.approx(alone.metrics["test/loss_per_pixel"],
+                                                                         rel=TOLERANCE)

@@ -110,18 +110,21 @@ def set_rngs(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def train_pack(plans: list[Plan], contexts: list[Context], choices: list[dict[str, str]]) -> list[
-        RunResult | AecliError]:
+def train_pack(plans: list[Plan], contexts: list[Context], choices: list[dict[str, str]],
+               slot: JobSlot = JobSlot()) -> list[RunResult | AecliError]:
     """Train the runs ``plans`` describe as one pack; each one's result, or the error that ended it
-    alone (refused while building, diverged). ``contexts[i]`` routes run i's log lines."""
+    alone (refused while building, diverged). ``contexts[i]`` routes run i's log lines; ``slot``
+    says how many packs share the cores (``hydra.launcher.n_jobs``); its job number is ignored:
+    a pack trains on one device."""
     out: list[RunResult | AecliError | None] = [None] * len(plans)
     members: dict[int, Member] = {}
+    slot = JobSlot(jobs_at_once=slot.jobs_at_once, launcher=slot.launcher)
     with SIGNALS.installed():
         data: ImageData | None = None
         for i, plan in enumerate(plans):
             with contexts[i]():
                 try:
-                    begun = start(plan, choices=choices[i], slot=JobSlot(launcher="packed"), data=data,
+                    begun = start(plan, choices=choices[i], slot=slot, data=data,
                                   pick_threads=not members)
                 except AecliError as e:
                     out[i] = e

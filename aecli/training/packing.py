@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import get_class
+from joblib import Parallel, delayed  # scikit-learn's dependency; loky workers, as hydra/launcher=joblib
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from aecli import config as schema
@@ -33,6 +35,7 @@ from aecli.errors import AecliError
 from aecli.models import Autoencoder
 from aecli.store import rundir
 from aecli.training.packed import train_pack
+from aecli.training.placement import JobSlot, job_slot
 from aecli.training.plan import prepare
 from aecli.training.run import RunResult
 from aecli.training.signals import SIGNALS
@@ -107,32 +110,65 @@ def group(jobs: list[Job]) -> tuple[list[list[Job]], list[tuple[Job, str]]]:
 
 
 def launch(config: DictConfig, hydra_context: HydraContext, task_function: TaskFunction,
-           job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
-    """Run a sweep's jobs: each pack as one process's batched training, the rest one after another."""
+           job_overrides: Sequence[Sequence[str]], initial_job_idx: int, n_jobs: int = 1) -> list[JobReturn]:
+    """Run a sweep's jobs: each pack as one process's batched training, the rest as ordinary jobs;
+    ``n_jobs`` of them at once in processes of their own (1: one after another, here)."""
     setup_globals()
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
     Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-    jobs = []
-    for k, overrides in enumerate(job_overrides):
-        cfg = hydra_context.config_loader.load_sweep_config(config, list(overrides))
-        with open_dict(cfg):
-            cfg.hydra.job.id = cfg.hydra.job.num = initial_job_idx + k
-        jobs.append(Job(initial_job_idx + k, list(overrides), cfg))
+    jobs = [load_job(hydra_context, config, initial_job_idx + k, o) for k, o in enumerate(job_overrides)]
     packs, alone = group(jobs)
-    log.info("Packing %d jobs: %d pack(s) of %s job(s), %d alone", len(jobs), len(packs),
-             "+".join(str(len(p)) for p in packs) or "0", len(alone))
+    log.info("Packing %d jobs: %d pack(s) of %s job(s), %d alone%s", len(jobs), len(packs),
+             "+".join(str(len(p)) for p in packs) or "0", len(alone), f"; {n_jobs} at once" if n_jobs != 1 else "")
     for pack in packs:
         log.info("\tpack of #%s", ", #".join(str(j.idx) for j in pack))
     for job, why in alone:
         log.info("\t#%d alone (%s): %s", job.idx, " ".join(filter_overrides(job.overrides)), why)
+    work = [[job] for job, _ in sorted(alone, key=lambda a: a[0].idx)] + packs
+    if n_jobs == 1:
+        done = [run_work(w, hydra_context, config, task_function) for w in work]
+    else:
+        state = Singleton.get_state()
+        done = Parallel(n_jobs=n_jobs, backend="loky")(
+            delayed(run_in_worker)(w, hydra_context, config, task_function, state)
+            for w in work)
     returns: dict[int, JobReturn] = {}
-    for job, _ in sorted(alone, key=lambda a: a[0].idx):
-        returns[job.idx] = run_job(hydra_context=hydra_context, task_function=task_function, config=job.cfg,
-                                   job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
-        configure_log(config.hydra.hydra_logging, config.hydra.verbose)
-    for pack in packs:
-        returns.update(run_pack(pack, hydra_context, config))
+    for d in done:
+        if isinstance(d, int):  # a stopped pack: the sweep stops, as with a stopped job of another launcher
+            raise SystemExit(d)
+        returns.update(d)
     return [returns[j.idx] for j in jobs]
+
+
+def load_job(hydra_context: HydraContext, config: DictConfig, idx: int, overrides: Sequence[str]) -> Job:
+    cfg = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+    with open_dict(cfg):
+        cfg.hydra.job.id = cfg.hydra.job.num = idx
+    return Job(idx, list(overrides), cfg)
+
+
+def run_work(work: list[Job], hydra_context: HydraContext, config: DictConfig,
+             task_function: TaskFunction) -> dict[int, JobReturn] | int:
+    """A pack (trained together) or a lone job (Hydra's ``run_job``); an exit status if stopped."""
+    try:
+        if len(work) > 1:
+            return run_pack(work, hydra_context, config)
+        ret = run_job(hydra_context=hydra_context, task_function=task_function, config=work[0].cfg,
+                      job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+        return {work[0].idx: ret}
+    except SystemExit as e:
+        return int(e.code or 1)
+    finally:
+        configure_log(config.hydra.hydra_logging, config.hydra.verbose)
+
+
+def run_in_worker(work: list[Job], hydra_context: HydraContext, config: DictConfig, task_function: TaskFunction,
+                  singleton_state: dict[Any, Any]) -> dict[int, JobReturn] | int:
+    """``run_work`` in a joblib worker process, with the parent's Hydra state (as joblib's launcher)
+    and the jobs' configs as the parent composed them."""
+    setup_globals()
+    Singleton.set_state(singleton_state)
+    return run_work(work, hydra_context, config, task_function)
 
 
 @dataclass
@@ -142,6 +178,7 @@ class Setup:
     ret: JobReturn
     plan: Any = None
     choices: dict[str, str] | None = None
+    slot: JobSlot | None = None
 
 
 def run_pack(pack: list[Job], hydra_context: HydraContext, config: DictConfig) -> dict[int, JobReturn]:
@@ -151,11 +188,12 @@ def run_pack(pack: list[Job], hydra_context: HydraContext, config: DictConfig) -
         holder: dict[str, Any] = {}
         ret = run_job(hydra_context=hydra_context, task_function=functools.partial(set_up_member, holder=holder),
                       config=job.cfg, job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
-        setups[job.idx] = Setup(ret, holder.get("plan"), holder.get("choices"))
+        setups[job.idx] = Setup(ret, holder.get("plan"), holder.get("choices"), holder.get("slot"))
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
     ready = [job for job in pack if setups[job.idx].plan is not None]
     results = train_pack([setups[j.idx].plan for j in ready], [member_log(j) for j in ready],
-                         [setups[j.idx].choices or {} for j in ready])
+                         [setups[j.idx].choices or {} for j in ready],
+                         next((s for j in ready if (s := setups[j.idx].slot) is not None), JobSlot()))
     stopped = False
     for job, result in zip(ready, results):
         stopped |= record(setups[job.idx], result)
@@ -179,8 +217,8 @@ def set_up_member(task_cfg: DictConfig, holder: dict[str, Any]) -> None:
         log.error("%s", e)
         raise
     rundir.write_status(run_dir, "RUNNING")
-    holder.update(plan=plan, choices={k: v for k, v in hc.runtime.choices.items()
-                                      if not k.startswith("hydra") and v is not None})
+    holder.update(plan=plan, slot=job_slot(), choices={k: v for k, v in hc.runtime.choices.items()
+                                                       if not k.startswith("hydra") and v is not None})
 
 
 def record(setup: Setup, result: RunResult | AecliError) -> bool:

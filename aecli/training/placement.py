@@ -29,14 +29,14 @@ class JobSlot:
 def jobs_at_once(launcher: Mapping[str, Any] | None, cores: int) -> int:
     """How many jobs the Hydra launcher config ``launcher`` runs at once on this machine.
 
-    joblib: ``n_jobs`` (negative counts back from the cores, as in joblib: -1 = one job per
+    joblib and packed: ``n_jobs`` (negative counts back from the cores, as in joblib: -1 = one job per
     core); submitit_local: all jobs of a batch run at once and their number is not known here,
     so a job counts as one of ``cores`` jobs (1 thread) unless ``cpus_per_task`` says its share;
     SLURM and the basic launcher: one job per machine/allocation at a time.
     """
     launcher = launcher or {}
     target = str(launcher.get("_target_", ""))
-    if target.endswith("JoblibLauncher"):
+    if target.endswith(("JoblibLauncher", "PackedLauncher")):  # packed: n_jobs packs at once
         n = int(launcher.get("n_jobs") or 1)
         return max(cores + 1 + n, 1) if n < 0 else n
     if target.endswith("submitit_launcher.LocalLauncher"):

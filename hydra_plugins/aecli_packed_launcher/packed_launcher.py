@@ -19,6 +19,9 @@ from omegaconf import DictConfig
 @dataclass
 class PackedLauncherConf:
     _target_: str = "hydra_plugins.aecli_packed_launcher.packed_launcher.PackedLauncher"
+    # packs (and lone jobs) trained at once, each in a process of its own (joblib's loky workers,
+    # as hydra/launcher=joblib); -1: one per core. 1: one after another in this process
+    n_jobs: int = 1
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="packed", node=PackedLauncherConf, provider="aecli")
@@ -29,8 +32,9 @@ class PackedLauncher(Launcher):
     group as one batched model (``trainer.pack_size`` members at most), and runs the rest one
     after another as the basic launcher does, saying why each could not pack."""
 
-    def __init__(self) -> None:
+    def __init__(self, n_jobs: int = 1) -> None:
         super().__init__()
+        self.n_jobs = n_jobs
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
@@ -42,7 +46,8 @@ class PackedLauncher(Launcher):
         from aecli.training.packing import launch  # torch and the training wing: only when a sweep runs
 
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
-        return launch(self.config, self.hydra_context, self.task_function, job_overrides, initial_job_idx)
+        return launch(self.config, self.hydra_context, self.task_function, job_overrides, initial_job_idx,
+                      self.n_jobs)
 
 
 def register() -> None:
