@@ -214,3 +214,24 @@ def test_packs_run_side_by_side_in_worker_processes_with_n_jobs(tmp_path):
     alone = run(quick_cfg("seed=3", "trainer.num_threads=1"), tmp_path / "alone")
     assert read_metrics(jobs[3])["test/loss_per_pixel"] == pytest.approx(alone.metrics["test/loss_per_pixel"],
                                                                          rel=TOLERANCE)
+
+
+def test_a_member_whose_disk_is_full_fails_alone(tmp_path, monkeypatch):
+    """One member's checkpoint cannot be written (a full disk there): it fails with the message a
+    separate run gives, and the other member trains on to its end."""
+    import errno
+
+    from aecli.store import checkpoint
+
+    save = checkpoint.save
+
+    def full_for_member_1(state, *paths):
+        if any("pack1" in str(p) for p in paths):
+            raise OSError(errno.ENOSPC, "No space left on device", str(paths[0]))
+        save(state, *paths)
+
+    monkeypatch.setattr(checkpoint, "save", full_for_member_1)
+    good, full = pack([quick_cfg("seed=0"), quick_cfg("seed=1")], tmp_path)
+    assert good.status == "completed" and read_metrics(tmp_path / "pack0")["steps"] == 20
+    assert isinstance(full, RunFailed) and "No space left on device" in full.problem
+    assert not (tmp_path / "pack1" / "metrics.json").exists()

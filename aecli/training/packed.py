@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,7 @@ from aecli.data import ImageData, batches
 from aecli.errors import AecliError
 from aecli.losses import ReconstructionLoss
 from aecli.models import Autoencoder
+from aecli.store.atomic import DISK_ERRORS, write_failed
 from aecli.training.distributed import epoch_totals
 from aecli.training.hooks import EpochResult
 from aecli.training.loop import epoch_permutation
@@ -219,6 +221,13 @@ def after_step(m: Member, terms: dict[str, Tensor], images: int) -> None:
                 end_epoch(m, es)
         except NonFiniteLoss as e:
             m.error = diverged(run, e)
+        except AecliError as e:  # e.g. its checkpoint did not fit on the disk: it fails alone
+            m.error = e
+        except OSError as e:
+            if e.errno not in DISK_ERRORS:
+                raise
+            m.error = write_failed(Path(e.filename or run.run_dir), e)
+        if m.error is not None:
             log.error("%s", m.error)
             return
     if run.stop_requested and m.finished is None:
