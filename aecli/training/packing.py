@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import shlex
+import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -126,16 +127,25 @@ def launch(config: DictConfig, hydra_context: HydraContext, task_function: TaskF
         log.info("\t#%d alone (%s): %s", job.idx, " ".join(filter_overrides(job.overrides)), why)
     work = [[job] for job, _ in sorted(alone, key=lambda a: a[0].idx)] + packs
     if n_jobs == 1:
-        done = [run_work(w, hydra_context, config, task_function) for w in work]
+        done: list[dict[int, JobReturn] | int] = []
+        for w in work:
+            done.append(run_work(w, hydra_context, config, task_function))
+            if isinstance(done[-1], int):  # stopped: the next ones do not start
+                break
     else:
         state = Singleton.get_state()
         done = Parallel(n_jobs=n_jobs, backend="loky")(
             delayed(run_in_worker)(w, hydra_context, config, task_function, state)
             for w in work)
+    stopped = [d for d in done if isinstance(d, int)]
+    if stopped:  # the sweep stops, as with a stopped job of another launcher: one message for it
+        name = signal.Signals(stopped[0] - 128).name if stopped[0] > 128 else "stopped"
+        print(f"aecli: {name}: the packed sweep stopped; every member kept a checkpoint. Continue with:\n"
+              f"  {continue_command(config)}", file=sys.stderr, flush=True)
+        raise SystemExit(stopped[0])
     returns: dict[int, JobReturn] = {}
     for d in done:
-        if isinstance(d, int):  # a stopped pack: the sweep stops, as with a stopped job of another launcher
-            raise SystemExit(d)
+        assert not isinstance(d, int)
         returns.update(d)
     return [returns[j.idx] for j in jobs]
 
@@ -198,9 +208,7 @@ def run_pack(pack: list[Job], hydra_context: HydraContext, config: DictConfig) -
     for job, result in zip(ready, results):
         stopped |= record(setups[job.idx], result)
     if stopped:
-        print(f"aecli: {SIGNALS.name()}: the packed sweep stopped; every member kept a checkpoint. Continue with:\n"
-              f"  {continue_command(config)}", file=sys.stderr, flush=True)
-        raise SystemExit(SIGNALS.exit_code())  # as a stopped job of another launcher: the sweep stops here
+        raise SystemExit(SIGNALS.exit_code())  # ``launch`` says how to continue
     return {idx: s.ret for idx, s in setups.items()}
 
 
