@@ -23,6 +23,10 @@ class AecliError(CompactHydraException):
         self.key, self.problem, self.fix = key, problem, fix
         super().__init__(f"aecli: error: {key}: {problem}\n  fix: {fix}")
 
+    def summary(self) -> str:
+        """One line for a job's status file: the kind of error, the key and the problem."""
+        return f"{type(self).__name__}: {self.key}: {self.problem}"
+
     def __reduce__(self) -> tuple:
         # pickle with the three arguments (the default passes only the message): a sweep job's
         # error travels back to the launching process (joblib, submitit) as a pickle

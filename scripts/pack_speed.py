@@ -67,7 +67,7 @@ def main() -> None:
         parts = ms[0][0]
         batch = parts.data.train[:128]
         steps = [s for _, s in ms]
-        pack = PackedStep([s.phase.module for s in steps], parts.recon, parts.precision)
+        pack = PackedStep(steps[0].phase.module, parts.recon, parts.precision)
         models = [s.phase.module for s in steps]
         packed = functools.partial(pack, models, [True] * n, [batch] * n, steps, [nullcontext] * n)
         separate = functools.partial(one_by_one, steps, batch)

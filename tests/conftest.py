@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -161,3 +162,19 @@ def untimed_threads(request, monkeypatch):
     monkeypatch.setenv(WAIT_POLICY, "PASSIVE: set by tests/conftest.py")
     monkeypatch.setattr(build, "time_threads",
                         lambda *a, **k: (torch.get_num_threads(), "auto: not timed in the tests"))
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A finished 1-epoch run of the default model (in-process; one per test module)."""
+    from aecli.training.run import run
+
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    run(quick_cfg("trainer.epochs=1"), run_dir)
+    return run_dir
+
+
+@pytest.fixture
+def copy(finished, tmp_path) -> Path:
+    """A private copy of the finished run, to tamper with."""
+    return Path(shutil.copytree(finished, tmp_path / "run"))

@@ -7,7 +7,6 @@ import csv
 import logging
 import os
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -179,18 +178,6 @@ def test_report_names_a_job_whose_overrides_cannot_be_read_and_goes_on(tmp_path,
 
 
 # --- crafted checkpoints: refused by what they are, before anything is allocated ---------------
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("finished") / "run"
-    run(quick_cfg("trainer.epochs=1"), run_dir)
-    return run_dir
-
-
-@pytest.fixture
-def copy(finished, tmp_path) -> Path:
-    return Path(shutil.copytree(finished, tmp_path / "run"))
-
 
 def test_garbage_before_a_good_checkpoint_is_called_damaged_not_code(copy):
     file = copy / "checkpoints" / "last.pt"

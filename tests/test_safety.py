@@ -3,7 +3,6 @@ run dir; a run never starts over someone else's files; readers name broken files
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -19,20 +18,6 @@ from aecli.use import report
 
 from .conftest import make_cfg, popen_cli, quick_cfg, read_events, run_cli, snapshot
 from .faults import MARKER
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Path:
-    """A finished 1-epoch run of the default model (in-process)."""
-    run_dir = tmp_path_factory.mktemp("finished") / "run"
-    run(quick_cfg("trainer.epochs=1"), run_dir)
-    return run_dir
-
-
-@pytest.fixture
-def copy(finished, tmp_path) -> Path:
-    """A private copy of the finished run, to tamper with."""
-    return Path(shutil.copytree(finished, tmp_path / "run"))
 
 
 def tampered(run_dir: Path, change) -> Path:

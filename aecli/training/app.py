@@ -105,7 +105,7 @@ def task(cfg: DictConfig) -> float | None:
         result = run(cfg, run_dir, choices=choices, slot=job_slot(), plan=plan)
     except AecliError as e:
         if run_dir.is_dir():
-            status("FAILED", f"{type(e).__name__}: {e.key}: {e.problem}")
+            status("FAILED", e.summary())
         if multirun:
             raise
         _outcome["error"] = e
@@ -114,7 +114,7 @@ def task(cfg: DictConfig) -> float | None:
         if isinstance(e, OSError) and e.errno in DISK_ERRORS:  # e.g. TensorBoard's flush on a full disk
             error = write_failed(Path(e.filename or run_dir), e, f"free disk space, then continue with "
                                  f"{continue_command(run_dir)}")
-            status("FAILED", f"{type(error).__name__}: {error.key}: {error.problem}")
+            status("FAILED", error.summary())
             if multirun:
                 raise error from None
             _outcome["error"] = error

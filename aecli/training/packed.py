@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import random
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -27,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -43,7 +41,7 @@ from aecli.training.placement import JobSlot
 from aecli.training.plan import Plan
 from aecli.training.run import RunResult, Started, diverged, end, start, validate
 from aecli.training.signals import SIGNALS
-from aecli.training.state import EpochState
+from aecli.training.state import EpochState, rng_state, set_rng_state
 from aecli.training.step import NonFiniteLoss, Step, check_finite
 
 log = logging.getLogger(__name__)
@@ -59,8 +57,9 @@ class Member:
     begun: Started
     rng: dict[str, Any]
     context: Context = nullcontext
+    sync_every: int = 1  # trainer.log_every_n_steps: the non-finite check's interval
     step: Step | None = None
-    in_epoch: bool = False
+    batches: Iterator[tuple[int, Tensor]] | None = None  # the epoch's batches still to train (None: between epochs)
     epoch_t0: float = 0.0
     seen_at_start: int = 0
     finished: bool | None = None  # None: still training; True: its schedule is done; False: stopped early
@@ -73,43 +72,25 @@ class Member:
     @contextmanager
     def active(self) -> Iterator[None]:
         """Its RNG streams and its log, while it validates, checkpoints or logs."""
-        set_rngs(self.rng)
+        set_rng_state(self.rng)
         try:
             with self.context():
                 yield
         finally:
-            self.rng = rngs()
+            self.rng = rng_state()
 
     @contextmanager
     def drawing(self) -> Iterator[None]:
         """Its torch RNG stream alone, while it draws a step's noise and model draws (each step)."""
         torch.set_rng_state(self.rng["torch"])
-        cuda = self.begun.parts.device if self.begun.parts.device.type == "cuda" else None
-        if cuda is not None:
-            torch.cuda.set_rng_state(self.rng["cuda"], cuda)
+        if "cuda" in self.rng:
+            torch.cuda.set_rng_state_all(self.rng["cuda"])
         try:
             yield
         finally:
             self.rng["torch"] = torch.get_rng_state()
-            if cuda is not None:
-                self.rng["cuda"] = torch.cuda.get_rng_state(cuda)
-
-
-def rngs() -> dict[str, Any]:
-    """This process's RNG states as they are (python, numpy, torch, the current CUDA device's)."""
-    out = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        out["cuda"] = torch.cuda.get_rng_state()
-    return out
-
-
-def set_rngs(state: dict[str, Any]) -> None:
-    """Put back what ``rngs`` took."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"])
+            if "cuda" in self.rng:
+                self.rng["cuda"] = torch.cuda.get_rng_state_all()
 
 
 def train_pack(plans: list[Plan], contexts: list[Context], choices: list[dict[str, str]],
@@ -135,7 +116,7 @@ def train_pack(plans: list[Plan], contexts: list[Context], choices: list[dict[st
                 out[i] = begun
                 continue
             data = begun.parts.data
-            members[i] = Member(begun, rngs(), contexts[i])
+            members[i] = Member(begun, rng_state(), contexts[i], int(begun.run.cfg.trainer.log_every_n_steps))
         if members:
             fit_pack(list(members.values()))
         for i, m in members.items():
@@ -164,7 +145,7 @@ def fit_pack(members: list[Member]) -> None:
             m.begun.hooks.on_fit_start(run)
         if run.stop_requested or run.state.epoch >= phase.epochs:
             m.finished = not run.stop_requested or run.stop_requested == "max_steps"
-    pack = PackedStep([m.model for m in members], members[0].begun.parts.recon, members[0].begun.parts.precision)
+    pack = PackedStep(members[0].model, members[0].begun.parts.recon, members[0].begun.parts.precision)
     while live := [m for m in members if m.finished is None and m.error is None]:
         lead = min(m.begun.run.state.step for m in live)
         active = [m for m in live if m.begun.run.state.step == lead]
@@ -186,19 +167,18 @@ def next_batch(m: Member) -> Tensor:
     """The member's next training batch (its own epoch order); the epoch's hooks when one begins."""
     run = m.begun.run
     state = run.state
-    if not m.in_epoch:
+    if m.batches is None:
         if state.epoch_state is None:
             perm = epoch_permutation(len(run.data.train), run.cfg.seed, state.phase, state.epoch, run.device)
             state.epoch_state = EpochState(perm=perm)
+        es = state.epoch_state
         with m.active():
             m.begun.hooks.on_epoch_start(run)
         assert m.step is not None
-        m.step.begin_epoch(state.epoch_state, state.step)
-        m.in_epoch, m.epoch_t0, m.seen_at_start = True, time.perf_counter(), state.epoch_state.seen
-    es = state.epoch_state
-    assert es is not None
-    _, raw = next(batches(run.data.train, run.batch_size, es.perm, start=es.batch))
-    return raw
+        m.step.begin_epoch(es, state.step)
+        m.batches = batches(run.data.train, run.batch_size, es.perm, start=es.batch)
+        m.epoch_t0, m.seen_at_start = time.perf_counter(), es.seen
+    return next(m.batches)[1]
 
 
 def after_step(m: Member, terms: dict[str, Tensor], images: int) -> None:
@@ -214,7 +194,7 @@ def after_step(m: Member, terms: dict[str, Tensor], images: int) -> None:
             es.batch += 1
             es.seen += images
             terms = step_fn.tally(terms, images, state.step)
-            if state.step % run.cfg.trainer.log_every_n_steps == 0 or es.batch == n_batches:
+            if state.step % m.sync_every == 0 or es.batch == n_batches:
                 check_finite(step_fn)
             m.begun.hooks.on_step_end(run, terms)
             if es.batch == n_batches:
@@ -243,7 +223,7 @@ def end_epoch(m: Member, es: EpochState) -> None:
     result = EpochResult({k: v / seen for k, v in sums.items()} if seen else {},
                          (es.seen - m.seen_at_start) / max(elapsed, 1e-9))
     state = run.state
-    state.epoch, state.epoch_state, m.in_epoch = state.epoch + 1, None, False
+    state.epoch, state.epoch_state, m.batches = state.epoch + 1, None, None
     val = validate(run, m.begun.parts, run.cfg, m.begun.best)
     state.val, run.last_epoch = val, result
     m.begun.hooks.on_epoch_end(run, result, val)
@@ -259,15 +239,16 @@ class PackedStep:
     its own RNG, in its separate run's order (the draws' shapes are learnt once per batch shape
     from one member's unbatched loss)."""
 
-    models: list[Autoencoder]
+    template: Autoencoder  # one member: the architecture every member shares
     recon: ReconstructionLoss
     precision: Any
     skeleton: Autoencoder = field(init=False)
     shapes: dict[tuple[int, ...], list[tuple[torch.Size, tuple[int, ...], torch.dtype]]] = field(default_factory=dict)
     held: dict[int, tuple[list[Tensor], list[Tensor]]] = field(default_factory=dict)
+    scalars: dict[tuple[int, ...], dict[str, Tensor]] = field(default_factory=dict)  # per set of members
 
     def __post_init__(self) -> None:
-        self.skeleton = copy.deepcopy(self.models[0])
+        self.skeleton = copy.deepcopy(self.template)
         self.wrapper = LossOf(self.skeleton, self.recon)
         self.names = [n for n, _ in self.skeleton.named_parameters()]
         self.buffer_names = [n for n, _ in self.skeleton.named_buffers()]
@@ -331,8 +312,11 @@ class PackedStep:
         params = {name: torch.stack([h[0][k] if on else h[0][k].detach() for h, on in zip(held, active)])
                   for k, name in enumerate(self.names)}
         buffers = {name: torch.stack([h[1][k] for h in held]) for k, name in enumerate(self.buffer_names)}
-        scalars = {name: torch.tensor([float(getattr(m, name)) for m in models], device=xs[0].device)
-                   for name in self.scalar_names}
+        key = tuple(id(m) for m in models)
+        if key not in self.scalars:  # the members' own values, stacked once per set of members
+            self.scalars[key] = {name: torch.tensor([float(getattr(m, name)) for m in models], device=xs[0].device)
+                                 for name in self.scalar_names}
+        scalars = self.scalars[key]
         stacked_draws = [torch.stack([d[k] for d in draws]) for k in range(len(draws[0]))]
         for step, on in zip(steps, active):
             if on:

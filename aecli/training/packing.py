@@ -221,7 +221,7 @@ def set_up_member(task_cfg: DictConfig, holder: dict[str, Any]) -> None:
         plan = prepare(task_cfg, run_dir, list(hc.overrides.task), hydra_wrote=True)
     except AecliError as e:
         if run_dir.is_dir():
-            rundir.write_status(run_dir, "FAILED", f"{type(e).__name__}: {e.key}: {e.problem}")
+            rundir.write_status(run_dir, "FAILED", e.summary())
         log.error("%s", e)
         raise
     rundir.write_status(run_dir, "RUNNING")
@@ -232,9 +232,8 @@ def set_up_member(task_cfg: DictConfig, holder: dict[str, Any]) -> None:
 def record(setup: Setup, result: RunResult | AecliError) -> bool:
     """A member's end in its ``job_status.json`` and in its ``JobReturn``; True if it was stopped."""
     ret, run_dir = setup.ret, setup.plan.run_dir
-    if isinstance(result, BaseException):
-        rundir.write_status(run_dir, "FAILED", f"{type(result).__name__}: {getattr(result, 'key', '')}: "
-                                                f"{getattr(result, 'problem', result)}")
+    if isinstance(result, AecliError):
+        rundir.write_status(run_dir, "FAILED", result.summary())
         ret.status, ret.return_value = JobStatus.FAILED, result
         return False
     if result.status == "stopped":
