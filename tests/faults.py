@@ -117,3 +117,15 @@ if __name__ == "__main__":  # python -m tests.faults N|NAME ARGS...: aecli.train
     from aecli.training.app import main
 
     main()
+
+
+class SlowStop(Hook):
+    """Take ``seconds`` in ``on_stop`` (after the ranks' last collective) on ``rank``: the other
+    ranks reach their exit first."""
+
+    def __init__(self, seconds: float = 3.0, rank: int = 0) -> None:
+        self.seconds, self.rank = seconds, rank
+
+    def on_stop(self, run) -> None:
+        if run.world.rank == self.rank:
+            time.sleep(self.seconds)

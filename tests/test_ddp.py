@@ -64,7 +64,8 @@ def test_two_processes_train_what_one_process_trains_with_the_same_global_batch(
 
 def test_sigterm_to_one_rank_stops_every_rank_with_a_checkpoint_that_resumes(tmp_path):
     run_dir = tmp_path / "run"
-    pause = ("+callbacks.pause._target_=tests.faults.PauseAt", "+callbacks.pause.step=13", "+callbacks.pause.rank=1")
+    pause = ("+callbacks.pause._target_=tests.faults.PauseAt", "+callbacks.pause.step=13", "+callbacks.pause.rank=1",
+             "+callbacks.slow._target_=tests.faults.SlowStop")  # rank 0 ends last (as on a busy disk)
     proc = torchrun(*NOISY, *pause, f"hydra.run.dir={run_dir}", cwd=tmp_path)
     subprocess.run(["kill", "-TERM", str(paused_pid(proc))], check=True)  # rank 1 only
     code, out = finish(proc)

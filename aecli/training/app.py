@@ -205,5 +205,6 @@ def main() -> None:
     if "error" in _outcome:
         say(_outcome["error"])
         sys.exit(1)
+    WORLD.leave()  # every rank ended the same way (completed or stopped): they exit together
     if "stopped" in _outcome:
         sys.exit(SIGNALS.exit_code())

@@ -56,6 +56,16 @@ class World:
         if self.distributed and not dist.is_initialized():
             dist.init_process_group(backend=self.backend())
 
+    def leave(self) -> None:
+        """Leave the process group together: a barrier, then ``destroy_process_group``. A rank that
+        exits while another still works (rank 0 writing the last checkpoint) makes torchrun
+        terminate that one, or its gloo connection abort; every rank leaves after the slowest."""
+        import torch.distributed as dist
+
+        if self.distributed and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
     def backend(self) -> str:
         import torch
 
