@@ -199,6 +199,34 @@ def test_packs_hold_at_most_pack_size_and_a_lone_job_says_why():
         (5, "no other job of the sweep shares its model, data, loss, batch size and schedule")]
 
 
+def test_the_launcher_takes_the_configs_the_sweepers_check_composed():
+    """Hydra's sweeper composes each job to check the batch; the launcher must not compose it again."""
+    from hydra.types import HydraContext
+    from omegaconf import OmegaConf
+
+    from aecli.training.packing import load_job
+    from hydra_plugins.aecli_packed_launcher.packed_launcher import PackedLauncher
+
+    class Loader:
+        calls = 0
+
+        def load_sweep_config(self, master_config, sweep_overrides):
+            self.calls += 1
+            return OmegaConf.create({"hydra": {"job": {}}, "overrides": list(sweep_overrides)})
+
+    loader, master = Loader(), OmegaConf.create({})
+    context = HydraContext(config_loader=loader, callbacks=None)  # type: ignore[arg-type]
+    PackedLauncher().setup(hydra_context=context, task_function=lambda cfg: None, config=master)
+    batch = [["seed=0"], ["seed=1"]]
+    for overrides in batch:  # the sweeper's validate_batch_is_legal
+        context.config_loader.load_sweep_config(master, overrides)
+    jobs = [load_job(context, master, k, o) for k, o in enumerate(batch)]
+    jobs.append(load_job(context, master, 2, ["seed=2"]))  # one the check did not compose: composed now
+    assert loader.calls == 3
+    assert [list(j.cfg.overrides) for j in jobs] == [*batch, ["seed=2"]]
+    assert [j.cfg.hydra.job.num for j in jobs] == [0, 1, 2]
+
+
 @pytest.mark.integration
 def test_packs_run_side_by_side_in_worker_processes_with_n_jobs(tmp_path):
     """hydra.launcher.n_jobs=2: two packs at once, each in a process of its own, one thread each."""

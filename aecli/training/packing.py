@@ -151,7 +151,8 @@ def launch(config: DictConfig, hydra_context: HydraContext, task_function: TaskF
 
 
 def load_job(hydra_context: HydraContext, config: DictConfig, idx: int, overrides: Sequence[str]) -> Job:
-    cfg = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+    compose: Any = hydra_context.config_loader.load_sweep_config  # the launcher's ``Composed``, which keeps
+    cfg = compose.take(config, list(overrides)) if hasattr(compose, "take") else compose(config, list(overrides))
     with open_dict(cfg):
         cfg.hydra.job.id = cfg.hydra.job.num = idx
     return Job(idx, list(overrides), cfg)
