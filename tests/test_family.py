@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from aecli import cli
 from aecli.errors import ConfigError
 from aecli.losses import BinaryCrossEntropy, SquaredError
 from aecli.models import VAE, VQVAE, ContractiveAutoencoder, HasPrior, MeasuresCodes, SparseAutoencoder
@@ -170,6 +172,15 @@ def test_evaluate_reports_the_code_metrics_and_sample_says_a_vqvae_needs_a_learn
     x = torch.rand(3, 1, 8, 8)
     codes = vq.model.encode(x).view(-1, vq.model.code_dim)
     assert torch.equal(codes, vq.model.quantizer.codebook[vq.model.code_indices(x).flatten()])
+    # aecli encode writes the indices too: the codes are those codebook rows
+    assert cli.main(["encode", str(tmp_path / "vq"), "--out", str(tmp_path / "enc")]) == 0
+    arrays = np.load(tmp_path / "enc" / "codes_test.npz")
+    indices = torch.from_numpy(arrays["code_indices"])
+    assert indices.shape == (359, 4) and indices.dtype == torch.int64 and len(indices.unique()) > 1
+    assert torch.equal(torch.from_numpy(arrays["codes"]).view(-1, vq.model.code_dim),
+                       vq.model.quantizer.codebook[indices.flatten()])
+    assert cli.main(["encode", str(tmp_path / "vae"), "--out", str(tmp_path / "enc_vae")]) == 0
+    assert "code_indices" not in np.load(tmp_path / "enc_vae" / "codes_test.npz")
 
 
 def test_each_new_model_has_only_its_capabilities():

@@ -1,6 +1,7 @@
 """The classic autoencoders. Each is built by ``hydra.utils.instantiate(cfg.model, input_shape=...)``."""
 from aecli.models.base import (
            Autoencoder,
+           HasDiscreteCodes,
            HasLikelihoodBound,
            HasPrior,
            MeasuresCodes,
@@ -17,6 +18,6 @@ from aecli.models.stacked import StackedAutoencoder
 from aecli.models.vae import VAE
 from aecli.models.vqvae import VQVAE, ConvVQVAE
 
-__all__ = ["Autoencoder", "ContractiveAutoencoder", "ConvAutoencoder", "ConvVAE", "ConvVQVAE", "HasLikelihoodBound",
-           "HasPrior", "MLPAutoencoder", "MeasuresCodes", "Phase", "PretrainsInStages", "SparseAutoencoder",
-           "StackedAutoencoder", "VAE", "VQVAE", "likelihood_bound"]
+__all__ = ["Autoencoder", "ContractiveAutoencoder", "ConvAutoencoder", "ConvVAE", "ConvVQVAE", "HasDiscreteCodes",
+           "HasLikelihoodBound", "HasPrior", "MLPAutoencoder", "MeasuresCodes", "Phase", "PretrainsInStages",
+           "SparseAutoencoder", "StackedAutoencoder", "VAE", "VQVAE", "likelihood_bound"]

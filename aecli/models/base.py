@@ -149,6 +149,15 @@ class MeasuresCodes(Protocol):
 
 
 @runtime_checkable
+class HasDiscreteCodes(Protocol):
+    """A model whose code is made of codebook entries (a VQ-VAE): ``encode`` gives their vectors,
+    this their indices."""
+
+    def code_indices(self, x: Tensor) -> Tensor:
+        """The codebook index of each code vector of each input, (N, codes), int64."""
+
+
+@runtime_checkable
 class PretrainsInStages(Protocol):
     """A model trained in stages before its end-to-end training (a greedy stack)."""
 

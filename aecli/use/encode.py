@@ -1,6 +1,6 @@
-"""``aecli encode RUN [--split test]``: every image's code (a VAE's posterior mean) and
-label as one ``.npz``, and the same codes in TensorBoard's projector (label metadata, image
-sprites), to explore with PCA, t-SNE or UMAP there."""
+"""``aecli encode RUN [--split test]``: every image's code (a VAE's posterior mean; a VQ-VAE's
+quantised vectors and their codebook indices) and label as one ``.npz``, and the same codes in
+TensorBoard's projector (label metadata, image sprites), to explore with PCA, t-SNE or UMAP there."""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from aecli.data import ImageData
+from aecli.models import HasDiscreteCodes
 from aecli.store.atomic import atomic_write
 from aecli.use import commandline as commands
 from aecli.use import inference
@@ -27,6 +28,9 @@ def recipe(args: argparse.Namespace) -> None:
     split = np.concatenate([np.full(len(data.split(s)), s) for s in names])
     index = np.concatenate([np.arange(len(data.split(s))) for s in names])
     arrays = {"codes": codes.numpy(), "split": split, "index": index}
+    if isinstance(run.model, HasDiscreteCodes):  # a VQ-VAE: its code is these codebook entries
+        arrays["code_indices"] = torch.cat([inference.code_indices(run, data.split(s), data.max_value)
+                                            for s in names]).numpy()
     if data.labels is not None:
         arrays["labels"] = torch.cat([data.labels[s] for s in names]).numpy()
     if data.classes is not None:
@@ -42,6 +46,9 @@ def recipe(args: argparse.Namespace) -> None:
     print(f"the projector's files (codes, labels, image sprite) are in {out / f'{step:05d}'}/ "
           f"(named by TensorBoard after the checkpoint's step, {step})")
     print(f"{len(codes)} codes of size {codes.shape[1]}; see them with: tensorboard --logdir {out} (PROJECTOR tab)")
+    if "code_indices" in arrays:
+        print(f"and each code's {arrays['code_indices'].shape[1]} codebook indices (code_indices; the codes are "
+              "those codebook rows)")
 
 
 def projector(out: Path, run: TrainedRun, data: ImageData, arrays: dict[str, np.ndarray], tag: str) -> None:

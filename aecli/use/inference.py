@@ -12,6 +12,7 @@ from torch import Tensor
 
 from aecli.data import ImageFiles, batches, sources
 from aecli.errors import ConfigError
+from aecli.models import HasDiscreteCodes
 from aecli.use.commandline import progress, warn
 from aecli.use.trained import TrainedRun
 
@@ -51,6 +52,15 @@ def codes(run: TrainedRun, images: Tensor | ImageFiles, max_value: float, indice
     """``model.encode`` of every image (or those at ``indices``; a VAE's posterior mean):
     (N, latent_dim) on the device."""
     return torch.cat([run.model.encode(x) for x in float_batches(run, images, max_value, "encoding", indices, batch)])
+
+
+@torch.no_grad()
+def code_indices(run: TrainedRun, images: Tensor | ImageFiles, max_value: float) -> Tensor:
+    """A VQ-VAE's codebook index of each code vector of every image (``HasDiscreteCodes``):
+    (N, codes) int64 on the CPU."""
+    model = run.model
+    assert isinstance(model, HasDiscreteCodes), "callers ask the model first"
+    return torch.cat([model.code_indices(x).cpu() for x in float_batches(run, images, max_value, "indexing")])
 
 
 @torch.no_grad()
