@@ -54,11 +54,39 @@ def train_epoch(run: Run, hooks: Hooks, sync_every: int) -> EpochResult:
         hooks.on_step_end(run, terms)
         if run.stop_requested:
             break
-    sums, seen = epoch_totals(run.world, step_fn.totals(), es.seen, es.perm.device)  # a sync: honest timing
+    return epoch_result(run, n_batches, seen_at_start, t0)
+
+
+def epoch_result(run: Run, n_batches: int, seen_at_start: int, t0: float) -> EpochResult:
+    """The epoch's mean loss terms over all ranks (a sync: honest timing), its images/s since
+    ``t0`` (``seen_at_start`` images in by then), and whether a stop cut it short."""
+    es, step_fn = run.state.epoch_state, run.step
+    assert es is not None and step_fn is not None
+    sums, seen = epoch_totals(run.world, step_fn.totals(), es.seen, es.perm.device)
     elapsed = time.perf_counter() - t0
     means = {k: v / seen for k, v in sums.items()} if seen else {}
     speed = (es.seen - seen_at_start) * run.world.size / max(elapsed, 1e-9)
     return EpochResult(means, speed, stopped=es.batch < n_batches)
+
+
+def current_epoch(run: Run) -> EpochState:
+    """The epoch being trained: the state a resume put back, or a new epoch's order."""
+    state = run.state
+    if state.epoch_state is None:
+        perm = epoch_permutation(len(run.data.train), run.cfg.seed, state.phase, state.epoch, run.device)
+        state.epoch_state = EpochState(perm=perm)
+    return state.epoch_state
+
+
+def close_epoch(run: Run, hooks: Hooks, result: EpochResult, validate: Callable[[], dict[str, float]]) -> None:
+    """After an epoch's last step: the position moves on, the main phase validates (``validate``
+    also keeps the best model's record), then the hooks see the epoch's end."""
+    state = run.state
+    state.epoch, state.epoch_state = state.epoch + 1, None
+    val = validate() if state.phases[state.phase].main else None
+    if val is not None:
+        state.val, run.last_epoch = val, result
+    hooks.on_epoch_end(run, result, val)
 
 
 def epoch_permutation(n: int, seed: int, phase: int, epoch: int, device: torch.device) -> Tensor:
@@ -81,20 +109,14 @@ def run_epochs(run: Run, make_step: Callable[[Phase], Step], hooks: Hooks, sync_
             state.phase, state.epoch = index, 0
         run.step = make_step(phase)
         while state.epoch < phase.epochs and not run.stop_requested:
-            if state.epoch_state is None:
-                perm = epoch_permutation(len(run.data.train), run.cfg.seed, index, state.epoch, run.device)
-                state.epoch_state = EpochState(perm=perm)
+            current_epoch(run)
             hooks.on_epoch_start(run)
             result = train_epoch(run, hooks, sync_every)
             if result.stopped:
                 return False
             if result.means.get("loss") is None:
                 raise NonFiniteLoss(state.step, f"every batch of epoch {state.epoch + 1} (all skipped)")
-            state.epoch, state.epoch_state = state.epoch + 1, None
-            val = validate() if phase.main else None
-            if val is not None:
-                state.val, run.last_epoch = val, result
-            hooks.on_epoch_end(run, result, val)
+            close_epoch(run, hooks, result, validate)
             if run.stop_requested:
                 return False
     return not run.stop_requested

@@ -34,14 +34,12 @@ from aecli.errors import AecliError
 from aecli.losses import ReconstructionLoss
 from aecli.models import Autoencoder
 from aecli.store.atomic import DISK_ERRORS, write_failed
-from aecli.training.distributed import epoch_totals
-from aecli.training.hooks import EpochResult
-from aecli.training.loop import epoch_permutation
+from aecli.training.loop import close_epoch, current_epoch, epoch_result
 from aecli.training.placement import JobSlot
 from aecli.training.plan import Plan
 from aecli.training.run import RunResult, Started, diverged, end, start, validate
 from aecli.training.signals import SIGNALS
-from aecli.training.state import EpochState, rng_state, set_rng_state
+from aecli.training.state import rng_state, set_rng_state
 from aecli.training.step import NonFiniteLoss, Step, check_finite
 
 log = logging.getLogger(__name__)
@@ -60,6 +58,7 @@ class Member:
     sync_every: int = 1  # trainer.log_every_n_steps: the non-finite check's interval
     step: Step | None = None
     batches: Iterator[tuple[int, Tensor]] | None = None  # the epoch's batches still to train (None: between epochs)
+    n_batches: int = 0  # the epoch's
     epoch_t0: float = 0.0
     seen_at_start: int = 0
     finished: bool | None = None  # None: still training; True: its schedule is done; False: stopped early
@@ -168,15 +167,13 @@ def next_batch(m: Member) -> Tensor:
     run = m.begun.run
     state = run.state
     if m.batches is None:
-        if state.epoch_state is None:
-            perm = epoch_permutation(len(run.data.train), run.cfg.seed, state.phase, state.epoch, run.device)
-            state.epoch_state = EpochState(perm=perm)
-        es = state.epoch_state
+        es = current_epoch(run)
         with m.active():
             m.begun.hooks.on_epoch_start(run)
         assert m.step is not None
         m.step.begin_epoch(es, state.step)
         m.batches = batches(run.data.train, run.batch_size, es.perm, start=es.batch)
+        m.n_batches = math.ceil(len(es.perm) / run.batch_size)
         m.epoch_t0, m.seen_at_start = time.perf_counter(), es.seen
     return next(m.batches)[1]
 
@@ -187,18 +184,17 @@ def after_step(m: Member, terms: dict[str, Tensor], images: int) -> None:
     run, step_fn = m.begun.run, m.step
     state, es = run.state, run.state.epoch_state
     assert es is not None and step_fn is not None
-    n_batches = math.ceil(len(es.perm) / run.batch_size)
     with m.active():
         try:
             state.step += 1
             es.batch += 1
             es.seen += images
             terms = step_fn.tally(terms, images, state.step)
-            if state.step % m.sync_every == 0 or es.batch == n_batches:
+            if state.step % m.sync_every == 0 or es.batch == m.n_batches:
                 check_finite(step_fn)
             m.begun.hooks.on_step_end(run, terms)
-            if es.batch == n_batches:
-                end_epoch(m, es)
+            if es.batch == m.n_batches:
+                end_epoch(m)
         except NonFiniteLoss as e:
             m.error = diverged(run, e)
         except AecliError as e:  # e.g. its checkpoint did not fit on the disk: it fails alone
@@ -214,20 +210,14 @@ def after_step(m: Member, terms: dict[str, Tensor], images: int) -> None:
         m.finished = run.stop_requested == "max_steps"
 
 
-def end_epoch(m: Member, es: EpochState) -> None:
-    """The epoch's means and speed, the validation (the best model's record), the hooks."""
-    run, step_fn = m.begun.run, m.step
-    assert step_fn is not None
-    sums, seen = epoch_totals(run.world, step_fn.totals(), es.seen, es.perm.device)
-    elapsed = time.perf_counter() - m.epoch_t0
-    result = EpochResult({k: v / seen for k, v in sums.items()} if seen else {},
-                         (es.seen - m.seen_at_start) / max(elapsed, 1e-9))
-    state = run.state
-    state.epoch, state.epoch_state, m.batches = state.epoch + 1, None, None
-    val = validate(run, m.begun.parts, run.cfg, m.begun.best)
-    state.val, run.last_epoch = val, result
-    m.begun.hooks.on_epoch_end(run, result, val)
-    if state.epoch >= state.phases[state.phase].epochs and m.finished is None:
+def end_epoch(m: Member) -> None:
+    """The epoch's means and speed, then ``loop.close_epoch``: the validation (the best model's
+    record), the hooks; the member is finished after its last epoch."""
+    run = m.begun.run
+    result = epoch_result(run, m.n_batches, m.seen_at_start, m.epoch_t0)
+    m.batches = None
+    close_epoch(run, m.begun.hooks, result, lambda: validate(run, m.begun.parts, run.cfg, m.begun.best))
+    if run.state.epoch >= run.state.phases[run.state.phase].epochs and m.finished is None:
         m.finished = True
 
 
